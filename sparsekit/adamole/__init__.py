@@ -1,0 +1,45 @@
+"""AdaMoLE: adaptive mixture of LoRA experts, plugged into peft, and a scikit-learn text classifier.
+
+Needs the ``adamole`` extra::
+
+    pip install torch==2.13.0          # the CPU wheel; a looser pin can pull a multi-GB CUDA build
+    pip install "sparsekit[adamole]"
+
+Names are resolved lazily (PEP 562), so importing this package costs nothing until a name is used.
+"""
+
+import importlib
+import importlib.util
+
+_MISSING = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+if _MISSING:
+    raise ImportError(
+        f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install the "
+        "'adamole' extra: `pip install torch==2.13.0` first (CPU wheel), then "
+        "`pip install \"sparsekit[adamole]\"`."
+    )
+
+_LAZY = {
+    # layer, configuration and peft integration (issue: AdaMoLE layer)
+    "AdaMoLEConfig": "sparsekit.adamole._config",
+    "AdaMoLELinear": "sparsekit.adamole._layer",
+    "get_adamole_model": "sparsekit.adamole._model",
+    "load_adamole_model": "sparsekit.adamole._model",
+    "collect_aux_loss": "sparsekit.adamole._model",
+    "routing_statistics": "sparsekit.adamole._model",
+    "default_target_modules": "sparsekit.adamole._model",
+    # scikit-learn estimator (issue: AdaMoLEClassifier)
+    "AdaMoLEClassifier": "sparsekit.adamole._classifier",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparsekit.adamole' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,237 @@
+"""The design matrix of DQN-SBL, restricted to an active set of basis columns.
+
+``DesignMatrix`` holds Phi = [1 |] (B - offset) * inv_scale, where B is the basis before scaling
+(the features for the linear basis, a kernel matrix for RVM-style bases), ``offset`` is the
+weighted column mean when the model is centred (regression) and zero otherwise, and ``inv_scale``
+makes every column's weighted root mean square equal to one. Scaling to unit RMS (rather than to
+unit norm) means precisions are on the scale of a standardised feature, as in ARDRegression on
+standardised data, whatever the units of X.
+
+Dense bases live in one Fortran-ordered buffer that is centred and scaled in place, and pruned
+columns are compacted in place, so exactly one n-by-m buffer exists during a fit. Sparse (CSR/CSC)
+linear bases stay sparse: centring and scaling are applied implicitly inside the products.
+
+An optional intercept column of ones sits at position 0 of every coefficient vector; it is never
+pruned (its RMS is already one, so it needs no scaling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._kernels import (
+    center_scale_inplace,
+    compact_columns_inplace,
+    weighted_column_moments,
+    weighted_sq_column_norms,
+)
+
+
+def _sparse_column_moments(B, sw, weight_sum):
+    """Weighted column means and sums of squared deviations of a CSC matrix, without cancellation:
+    deviations are formed on the stored entries, and implicit zeros contribute mean^2 each."""
+    counts = np.diff(B.indptr)
+    cols = np.repeat(np.arange(B.shape[1]), counts)
+    w_nz = sw[B.indices]
+    mean = np.bincount(cols, w_nz * B.data, minlength=B.shape[1]) / weight_sum
+    dev = B.data - mean[cols]
+    ssd = np.bincount(cols, w_nz * dev * dev, minlength=B.shape[1])
+    w_on_nz = np.bincount(cols, w_nz, minlength=B.shape[1])
+    ssd += mean**2 * np.maximum(weight_sum - w_on_nz, 0.0)
+    return mean, ssd
+
+
+class DesignMatrix:
+    """Scaled (and optionally centred) basis with an active column set.
+
+    Parameters
+    ----------
+    B : ndarray or sparse matrix of shape (n_samples, n_basis)
+        Basis before scaling. Dense input is copied into a Fortran-ordered buffer unless
+        ``own=True`` (then it is modified in place).
+    sample_weight : ndarray of shape (n_samples,)
+        Non-negative weights (ones for an unweighted fit); their sum is the effective sample size.
+    center : bool
+        Subtract the weighted column means (regression with an implicit intercept).
+    intercept_column : bool
+        Prepend an implicit column of ones, never pruned (classification).
+    own : bool
+        Whether the dense ``B`` may be overwritten.
+    """
+
+    def __init__(self, B, sample_weight, *, center, intercept_column, own=False):
+        self.n_samples, self.n_basis = B.shape
+        self.sparse = sp.issparse(B)
+        self.intercept_column = bool(intercept_column)
+        self.dtype = B.dtype
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        self.weight_sum = float(sw.sum())
+        if self.sparse:
+            self._B = sp.csc_matrix(B, dtype=B.dtype, copy=False)
+            self._B.sum_duplicates()
+            mean, ssd = _sparse_column_moments(self._B, sw, self.weight_sum)
+        else:
+            Phi = B if own and B.flags.f_contiguous else np.array(B, dtype=B.dtype, order="F")
+            mean, ssd = weighted_column_moments(Phi, sw)
+        spread = np.sqrt(ssd / self.weight_sum)
+        # A column carries no information when its spread is negligible next to its size; with an
+        # intercept (explicit or by centring) a constant non-zero column is redundant too.
+        size = np.abs(mean) + spread
+        tiny = np.finfo(np.float64).tiny
+        if center or intercept_column:
+            self.constant = ~(spread > 1e-10 * np.maximum(size, tiny))
+        else:
+            self.constant = ~(size > tiny)
+        if center:
+            offset = mean
+            rms = spread
+        else:
+            offset = np.zeros(self.n_basis)
+            rms = np.sqrt(spread**2 + mean**2)
+        inv_scale = np.zeros(self.n_basis)
+        inv_scale[~self.constant] = 1.0 / rms[~self.constant]
+        self.offset = offset
+        self.inv_scale = inv_scale
+        self.active = np.flatnonzero(~self.constant)
+        if self.sparse:
+            self._B_act = self._B[:, self.active]
+        else:
+            center_scale_inplace(Phi, offset.astype(Phi.dtype), inv_scale.astype(Phi.dtype))
+            compact_columns_inplace(Phi, self.active)
+            self._Phi = Phi
+
+    # ------------------------------------------------------------------ shape of the active set
+    @property
+    def n_active(self):
+        """Number of active basis columns (the intercept column is not counted)."""
+        return self.active.shape[0]
+
+    @property
+    def n_coef(self):
+        """Length of a coefficient vector over the active set, intercept column included."""
+        return self.n_active + int(self.intercept_column)
+
+    def dense_active(self):
+        """The active part of Phi as a dense (n, n_active) array (a view for dense bases)."""
+        if self.sparse:
+            Xa = self._B_act.toarray()
+            Xa -= self.offset[self.active]
+            Xa *= self.inv_scale[self.active]
+            return Xa
+        return self._Phi[:, : self.n_active]
+
+    # ------------------------------------------------------------------ products
+    def _split(self, w):
+        if self.intercept_column:
+            return w[0], w[1:]
+        return None, w
+
+    def matvec(self, w):
+        """Phi @ w for w of shape (n_coef,) or (n_coef, k); returns float64."""
+        w = np.asarray(w, dtype=np.float64)
+        b, v = self._split(w)
+        if self.sparse:
+            act = self.active
+            vs = v * (self.inv_scale[act] if v.ndim == 1 else self.inv_scale[act][:, None])
+            out = np.asarray(self._B_act @ vs, dtype=np.float64)
+            out -= self.offset[act] @ vs
+        else:
+            Phi = self._Phi[:, : self.n_active]
+            out = np.asarray(Phi @ v.astype(Phi.dtype, copy=False), dtype=np.float64)
+        if b is not None:
+            out += b
+        return out
+
+    def rmatvec(self, u):
+        """Phi.T @ u for u of shape (n,) or (n, k); returns float64 of leading size n_coef."""
+        u = np.asarray(u, dtype=np.float64)
+        if self.sparse:
+            act = self.active
+            r = np.asarray(self._B_act.T @ u, dtype=np.float64)
+            usum = u.sum(axis=0)
+            if u.ndim == 1:
+                r = (r - self.offset[act] * usum) * self.inv_scale[act]
+            else:
+                r = (r - np.outer(self.offset[act], usum)) * self.inv_scale[act][:, None]
+        else:
+            Phi = self._Phi[:, : self.n_active]
+            r = np.asarray(Phi.T @ u.astype(Phi.dtype, copy=False), dtype=np.float64)
+        if self.intercept_column:
+            lead = np.reshape(u.sum(axis=0), (1,) + r.shape[1:])
+            r = np.concatenate([lead, r])
+        return r
+
+    def sq_column_norms(self, b):
+        """Curvature diagonal (Phi * Phi).T @ b over the active set (intercept first when present)."""
+        b = np.asarray(b, dtype=np.float64)
+        if self.sparse:
+            act = self.active
+            Xa = self._B_act
+            o = self.offset[act]
+            s2 = np.asarray(Xa.multiply(Xa).T @ b).ravel()
+            s1 = np.asarray(Xa.T @ b).ravel()
+            d = (s2 - 2.0 * o * s1 + o**2 * b.sum()) * self.inv_scale[act] ** 2
+        else:
+            d = weighted_sq_column_norms(self._Phi[:, : self.n_active], b)
+        if self.intercept_column:
+            d = np.concatenate([[b.sum()], d])
+        return d
+
+    def gram(self, b):
+        """Phi.T @ diag(b) @ Phi over the active set, dense (n_coef, n_coef). For exact steps only."""
+        b = np.asarray(b, dtype=np.float64)
+        if self.sparse:
+            act = self.active
+            Xa = self._B_act
+            o = self.offset[act]
+            XtbX = np.asarray((Xa.T @ Xa.multiply(b[:, None]).tocsc()).toarray(), dtype=np.float64)
+            xb = np.asarray(Xa.T @ b).ravel()
+            G = XtbX - np.outer(o, xb) - np.outer(xb, o) + b.sum() * np.outer(o, o)
+            s = self.inv_scale[act]
+            G *= s[:, None]
+            G *= s[None, :]
+            cross = (xb - o * b.sum()) * s
+        else:
+            Phi = self._Phi[:, : self.n_active]
+            Pb = np.asarray(Phi * b[:, None].astype(Phi.dtype), dtype=Phi.dtype)
+            G = np.asarray(Phi.T @ Pb, dtype=np.float64)
+            cross = np.asarray(Phi.T @ b.astype(Phi.dtype), dtype=np.float64)
+        if self.intercept_column:
+            m = G.shape[0] + 1
+            G2 = np.empty((m, m))
+            G2[0, 0] = b.sum()
+            G2[0, 1:] = cross
+            G2[1:, 0] = cross
+            G2[1:, 1:] = G
+            G = G2
+        return G
+
+    # ------------------------------------------------------------------ pruning
+    def compact(self, keep):
+        """Keep the active columns where ``keep`` (bool, length n_active) is True."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.all():
+            return
+        idx = np.flatnonzero(keep)
+        if self.sparse:
+            self._B_act = self._B_act[:, idx]
+        else:
+            compact_columns_inplace(self._Phi, idx)
+        self.active = self.active[idx]
+
+    # ------------------------------------------------------------------ back to original units
+    def unscale(self, w):
+        """Map coefficients over the active set to the units of B.
+
+        Returns ``(coef, intercept_shift)``: ``B[:, active] @ coef + intercept_shift`` equals
+        ``Phi @ w`` (the intercept column's weight included in the shift).
+        """
+        w = np.asarray(w, dtype=np.float64)
+        b, v = self._split(w)
+        s = self.inv_scale[self.active]
+        coef = v * (s if v.ndim == 1 else s[:, None])
+        shift = -(self.offset[self.active] @ coef)
+        if b is not None:
+            shift = shift + b
+        return coef, shift

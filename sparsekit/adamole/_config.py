@@ -1,0 +1,168 @@
+"""Configuration of AdaMoLE adapters: a :class:`peft.LoraConfig` with mixture-of-experts fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
+
+from peft import LoraConfig
+
+ROUTINGS = ("adaptive", "topk", "threshold", "dense")
+AUX_LOSS_REDUCTIONS = ("sum", "mean")
+EXPERT_COMPUTES = ("dense", "gathered")
+_SUPPORTED_INIT = (True, False, "gaussian")
+
+
+@dataclass
+class AdaMoLEConfig(LoraConfig):
+    """Configuration of an AdaMoLE adapter (adaptive mixture of LoRA experts).
+
+    A :class:`peft.LoraConfig` whose ``r`` is the rank of **each** expert. Every adapted
+    ``nn.Linear`` gets ``num_experts`` LoRA experts, a softmax gate (``Linear(d_in, N)``, no bias)
+    and, for ``routing="adaptive"``, a threshold network (``Linear(d_in, 1)``). The expert scaling
+    is ``lora_alpha / r`` (per-expert rank, as in the official code), or ``lora_alpha / sqrt(r)``
+    with ``use_rslora=True``.
+
+    Instances register :class:`~sparsekit.adamole.AdaMoLELinear` as peft's custom module for
+    ``nn.Linear`` (``LoraConfig._register_custom_module``), so ``peft.get_peft_model(model,
+    config)`` injects AdaMoLE layers; prefer :func:`~sparsekit.adamole.get_adamole_model`, which
+    also auto-detects ``target_modules`` and checks that every target was adapted.
+
+    Parameters
+    ----------
+    r : int, default=4
+        Rank of each expert (the paper uses 8 experts of rank 4).
+    lora_alpha : int or float, default=16
+        LoRA alpha; the expert scaling is ``lora_alpha / r``.
+    num_experts : int, default=8
+        Number of LoRA experts N per adapted layer.
+    max_threshold : float or None, default=None
+        For ``routing="adaptive"``: the largest threshold tau_max, tau = tau_max *
+        sigmoid(W_tau x + b_tau). For ``routing="threshold"``: the fixed threshold. ``None`` means
+        ``1 / num_experts``, which guarantees at least one active expert per token.
+    routing : {"adaptive", "topk", "threshold", "dense"}, default="adaptive"
+        ``"adaptive"``: AdaMoLE (experts with p_i >= tau(x), weights p_i - tau renormalised).
+        ``"topk"``: MoLE top-k (the ``top_k`` largest gate probabilities, renormalised).
+        ``"threshold"``: MoLE with the fixed threshold ``max_threshold`` (p renormalised over the
+        active experts). ``"dense"``: softmax over all experts. With ``num_experts=1`` and
+        ``routing="dense"`` there is no router and the layer is plain LoRA.
+    top_k : int, default=2
+        Number of active experts for ``routing="topk"``.
+    aux_loss_reduction : {"sum", "mean"}, default="sum"
+        How :func:`~sparsekit.adamole.collect_aux_loss` reduces the per-module load-balancing
+        losses: ``"sum"`` over adapted modules (paper parity; the effective coefficient grows
+        with the number of targets) or ``"mean"``.
+    expert_compute : {"dense", "gathered"}, default="dense"
+        ``"dense"``: masked dense form, two GEMMs over the stacked experts, no host sync (best
+        when ``num_experts * r`` is small compared with the layer width). ``"gathered"``: only the
+        (token, expert) pairs that are active are computed, with grouped GEMMs; one host sync per
+        module (worth it only for large experts).
+    **kwargs
+        Every other :class:`peft.LoraConfig` field (``lora_dropout``, ``target_modules``,
+        ``modules_to_save``, ``task_type``, ``init_lora_weights`` in {True, False, "gaussian"},
+        ``use_rslora``, ...). DoRA, ``lora_bias`` and the other LoRA variants are not supported.
+
+    Notes
+    -----
+    The dense form draws one dropout mask shared by all experts, while the official code draws
+    one per expert; at dropout 0 both are identical.
+    """
+
+    r: int = field(default=4, metadata={"help": "Rank of each LoRA expert."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha; scaling is lora_alpha / r."})
+    num_experts: int = field(default=8, metadata={"help": "Number of LoRA experts per layer."})
+    max_threshold: float | None = field(
+        default=None,
+        metadata={"help": "tau_max for adaptive routing, fixed threshold for 'threshold' routing; "
+                          "None means 1/num_experts."},
+    )
+    routing: str = field(
+        default="adaptive", metadata={"help": "One of 'adaptive', 'topk', 'threshold', 'dense'."}
+    )
+    top_k: int = field(default=2, metadata={"help": "Active experts for routing='topk'."})
+    aux_loss_reduction: str = field(
+        default="sum", metadata={"help": "Reduction of the per-module aux losses: 'sum' or 'mean'."}
+    )
+    expert_compute: str = field(
+        default="dense", metadata={"help": "'dense' masked experts or 'gathered' active pairs."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_adamole()
+        # imported here: the layer module imports this one
+        from torch import nn
+
+        from ._layer import AdaMoLELinear
+
+        self._register_custom_module({nn.Linear: AdaMoLELinear})
+
+    def _validate_adamole(self):
+        def _int(name, low):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+                raise ValueError(
+                    f"The {name!r} parameter of AdaMoLEConfig must be an int >= {low}. "
+                    f"Got {value!r} instead."
+                )
+
+        _int("r", 1)
+        _int("num_experts", 1)
+        if self.routing not in ROUTINGS:
+            raise ValueError(
+                f"The 'routing' parameter of AdaMoLEConfig must be one of {ROUTINGS}. "
+                f"Got {self.routing!r} instead."
+            )
+        if self.routing == "topk":
+            _int("top_k", 1)
+            if self.top_k > self.num_experts:
+                raise ValueError(
+                    f"top_k={self.top_k} is larger than num_experts={self.num_experts}; choose "
+                    "top_k <= num_experts."
+                )
+        if self.max_threshold is not None and (
+            isinstance(self.max_threshold, bool)
+            or not isinstance(self.max_threshold, Real)
+            or not 0 < self.max_threshold <= 1
+        ):
+            raise ValueError(
+                "The 'max_threshold' parameter of AdaMoLEConfig must be None (1/num_experts) or a "
+                f"float in (0, 1]. Got {self.max_threshold!r} instead."
+            )
+        if self.aux_loss_reduction not in AUX_LOSS_REDUCTIONS:
+            raise ValueError(
+                "The 'aux_loss_reduction' parameter of AdaMoLEConfig must be one of "
+                f"{AUX_LOSS_REDUCTIONS}. Got {self.aux_loss_reduction!r} instead."
+            )
+        if self.expert_compute not in EXPERT_COMPUTES:
+            raise ValueError(
+                "The 'expert_compute' parameter of AdaMoLEConfig must be one of "
+                f"{EXPERT_COMPUTES}. Got {self.expert_compute!r} instead."
+            )
+        if self.init_lora_weights not in _SUPPORTED_INIT:
+            raise ValueError(
+                "AdaMoLEConfig supports init_lora_weights in (True, False, 'gaussian'). "
+                f"Got {self.init_lora_weights!r} instead."
+            )
+        # every LoRA variant (DoRA, aLoRA, ...) plus the options the AdaMoLE layer cannot honour
+        names = [f.name for f in fields(self) if f.metadata.get("is_lora_variant")]
+        names += ["lora_bias", "fan_in_fan_out", "target_parameters", "trainable_token_indices",
+                  "layer_replication"]
+        unsupported = {name: getattr(self, name, None) for name in names}
+        for name, value in unsupported.items():
+            if value:
+                raise ValueError(
+                    f"AdaMoLEConfig does not support {name}={value!r}; leave it at its default."
+                )
+        if self.rank_pattern or self.alpha_pattern:
+            raise ValueError(
+                "AdaMoLEConfig does not support rank_pattern/alpha_pattern: all adapted layers "
+                "share r, lora_alpha and num_experts."
+            )
+
+    @property
+    def resolved_max_threshold(self) -> float:
+        """``max_threshold``, with ``None`` resolved to ``1 / num_experts``."""
+        if self.max_threshold is None:
+            return 1.0 / self.num_experts
+        return float(self.max_threshold)

@@ -335,7 +335,8 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         n_experts = self.num_experts[adapter]
         rank = self.r[adapter]
         routing = self.routing[adapter]
-        fuse = isinstance(dropout, nn.Identity) or not dropout.training or dropout.p == 0
+        fuse = (isinstance(dropout, nn.Identity) or not dropout.training
+                or getattr(dropout, "p", None) == 0)
         fuse = fuse and lora_a.dtype == torch.float32 and self.expert_compute[adapter] == "dense"
 
         # ---- router (float32), gate and threshold in one GEMM; with no dropout and float32

@@ -1,0 +1,441 @@
+"""Laplace-approximated sparse Bayesian classification on a ``DesignMatrix``.
+
+Everything here works on the scaled basis Phi (columns of unit weighted RMS, an implicit intercept
+column of ones at coefficient index 0 when the design has one). Notation:
+
+- ``W`` (n_coef, K): posterior modes, one column per binary problem ("bernoulli": the binary
+  problem or the K one-vs-rest problems, solved together) or per class ("softmax": multinomial).
+- ``lam`` (n_coef, K): weight precisions (ARDRegression's ``lambda_``); the intercept row is a free
+  basis with a tiny fixed precision and is never pruned.
+- ``mask`` (n_coef, K): which (basis, column) pairs are still in the model. A basis is removed
+  from the design (compacted in place) once every column has pruned it.
+- ``D`` (n_coef, K): diagonal approximation of the data curvature ``Phi' diag(b) Phi``.
+
+Two solvers share one outer loop (:func:`fit_path`):
+
+- the DQN phase (spec §1.5): the mode by diagonal quasi-Newton steps ``p = -g / (D + lam)`` with an
+  Armijo search along ``z + eta Phi p`` (two passes over Phi per step, GEMMs for K columns), ``D``
+  by the diagonal BFGS (or PSB, or exact-diagonal) update, warm-started across outer iterations,
+  and ``Sigma_jj ~ 1 / (D_jj + lam_j)`` in the MacKay/EM update, so nothing m-by-m is formed;
+- the exact phase: Newton steps with a Cholesky factor of the full Laplace precision
+  ``H = Phi' diag(b) Phi + diag(lam)``, and ``Sigma = H^-1``. It runs from the start for
+  ``solver="exact"`` and as the "exact finish" once at most ``exact_switch`` bases remain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import LinAlgError, cho_factor, cho_solve
+from scipy.special import expit, log_expit
+
+from ._kernels import EM, MACKAY, dbfgs_update, psb_update, reestimate_alpha
+
+FREE_LAMBDA = 1e-8  # precision of the free intercept basis (SparseBayes' FREEBASIS uses eps)
+GAMMA_FLOOR = 1e-12
+LAMBDA_FLOOR = 1e-12
+ARMIJO_C1 = 1e-4
+MAX_HALVINGS = 40
+D_MIN_REL = 1e-10  # clip of the curvature diagonal, relative to the effective sample size
+D_MAX_REL = 1e10
+RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored by the stop rule
+NEWTON_MAX_ITER = 25
+
+
+class ClassifierState:
+    """Mutable state of a fit (see the module docstring for the notation)."""
+
+    def __init__(self, W, lam, mask, D):
+        self.W = W
+        self.lam = lam
+        self.mask = mask
+        self.D = D
+        self.sigma_diag = None
+        self.sigma_full = None  # exact phase, bernoulli: list of K pairs (coef index, covariance)
+        self.n_iter = 0
+        self.n_iter_dqn = 0
+        self.converged = False
+        self.scores = []
+        self.pruned_lam = {}  # (original column index, k) -> precision when it was pruned
+        self.phase = "dqn"
+
+
+# ---------------------------------------------------------------------------------- likelihoods
+def data_loss(Z, T, sw, likelihood):
+    """Negative log-likelihood: per column (K,) for "bernoulli", shape (1,) for "softmax"."""
+    if likelihood == "bernoulli":
+        # softplus(z) - t z = -log sigma(z) + (1 - t) z, stable for large |z|
+        L = -log_expit(Z) + (1.0 - T) * Z
+        return sw @ L
+    zmax = Z.max(axis=1, keepdims=True)
+    lse = zmax[:, 0] + np.log(np.exp(Z - zmax).sum(axis=1))
+    return np.array([sw @ (lse - (T * Z).sum(axis=1))])
+
+
+def probabilities(Z, likelihood):
+    """Mean of the likelihood at logits Z."""
+    if likelihood == "bernoulli":
+        return expit(Z)
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    E /= E.sum(axis=1, keepdims=True)
+    return E
+
+
+def _loss_resid(Z, T, sw, likelihood):
+    loss = data_loss(Z, T, sw, likelihood)
+    P = probabilities(Z, likelihood)
+    R = sw[:, None] * (P - T)
+    return loss, R, P
+
+
+def _reduce(A, likelihood):
+    """Sum over coefficients per column (bernoulli) or over everything (softmax, shape (1,))."""
+    if likelihood == "bernoulli":
+        return A.sum(axis=0)
+    return np.array([A.sum()])
+
+
+# ---------------------------------------------------------------------------------- DQN phase
+def dqn_inner(design, state, T, sw, likelihood, params):
+    """Approximate posterior mode by diagonal quasi-Newton steps (warm-started).
+
+    Returns the data loss at the final point (per column, or shape (1,) for softmax).
+    """
+    W, lam, mask, D = state.W, state.lam, state.mask, state.D
+    wsum = design.weight_sum
+    d_min, d_max = D_MIN_REL * wsum, D_MAX_REL * wsum
+    gtol = params["inner_tol"] * wsum
+    diag_update = params["diag_update"]
+    Z = design.matvec(W)
+    loss, R, P = _loss_resid(Z, T, sw, likelihood)
+    G = design.rmatvec(R) + lam * W
+    G[~mask] = 0.0
+    if diag_update == "exact":
+        D[...] = _exact_diag(design, P, sw, likelihood)
+    for _ in range(params["inner_max_iter"]):
+        if not np.any(np.abs(G) > gtol):
+            break
+        Pd = -G / (D + lam)
+        Q = design.matvec(Pd)
+        gp = _reduce(G * Pd, likelihood)
+        a0 = 0.5 * _reduce(lam * W * W, likelihood)
+        a1 = _reduce(lam * W * Pd, likelihood)
+        a2 = _reduce(lam * Pd * Pd, likelihood)
+        E0 = loss + a0
+        eta = np.ones_like(E0)
+        accepted = np.zeros(E0.shape, dtype=bool)
+        trial_loss = loss.copy()
+        for _ in range(MAX_HALVINGS):
+            Lt = data_loss(Z + eta * Q, T, sw, likelihood)
+            Et = Lt + a0 + eta * a1 + 0.5 * eta * eta * a2
+            ok = (Et <= E0 + ARMIJO_C1 * eta * gp) & ~accepted
+            trial_loss = np.where(ok, Lt, trial_loss)
+            accepted |= ok
+            if accepted.all():
+                break
+            eta = np.where(accepted, eta, 0.5 * eta)
+        eta = np.where(accepted, eta, 0.0)  # no decrease found along p: stay put
+        if not accepted.any():
+            break
+        S = eta * Pd
+        W += S
+        Z += eta * Q
+        loss, R, P = _loss_resid(Z, T, sw, likelihood)
+        G_new = design.rmatvec(R) + lam * W
+        G_new[~mask] = 0.0
+        if diag_update == "exact":
+            D[...] = _exact_diag(design, P, sw, likelihood)
+        else:
+            Y = (G_new - G) - lam * S
+            update = dbfgs_update if diag_update == "dbfgs" else psb_update
+            if likelihood == "bernoulli":
+                for k in range(W.shape[1]):
+                    if accepted[k]:
+                        dk = np.ascontiguousarray(D[:, k])
+                        update(dk, S[:, k].copy(), Y[:, k].copy(), d_min, d_max, 1e-12)
+                        D[:, k] = dk
+            else:
+                dflat = D.reshape(-1)  # C-contiguous: a view
+                update(dflat, S.reshape(-1), Y.reshape(-1), d_min, d_max, 1e-12)
+        G = G_new
+    D[~mask] = np.maximum(D[~mask], d_min)
+    return loss
+
+
+def _exact_diag(design, P, sw, likelihood):
+    """Exact diagonal of the data curvature, ``(Phi * Phi)' b`` per column (one pass each)."""
+    B = sw[:, None] * P * (1.0 - P)  # bernoulli b, and softmax's diagonal block p_k (1 - p_k)
+    d_min = D_MIN_REL * design.weight_sum
+    out = np.empty((design.n_coef, P.shape[1]))
+    for k in range(P.shape[1]):
+        out[:, k] = design.sq_column_norms(B[:, k])
+    return np.maximum(out, d_min)
+
+
+# ---------------------------------------------------------------------------------- exact phase
+def _dense_basis(design):
+    """[1 | Phi_A] (or Phi_A) as a dense float64 array, for the exact phase only."""
+    Pa = np.asarray(design.dense_active(), dtype=np.float64)
+    if design.intercept_column:
+        return np.hstack([np.ones((design.n_samples, 1)), Pa])
+    return np.ascontiguousarray(Pa)
+
+
+def _cholesky(H):
+    """Cholesky factor of a symmetric positive definite H, adding jitter if needed."""
+    try:
+        return cho_factor(H, lower=True, check_finite=False), 0.0
+    except LinAlgError:
+        scale = max(float(np.max(np.abs(np.diag(H)))), 1.0)
+        jitter = 1e-10 * scale
+        for _ in range(12):
+            try:
+                Hj = H + jitter * np.eye(H.shape[0])
+                return cho_factor(Hj, lower=True, check_finite=False), jitter
+            except LinAlgError:
+                jitter *= 10.0
+        raise
+
+
+def _newton_bernoulli(Phi, t, sw, w, lam):
+    """Exact posterior mode of one binary problem by damped Newton; returns (w, loss, chol)."""
+    z = Phi @ w
+    for _ in range(NEWTON_MAX_ITER):
+        p = expit(z)
+        g = Phi.T @ (sw * (p - t)) + lam * w
+        b = sw * p * (1.0 - p)
+        H = Phi.T @ (Phi * b[:, None])
+        H[np.diag_indices_from(H)] += lam
+        cf, _ = _cholesky(H)
+        step = -cho_solve(cf, g, check_finite=False)
+        loss0 = sw @ (-log_expit(z) + (1.0 - t) * z) + 0.5 * lam @ (w * w)
+        dz = Phi @ step
+        gp = g @ step
+        eta = 1.0
+        for _ in range(MAX_HALVINGS):
+            wt = w + eta * step
+            zt = z + eta * dz
+            lt = sw @ (-log_expit(zt) + (1.0 - t) * zt) + 0.5 * lam @ (wt * wt)
+            if lt <= loss0 + ARMIJO_C1 * eta * gp:
+                break
+            eta *= 0.5
+        else:
+            eta = 0.0
+        w = w + eta * step
+        z = z + eta * dz
+        if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(w))):
+            break
+    p = expit(z)
+    b = sw * p * (1.0 - p)
+    H = Phi.T @ (Phi * b[:, None])
+    H[np.diag_indices_from(H)] += lam
+    cf, _ = _cholesky(H)
+    loss = sw @ (-log_expit(z) + (1.0 - t) * z)
+    return w, loss, cf
+
+
+def _softmax_hessian(Phi, P, sw, idx_list, lam_flat):
+    """Full Laplace precision of the multinomial model over the masked coefficients."""
+    K = P.shape[1]
+    m = Phi.shape[1]
+    blocks = {}
+    for k in range(K):
+        for j in range(k, K):
+            c = sw * P[:, k] * ((1.0 if j == k else 0.0) - P[:, j])
+            blocks[k, j] = Phi.T @ (Phi * c[:, None])
+    H = np.empty((K * m, K * m))
+    for k in range(K):
+        for j in range(k, K):
+            H[k * m : (k + 1) * m, j * m : (j + 1) * m] = blocks[k, j]
+            if j != k:
+                H[j * m : (j + 1) * m, k * m : (k + 1) * m] = blocks[k, j].T
+    H = H[np.ix_(idx_list, idx_list)]
+    H[np.diag_indices_from(H)] += lam_flat
+    return H
+
+
+def _newton_softmax(Phi, T, sw, W, lam, mask):
+    """Exact posterior mode of the multinomial model; returns (W, loss, chol, flat index)."""
+    m, K = W.shape
+    # coefficient (j, k) sits at flat position k * m + j (class-major blocks)
+    idx = np.flatnonzero(mask.T.reshape(-1))
+    lam_flat = lam.T.reshape(-1)[idx]
+    Z = Phi @ W
+    for _ in range(NEWTON_MAX_ITER):
+        P = probabilities(Z, "softmax")
+        Gm = Phi.T @ (sw[:, None] * (P - T)) + lam * W
+        g = Gm.T.reshape(-1)[idx]
+        H = _softmax_hessian(Phi, P, sw, idx, lam_flat)
+        cf, _ = _cholesky(H)
+        step_flat = -cho_solve(cf, g, check_finite=False)
+        step = np.zeros(K * m)
+        step[idx] = step_flat
+        step = step.reshape(K, m).T
+        dZ = Phi @ step
+        loss0 = data_loss(Z, T, sw, "softmax")[0] + 0.5 * np.sum(lam * W * W * mask)
+        gp = g @ step_flat
+        eta = 1.0
+        for _ in range(MAX_HALVINGS):
+            Wt = W + eta * step
+            lt = data_loss(Z + eta * dZ, T, sw, "softmax")[0] + 0.5 * np.sum(lam * Wt * Wt * mask)
+            if lt <= loss0 + ARMIJO_C1 * eta * gp:
+                break
+            eta *= 0.5
+        else:
+            eta = 0.0
+        W = W + eta * step
+        Z = Z + eta * dZ
+        if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(W))):
+            break
+    P = probabilities(Z, "softmax")
+    H = _softmax_hessian(Phi, P, sw, idx, lam_flat)
+    cf, _ = _cholesky(H)
+    return W, data_loss(Z, T, sw, "softmax")[0], cf, idx
+
+
+def exact_step(design, state, T, sw, likelihood):
+    """Exact Laplace step: posterior modes and full covariances over the active set.
+
+    Sets ``state.W``, ``state.sigma_diag`` and ``state.sigma_full``; returns the data loss and
+    the log-determinant of the Laplace precision (summed over the columns).
+    """
+    Phi = _dense_basis(design)
+    W, lam, mask = state.W, state.lam, state.mask
+    n_coef, K = W.shape
+    sigma_diag = np.zeros((n_coef, K))
+    loss_total = 0.0
+    logdet = 0.0
+    if likelihood == "bernoulli":
+        sigma_full = []
+        for k in range(K):
+            idx = np.flatnonzero(mask[:, k])
+            w, loss, cf = _newton_bernoulli(Phi[:, idx], T[:, k], sw, W[idx, k], lam[idx, k])
+            W[:, k] = 0.0
+            W[idx, k] = w
+            S = cho_solve(cf, np.eye(idx.size), check_finite=False)
+            sigma_diag[idx, k] = np.diag(S)
+            sigma_full.append((idx, S))
+            loss_total += loss
+            logdet += 2.0 * np.sum(np.log(np.diag(cf[0])))
+        state.sigma_full = sigma_full
+    else:
+        W_new, loss, cf, idx = _newton_softmax(Phi, T, sw, W, lam, mask)
+        W[...] = W_new * mask
+        S = cho_solve(cf, np.eye(idx.size), check_finite=False)
+        flat = np.zeros(n_coef * K)
+        flat[idx] = np.diag(S)
+        sigma_diag[...] = flat.reshape(K, n_coef).T
+        state.sigma_full = None
+        loss_total = loss
+        logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
+    state.sigma_diag = sigma_diag
+    return loss_total, logdet
+
+
+# ---------------------------------------------------------------------------------- outer loop
+def _free_rows(design):
+    return 1 if design.intercept_column else 0
+
+
+def _reestimate_and_prune(design, state, params):
+    """MacKay/EM update over the masked, non-free coefficients, then pruning and compaction.
+
+    Returns ``(changed, max_dlog)``: whether the active set changed, and the largest change of
+    log precision over the relevant coefficients (gamma above RELEVANT_GAMMA).
+    """
+    f = _free_rows(design)
+    W, lam, mask = state.W, state.lam, state.mask
+    sub = mask[f:]
+    if not sub.any():
+        return False, 0.0
+    mode = MACKAY if params["update"] == "mackay" else EM
+    lam_old = lam[f:][sub]
+    lam_new, gamma = reestimate_alpha(
+        W[f:][sub].copy(),
+        state.sigma_diag[f:][sub].copy(),
+        lam_old.copy(),
+        mode,
+        0.0,
+        0.0,
+        GAMMA_FLOOR,
+        LAMBDA_FLOOR,
+    )
+    relevant = (gamma > RELEVANT_GAMMA) & np.isfinite(lam_new)
+    if relevant.any():
+        dlog = float(np.max(np.abs(np.log(lam_new[relevant]) - np.log(lam_old[relevant]))))
+    else:
+        dlog = 0.0
+    prune = ~(lam_new < params["threshold_lambda"])
+    lam_sub = lam[f:]
+    lam_sub[sub] = np.where(prune, 1.0, lam_new)
+    changed = bool(prune.any())
+    if changed:
+        rows, cols = np.nonzero(sub)
+        for r, c, v in zip(rows[prune], cols[prune], lam_new[prune]):
+            state.pruned_lam[int(design.active[r]), int(c)] = float(v)
+        mask_sub = mask[f:]
+        mask_sub[rows[prune], cols[prune]] = False
+        W[~mask] = 0.0
+        keep = mask[f:].any(axis=1)
+        if not keep.all():
+            keep_rows = np.concatenate([np.ones(f, dtype=bool), keep])
+            design.compact(keep)
+            state.W = np.ascontiguousarray(W[keep_rows])
+            state.lam = np.ascontiguousarray(lam[keep_rows])
+            state.mask = np.ascontiguousarray(mask[keep_rows])
+            state.D = np.ascontiguousarray(state.D[keep_rows])
+            if state.sigma_diag is not None:
+                state.sigma_diag = np.ascontiguousarray(state.sigma_diag[keep_rows])
+    return changed, dlog
+
+
+def _log_evidence(loss, logdet, state, design):
+    """Laplace estimate of the log marginal likelihood, up to a constant."""
+    f = _free_rows(design)
+    sub = state.mask[f:]
+    prior = 0.5 * np.sum(np.log(state.lam[f:][sub])) - 0.5 * np.sum(
+        (state.lam * state.W * state.W)[state.mask]
+    )
+    return float(-np.sum(loss) + prior - 0.5 * logdet)
+
+
+def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
+    """Outer loop: DQN phase until at most ``exact_switch`` bases remain (or always exact for
+    ``params["solver"] == "exact"``), then exact Laplace iterations; stop with a stable active
+    set and small changes of the relevant log precisions for ``n_iter_no_change`` iterations."""
+    calm = 0
+    exact = params["solver"] == "exact"
+    while state.n_iter < params["max_iter"]:
+        if not exact and design.n_active <= params["exact_switch"]:
+            exact = True
+            calm = 0
+        state.n_iter += 1
+        if exact:
+            state.phase = "exact"
+            loss, logdet = exact_step(design, state, T, sw, likelihood)
+            tol = params["tol"]
+        else:
+            state.n_iter_dqn += 1
+            loss = dqn_inner(design, state, T, sw, likelihood, params)
+            H = state.D + state.lam
+            state.sigma_diag = np.where(state.mask, 1.0 / H, 0.0)
+            logdet = float(np.sum(np.log(H[state.mask])))
+            tol = params["dqn_tol"]
+        state.scores.append(_log_evidence(loss, logdet, state, design))
+        changed, dlog = _reestimate_and_prune(design, state, params)
+        if on_iter is not None:
+            on_iter(state, design, dlog)
+        calm = calm + 1 if (not changed and dlog < tol) else 0
+        if calm >= params["n_iter_no_change"]:
+            if exact or design.n_active > params["exact_switch"]:
+                state.converged = True
+                break
+            exact = True  # the DQN phase converged with few bases: finish exactly
+            calm = 0
+    # Final posterior at the final precisions (after the last pruning).
+    if exact:
+        exact_step(design, state, T, sw, likelihood)
+    else:
+        dqn_inner(design, state, T, sw, likelihood, params)
+        state.sigma_diag = np.where(state.mask, 1.0 / (state.D + state.lam), 0.0)
+        state.sigma_full = None
+    return state

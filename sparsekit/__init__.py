@@ -8,11 +8,11 @@
 """
 
 from ._version import __version__
-from .sbl import DQNSBLClassifier, DQNSBLRegressor
+from .sbl import DQNSBLRegressor
 
 __all__ = ["DQNSBLRegressor", "DQNSBLClassifier", "AdaMoLEClassifier", "__version__"]
 
-_LAZY = {"AdaMoLEClassifier": "sparsekit.adamole"}
+_LAZY = {"AdaMoLEClassifier": "sparsekit.adamole", "DQNSBLClassifier": "sparsekit.sbl"}
 
 
 def __getattr__(name):

@@ -52,11 +52,8 @@ class BaseDQNSBL(BaseEstimator):
             y_numeric=y_numeric,
             ensure_min_samples=2,
         )
+        # Rejects negative weights and all-zero weights with a clear message.
         sw = _check_sample_weight(sample_weight, X, dtype=np.float64, ensure_non_negative=True)
-        if not np.any(sw > 0):
-            raise ValueError(
-                "All sample weights are zero: at least one sample needs a positive weight."
-            )
         if self.kernel == "precomputed" and X.shape[0] != X.shape[1]:
             raise ValueError(
                 "With kernel='precomputed', X must be the square Gram matrix K(X_train, X_train); "
@@ -90,6 +87,8 @@ class BaseDQNSBL(BaseEstimator):
 
     def _basis(self, X):
         """Basis columns of new samples over the relevant set (n_samples, n_relevant)."""
+        if self.relevance_.size == 0:
+            return np.zeros((X.shape[0], 0))
         return prediction_basis(
             self, X, self.relevance_vectors_, self.relevance_, getattr(self, "_gamma", None)
         )

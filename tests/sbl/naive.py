@@ -1,0 +1,49 @@
+"""Readable numpy references for the numba kernels of sparsekit.sbl (one per kernel)."""
+
+import numpy as np
+
+
+def weighted_column_moments(Phi, sw):
+    mean = (sw[:, None] * Phi).sum(0) / sw.sum()
+    ssd = (sw[:, None] * (Phi - mean) ** 2).sum(0)
+    return mean, ssd
+
+
+def center_scale(Phi, offset, inv_scale):
+    return (Phi - offset) * inv_scale
+
+
+def weighted_sq_column_norms(Phi, b):
+    return (Phi * Phi).T @ b
+
+
+def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floor, alpha_floor):
+    gamma = np.clip(1.0 - alpha * sigma_diag, gamma_floor, 1.0)
+    with np.errstate(divide="ignore"):
+        if mode == 0:
+            new = (gamma + 2 * lambda_1) / (mu**2 + 2 * lambda_2)
+        else:
+            new = (1 + 2 * lambda_1) / (mu**2 + sigma_diag + 2 * lambda_2)
+    return np.maximum(new, alpha_floor), gamma
+
+
+def compact_columns(Phi, keep):
+    return Phi[:, keep]
+
+
+def dbfgs_update(d, s, y, d_min, d_max, eps):
+    sy, ss = s @ y, s @ s
+    sds = s @ (d * s)
+    if sy <= eps * ss or sds <= 0:
+        return d.copy(), False
+    new = d - (d * s) ** 2 / sds + y**2 / sy
+    return np.clip(new, d_min, d_max), True
+
+
+def psb_update(d, s, y, d_min, d_max, eps):
+    sy, ss = s @ y, s @ s
+    s4 = np.sum(s**4)
+    if sy <= eps * ss or s4 <= 0:
+        return d.copy(), False
+    new = d + ((sy - np.sum(d * s**2)) / s4) * s**2
+    return np.clip(new, d_min, d_max), True

@@ -285,18 +285,26 @@ class AuxLoss:
     def _record(self, layer, adapter, routing, n_experts, mask, score, tau):
         n_tokens = mask.shape[0]
         valid = self._valid(n_tokens, score.device)
-        fmask = mask.to(score.dtype)
-        if valid is None:
-            frac = fmask.mean(0)
-            prob = score.mean(0)
-        else:
-            denom = valid.sum().clamp_min(1.0)
-            frac = (valid @ fmask) / denom
-            prob = (valid @ score) / denom
-        self.terms.append(n_experts * (frac * prob).sum())
+        # The identity hooks keep what the aux loss saves for backward out of a surrounding
+        # non-reentrant checkpoint: its recompute (which skips this method) must save exactly
+        # the tensors the checkpointed forward saved.
+        with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            fmask = mask.to(score.dtype)
+            if valid is None:
+                frac = fmask.mean(0)
+                prob = score.mean(0)
+            else:
+                denom = valid.sum().clamp_min(1.0)
+                frac = (valid @ fmask) / denom
+                prob = (valid @ score) / denom
+            self.terms.append(n_experts * (frac * prob).sum())
         self._reductions.append(layer.aux_loss_reduction[adapter])
         if self.statistics:
             _accumulate_statistics(layer, adapter, mask, tau, valid)
+
+
+def _keep(tensor):
+    return tensor
 
 
 def _accumulate_statistics(layer, adapter, mask, tau, valid):

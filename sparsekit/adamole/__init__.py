@@ -11,7 +11,20 @@ Names are resolved lazily (PEP 562), so importing this package costs nothing unt
 import importlib
 import importlib.util
 
-_MISSING = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+
+
+def _missing_dependencies():
+    missing = []
+    for name in ("torch", "transformers", "peft"):
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+_MISSING = _missing_dependencies()
 if _MISSING:
     raise ImportError(
         f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install the "

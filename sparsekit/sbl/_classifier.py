@@ -24,6 +24,21 @@ from ._features import training_basis
 _PI_OVER_8 = np.pi / 8.0
 
 
+def _centred_softmax_variance(Psi, cov, K):
+    """Variance of ``a_k(x) - mean_l a_l(x)`` under a full covariance of all classes' weights.
+
+    ``Psi`` (n, m) basis rows, ``cov`` (K m, K m) class-major. Returns (n, K).
+    """
+    n, m = Psi.shape
+    C = cov.reshape(K, m, K, m)
+    # V[i, k, l] = Psi_i' C[k, :, l, :] Psi_i
+    V = np.einsum("ia,kalb,ib->ikl", Psi, C, Psi, optimize=True)
+    row = V.mean(axis=2)
+    total = V.mean(axis=(1, 2))
+    diag = np.einsum("ikk->ik", V)
+    return diag - 2.0 * row + total[:, None]
+
+
 class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     """Sparse Bayesian classification solved without inverting a covariance matrix.
 
@@ -83,7 +98,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     dqn_tol : float, default=0.1
         The same tolerance in the "dqn" phase, whose quasi-Newton diagonal jitters too much for
         ``tol`` to be reached.
-    n_iter_no_change : int, default=5
+    n_iter_no_change : int, default=10
         A phase stops after this many consecutive iterations with an unchanged active set and
         log-precision changes below its tolerance.
     inner_max_iter : int, default=20
@@ -204,7 +219,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         max_iter=1000,
         tol=1e-3,
         dqn_tol=0.1,
-        n_iter_no_change=5,
+        n_iter_no_change=10,
         inner_max_iter=20,
         inner_tol=1e-6,
         exact_switch=200,
@@ -396,20 +411,24 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         sig = state.sigma_diag
         self.sigma_ = (sig[f:].T * s**2).astype(dtype, copy=False)
         self._intercept_var = sig[0].copy() if f else np.zeros(K)
-        if self._likelihood == "softmax":
-            # The softmax likelihood does not identify a common shift of the intercepts, whose
-            # variance is only bounded by the free basis' flat prior; it cancels in the class
-            # probabilities, so it is left out of the moderation.
-            self._intercept_var = np.zeros(K)
         self._cov = None
         if state.sigma_full is not None:
             scale = np.concatenate([np.ones(f), s])
-            covs = []
-            for idx, S in state.sigma_full:
-                full = np.zeros((design.n_coef, design.n_coef))
-                full[np.ix_(idx, idx)] = S * np.outer(scale[idx], scale[idx])
-                covs.append(full)
-            self._cov = covs
+            n_coef = design.n_coef
+            if self._likelihood == "softmax":
+                # one covariance over all classes' coefficients, class-major
+                ((idx, S),) = state.sigma_full
+                flat_scale = np.tile(scale, K)[idx]
+                full = np.zeros((K * n_coef, K * n_coef))
+                full[np.ix_(idx, idx)] = S * np.outer(flat_scale, flat_scale)
+                self._cov = [full]
+            else:
+                covs = []
+                for idx, S in state.sigma_full:
+                    full = np.zeros((n_coef, n_coef))
+                    full[np.ix_(idx, idx)] = S * np.outer(scale[idx], scale[idx])
+                    covs.append(full)
+                self._cov = covs
         self.intercept_ = np.asarray(shift, dtype=dtype).reshape(K)
         if self.kernel is None:
             coef = np.zeros((K, M), dtype=dtype)
@@ -448,13 +467,17 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             if not self.moderated:
                 return mean, None
             K = mean.shape[1]
+            softmax_model = self._likelihood == "softmax"
             if self._cov is not None:
                 Pd = Phi.toarray() if sp.issparse(Phi) else Phi
                 if self.fit_intercept:
                     Pd = np.hstack([np.ones((Pd.shape[0], 1)), Pd])
-                var = np.empty_like(mean)
-                for k in range(K):
-                    var[:, k] = np.einsum("ij,ij->i", Pd @ self._cov[k], Pd)
+                if softmax_model:
+                    var = _centred_softmax_variance(Pd, self._cov[0], K)
+                else:
+                    var = np.empty_like(mean)
+                    for k in range(K):
+                        var[:, k] = np.einsum("ij,ij->i", Pd @ self._cov[k], Pd)
             else:
                 sig = self.sigma_.astype(np.float64).T  # (m, K)
                 if sp.issparse(Phi):
@@ -462,6 +485,14 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                 else:
                     var = (Phi * Phi) @ sig
                 var = var + self._intercept_var
+                if softmax_model:
+                    # independent logits: var(a_k - mean(a)) = (1 - 2/K) v_k + sum(v) / K^2
+                    var = (1.0 - 2.0 / K) * var + var.sum(axis=1, keepdims=True) / K**2
+            if softmax_model:
+                # The softmax depends on differences of logits only (a common shift of all
+                # classes' weights is identified by the prior alone), so moderate the centred
+                # logits with their own variances.
+                mean = mean - mean.mean(axis=1, keepdims=True)
             return mean, np.maximum(var, 0.0)
 
     def _scores(self, X):

@@ -28,6 +28,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 from scipy.special import expit, log_expit
 
+from ._classifier_kernels import laplace_newton_bernoulli
 from ._kernels import EM, MACKAY, dbfgs_update, psb_update, reestimate_alpha
 
 FREE_LAMBDA = 1e-8  # precision of the free intercept basis (SparseBayes' FREEBASIS uses eps)
@@ -39,6 +40,7 @@ D_MIN_REL = 1e-10  # clip of the curvature diagonal, relative to the effective s
 D_MAX_REL = 1e10
 RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored by the stop rule
 NEWTON_MAX_ITER = 25
+EXACT_GTOL_REL = 1e-8  # Newton stops at max|gradient| <= this times the sum of weights
 
 
 class ClassifierState:
@@ -196,59 +198,21 @@ def _cholesky(H):
         raise
 
 
-def _newton_bernoulli(Phi, t, sw, w, lam):
-    """Exact posterior mode of one binary problem by damped Newton; returns (w, loss, chol)."""
-    z = Phi @ w
-    for _ in range(NEWTON_MAX_ITER):
-        p = expit(z)
-        g = Phi.T @ (sw * (p - t)) + lam * w
-        b = sw * p * (1.0 - p)
-        H = Phi.T @ (Phi * b[:, None])
-        H[np.diag_indices_from(H)] += lam
-        cf, _ = _cholesky(H)
-        step = -cho_solve(cf, g, check_finite=False)
-        loss0 = sw @ (-log_expit(z) + (1.0 - t) * z) + 0.5 * lam @ (w * w)
-        dz = Phi @ step
-        gp = g @ step
-        eta = 1.0
-        for _ in range(MAX_HALVINGS):
-            wt = w + eta * step
-            zt = z + eta * dz
-            lt = sw @ (-log_expit(zt) + (1.0 - t) * zt) + 0.5 * lam @ (wt * wt)
-            if lt <= loss0 + ARMIJO_C1 * eta * gp:
-                break
-            eta *= 0.5
-        else:
-            eta = 0.0
-        w = w + eta * step
-        z = z + eta * dz
-        if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(w))):
-            break
-    p = expit(z)
-    b = sw * p * (1.0 - p)
-    H = Phi.T @ (Phi * b[:, None])
-    H[np.diag_indices_from(H)] += lam
-    cf, _ = _cholesky(H)
-    loss = sw @ (-log_expit(z) + (1.0 - t) * z)
-    return w, loss, cf
-
-
-def _softmax_hessian(Phi, P, sw, idx_list, lam_flat):
-    """Full Laplace precision of the multinomial model over the masked coefficients."""
+def _softmax_hessian(Phi, P, sw, mask, lam_flat):
+    """Full Laplace precision of the multinomial model over the masked coefficients, ordered
+    class-major (class k's active coefficients, then class k+1's)."""
     K = P.shape[1]
-    m = Phi.shape[1]
-    blocks = {}
+    cols = [np.flatnonzero(mask[:, k]) for k in range(K)]
+    Phis = [Phi[:, c] for c in cols]
+    starts = np.concatenate([[0], np.cumsum([c.size for c in cols])])
+    H = np.empty((starts[-1], starts[-1]))
     for k in range(K):
         for j in range(k, K):
             c = sw * P[:, k] * ((1.0 if j == k else 0.0) - P[:, j])
-            blocks[k, j] = Phi.T @ (Phi * c[:, None])
-    H = np.empty((K * m, K * m))
-    for k in range(K):
-        for j in range(k, K):
-            H[k * m : (k + 1) * m, j * m : (j + 1) * m] = blocks[k, j]
+            blk = Phis[k].T @ (Phis[j] * c[:, None])
+            H[starts[k] : starts[k + 1], starts[j] : starts[j + 1]] = blk
             if j != k:
-                H[j * m : (j + 1) * m, k * m : (k + 1) * m] = blocks[k, j].T
-    H = H[np.ix_(idx_list, idx_list)]
+                H[starts[j] : starts[j + 1], starts[k] : starts[k + 1]] = blk.T
     H[np.diag_indices_from(H)] += lam_flat
     return H
 
@@ -264,7 +228,7 @@ def _newton_softmax(Phi, T, sw, W, lam, mask):
         P = probabilities(Z, "softmax")
         Gm = Phi.T @ (sw[:, None] * (P - T)) + lam * W
         g = Gm.T.reshape(-1)[idx]
-        H = _softmax_hessian(Phi, P, sw, idx, lam_flat)
+        H = _softmax_hessian(Phi, P, sw, mask, lam_flat)
         cf, _ = _cholesky(H)
         step_flat = -cho_solve(cf, g, check_finite=False)
         step = np.zeros(K * m)
@@ -287,7 +251,7 @@ def _newton_softmax(Phi, T, sw, W, lam, mask):
         if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(W))):
             break
     P = probabilities(Z, "softmax")
-    H = _softmax_hessian(Phi, P, sw, idx, lam_flat)
+    H = _softmax_hessian(Phi, P, sw, mask, lam_flat)
     cf, _ = _cholesky(H)
     return W, data_loss(Z, T, sw, "softmax")[0], cf, idx
 
@@ -306,16 +270,30 @@ def exact_step(design, state, T, sw, likelihood):
     logdet = 0.0
     if likelihood == "bernoulli":
         sigma_full = []
+        gtol = EXACT_GTOL_REL * design.weight_sum
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
-            w, loss, cf = _newton_bernoulli(Phi[:, idx], T[:, k], sw, W[idx, k], lam[idx, k])
+            w, loss, S, ld, status = laplace_newton_bernoulli(
+                np.ascontiguousarray(Phi[:, idx]),
+                T[:, k],
+                sw,
+                np.ascontiguousarray(W[idx, k]),
+                np.ascontiguousarray(lam[idx, k]),
+                NEWTON_MAX_ITER,
+                gtol,
+                ARMIJO_C1,
+            )
+            if status < 0:
+                raise FloatingPointError(
+                    "The Laplace precision matrix is not positive definite even with jitter; "
+                    "the basis is numerically degenerate."
+                )
             W[:, k] = 0.0
             W[idx, k] = w
-            S = cho_solve(cf, np.eye(idx.size), check_finite=False)
             sigma_diag[idx, k] = np.diag(S)
             sigma_full.append((idx, S))
             loss_total += loss
-            logdet += 2.0 * np.sum(np.log(np.diag(cf[0])))
+            logdet += ld
         state.sigma_full = sigma_full
     else:
         W_new, loss, cf, idx = _newton_softmax(Phi, T, sw, W, lam, mask)
@@ -324,7 +302,7 @@ def exact_step(design, state, T, sw, likelihood):
         flat = np.zeros(n_coef * K)
         flat[idx] = np.diag(S)
         sigma_diag[...] = flat.reshape(K, n_coef).T
-        state.sigma_full = None
+        state.sigma_full = [(idx, S)]  # class-major flat positions k * n_coef + j
         loss_total = loss
         logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
     state.sigma_diag = sigma_diag
@@ -398,6 +376,15 @@ def _log_evidence(loss, logdet, state, design):
     return float(-np.sum(loss) + prior - 0.5 * logdet)
 
 
+def exact_size(design, state, likelihood):
+    """Size of the exact phase's linear algebra: the active bases (one-vs-rest factorises per
+    class) or the active coefficients of all classes (softmax couples them)."""
+    if likelihood == "bernoulli":
+        return design.n_active
+    f = _free_rows(design)
+    return int(state.mask[f:].sum())
+
+
 def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
     """Outer loop: DQN phase until at most ``exact_switch`` bases remain (or always exact for
     ``params["solver"] == "exact"``), then exact Laplace iterations; stop with a stable active
@@ -405,7 +392,7 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
     calm = 0
     exact = params["solver"] == "exact"
     while state.n_iter < params["max_iter"]:
-        if not exact and design.n_active <= params["exact_switch"]:
+        if not exact and exact_size(design, state, likelihood) <= params["exact_switch"]:
             exact = True
             calm = 0
         state.n_iter += 1
@@ -426,7 +413,7 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
             on_iter(state, design, dlog)
         calm = calm + 1 if (not changed and dlog < tol) else 0
         if calm >= params["n_iter_no_change"]:
-            if exact or design.n_active > params["exact_switch"]:
+            if exact or exact_size(design, state, likelihood) > params["exact_switch"]:
                 state.converged = True
                 break
             exact = True  # the DQN phase converged with few bases: finish exactly

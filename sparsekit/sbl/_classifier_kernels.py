@@ -1,0 +1,198 @@
+"""Numba kernels of the classifier's exact Laplace phase.
+
+The exact phase runs hundreds of outer iterations on a few dozen bases, where the Python overhead
+of a numpy/scipy Newton loop (a dozen calls per step) dominates; these kernels do a whole Laplace
+step in one call. Products with the basis go through ``np.dot`` (BLAS), the small m-by-m algebra
+is plain loops. Each kernel has a numpy reference in ``tests/sbl/naive_classifier.py``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def cholesky_lower_inplace(H):
+    """Overwrite the lower triangle of the symmetric ``H`` with its Cholesky factor L.
+
+    Returns False (leaving ``H`` partly overwritten) when ``H`` is not numerically positive
+    definite. The strict upper triangle is set to zero.
+    """
+    m = H.shape[0]
+    for j in range(m):
+        s = H[j, j]
+        for k in range(j):
+            s -= H[j, k] * H[j, k]
+        if not (s > 0.0):
+            return False
+        d = np.sqrt(s)
+        H[j, j] = d
+        for i in range(j + 1, m):
+            v = H[i, j]
+            for k in range(j):
+                v -= H[i, k] * H[j, k]
+            H[i, j] = v / d
+        for i in range(j):
+            H[i, j] = 0.0
+    return True
+
+
+@numba.njit(cache=True)
+def cholesky_solve(L, b):
+    """Solve ``L L' x = b`` for a lower-triangular L."""
+    m = L.shape[0]
+    y = np.empty(m)
+    for i in range(m):
+        v = b[i]
+        for k in range(i):
+            v -= L[i, k] * y[k]
+        y[i] = v / L[i, i]
+    x = np.empty(m)
+    for i in range(m - 1, -1, -1):
+        v = y[i]
+        for k in range(i + 1, m):
+            v -= L[k, i] * x[k]
+        x[i] = v / L[i, i]
+    return x
+
+
+@numba.njit(cache=True)
+def cholesky_inverse(L):
+    """``(L L')^-1`` from a lower-triangular L (via ``L^-1``)."""
+    m = L.shape[0]
+    Li = np.zeros((m, m))
+    for j in range(m):
+        Li[j, j] = 1.0 / L[j, j]
+        for i in range(j + 1, m):
+            v = 0.0
+            for k in range(j, i):
+                v -= L[i, k] * Li[k, j]
+            Li[i, j] = v / L[i, i]
+    return np.dot(Li.T, Li)
+
+
+@numba.njit(cache=True)
+def _bernoulli_terms(z, t, sw, p, r, b):
+    """Fill p = sigma(z), r = sw (p - t), b = sw p (1 - p); return the negative log-likelihood."""
+    loss = 0.0
+    for i in range(z.shape[0]):
+        zi = z[i]
+        if zi >= 0.0:
+            e = np.exp(-zi)
+            pi = 1.0 / (1.0 + e)
+            softplus = zi + np.log1p(e)
+        else:
+            e = np.exp(zi)
+            pi = e / (1.0 + e)
+            softplus = np.log1p(e)
+        p[i] = pi
+        r[i] = sw[i] * (pi - t[i])
+        b[i] = sw[i] * pi * (1.0 - pi)
+        loss += sw[i] * (softplus - t[i] * zi)
+    return loss
+
+
+@numba.njit(cache=True)
+def _bernoulli_loss(z, t, sw):
+    loss = 0.0
+    for i in range(z.shape[0]):
+        zi = z[i]
+        if zi >= 0.0:
+            softplus = zi + np.log1p(np.exp(-zi))
+        else:
+            softplus = np.log1p(np.exp(zi))
+        loss += sw[i] * (softplus - t[i] * zi)
+    return loss
+
+
+@numba.njit(cache=True)
+def _laplace_precision(Phi, b, lam, H):
+    """H = Phi' diag(b) Phi + diag(lam), factorised in place; jitter is added if needed."""
+    n, m = Phi.shape
+    Pb = np.empty((n, m))
+    for i in range(n):
+        for j in range(m):
+            Pb[i, j] = Phi[i, j] * b[i]
+    G = np.dot(Phi.T, Pb)
+    scale = 1.0
+    for j in range(m):
+        G[j, j] += lam[j]
+        if G[j, j] > scale:
+            scale = G[j, j]
+    jitter = 0.0
+    for _ in range(14):
+        for i in range(m):
+            for j in range(m):
+                H[i, j] = G[i, j]
+            H[i, i] += jitter
+        if cholesky_lower_inplace(H):
+            return jitter
+        jitter = 1e-10 * scale if jitter == 0.0 else jitter * 10.0
+    return -1.0
+
+
+@numba.njit(cache=True)
+def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, c1):
+    """Exact Laplace step of one binary problem: damped Newton to the posterior mode.
+
+    ``Phi`` (n, m) C-contiguous basis over the coefficients, ``t`` targets in {0, 1}, ``sw``
+    sample weights, ``w`` starting weights (not modified), ``lam`` precisions. Newton steps with
+    a Cholesky factor of ``H = Phi' diag(b) Phi + diag(lam)`` and Armijo halving stop once
+    ``max|gradient| <= gtol``. Returns ``(w, loss, Sigma, logdet, status)``: the mode, the data
+    negative log-likelihood there, ``Sigma = H^-1`` and ``log det H`` at the mode, and status
+    0 (converged), 1 (max_iter reached), 2 (jitter was needed), -1 (H not positive definite).
+    """
+    n, m = Phi.shape
+    w = w.copy()
+    z = np.dot(Phi, w)
+    p = np.empty(n)
+    r = np.empty(n)
+    b = np.empty(n)
+    H = np.empty((m, m))
+    status = 1
+    loss = 0.0
+    for it in range(max_iter + 1):
+        loss = _bernoulli_terms(z, t, sw, p, r, b)
+        g = np.dot(Phi.T, r) + lam * w
+        jitter = _laplace_precision(Phi, b, lam, H)
+        if jitter < 0.0:
+            return w, loss, np.full((m, m), np.nan), np.nan, -1
+        gmax = 0.0
+        for j in range(m):
+            if abs(g[j]) > gmax:
+                gmax = abs(g[j])
+        if gmax <= gtol:
+            status = 2 if jitter > 0.0 else 0
+            break
+        if it == max_iter:
+            break
+        step = cholesky_solve(H, -g)
+        dz = np.dot(Phi, step)
+        prior0 = 0.0
+        gp = 0.0
+        for j in range(m):
+            prior0 += 0.5 * lam[j] * w[j] * w[j]
+            gp += g[j] * step[j]
+        e0 = loss + prior0
+        eta = 1.0
+        accepted = False
+        for _ in range(40):
+            zt = z + eta * dz
+            prior_t = 0.0
+            for j in range(m):
+                wj = w[j] + eta * step[j]
+                prior_t += 0.5 * lam[j] * wj * wj
+            if _bernoulli_loss(zt, t, sw) + prior_t <= e0 + c1 * eta * gp:
+                accepted = True
+                break
+            eta *= 0.5
+        if not accepted:
+            status = 2 if jitter > 0.0 else 0  # no further decrease possible: at the mode
+            break
+        w += eta * step
+        z += eta * dz
+    logdet = 0.0
+    for j in range(m):
+        logdet += 2.0 * np.log(H[j, j])
+    return w, loss, cholesky_inverse(H), logdet, status

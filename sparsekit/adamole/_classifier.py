@@ -528,7 +528,11 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
                     f"gradient_checkpointing=True, but {type(base).__name__} does not support "
                     "gradient checkpointing. Set gradient_checkpointing=False."
                 )
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kwargs = {"use_reentrant": False}  # reentrant checkpointing would lose the aux loss
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.eval()
         self._model = model
         self._supports = _heads.forward_supports(model)
@@ -841,7 +845,8 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_samples,)
         """
-        return self.classes_[np.argmax(self._logits_for(X), axis=1)]
+        logits = self._logits_for(X)
+        return self.classes_[np.argmax(logits, axis=1)]
 
     def score(self, X, y, sample_weight=None):
         """Accuracy on ``X, y``; raises if ``y`` holds labels that were not seen in ``fit``.

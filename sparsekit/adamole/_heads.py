@@ -57,6 +57,13 @@ def _looks_local(path: str) -> bool:
 
 
 def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        pass
     return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"} or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
     ).upper() in {"1", "ON", "YES", "TRUE"}

@@ -119,7 +119,7 @@ def clf_llama_no_eos_dir(tmp_path_factory):
     return _save_llama(tmp_path_factory.mktemp("tiny_llama_no_eos"), with_eos=False)
 
 
-def make_sentiment(n, seed=0, labels=("neg", "pos")):
+def _make_sentiment(n, seed=0, labels=("neg", "pos")):
     """A trivially separable sentiment task: every text holds 1-2 words of its class."""
     rng = np.random.RandomState(seed)
     texts, y = [], []
@@ -136,8 +136,8 @@ def make_sentiment(n, seed=0, labels=("neg", "pos")):
 @pytest.fixture(scope="session")
 def sentiment_data():
     """(X_train, y_train, X_test, y_test) with string labels 'neg'/'pos'."""
-    X, y = make_sentiment(96, seed=0)
-    Xt, yt = make_sentiment(40, seed=1)
+    X, y = _make_sentiment(96, seed=0)
+    Xt, yt = _make_sentiment(40, seed=1)
     return X, y, Xt, yt
 
 
@@ -197,3 +197,9 @@ def token_batch():
     mask[2, 4:] = 0
     ids[mask == 0] = 0
     return ids, mask
+
+
+@pytest.fixture(scope="session")
+def make_sentiment():
+    """The generator of the separable sentiment task: ``make_sentiment(n, seed) -> (texts, y)``."""
+    return _make_sentiment

@@ -338,6 +338,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         continuing = self.warm_start and self.__sklearn_is_fitted__()
         if continuing:
             self._check_continuation(y, is_pair)
+            self._ensure_model()
         else:
             classes = np.unique(y)
             if len(classes) < 2:
@@ -384,6 +385,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             self._initialize(all_classes, is_pair)
         else:
             self._check_continuation(y, is_pair)
+            self._ensure_model()
         y_enc = np.searchsorted(self.classes_, y)
         self._run_training(texts, y_enc, 1, False, fresh=fresh)
         return self

@@ -92,7 +92,7 @@ def make_layer(dtype=torch.float32, seed=0, gate_std=0.5, **cfg):
 
 def reference_params(layer):
     return {
-        _NAMES[name]: p.detach().to(torch.float64).requires_grad_()
+        _NAMES[name]: p.detach().to("cpu", torch.float64).requires_grad_()
         for name, p in layer.named_parameters()
     }
 
@@ -105,15 +105,15 @@ def run_reference(layer, x, P):
         tau_max=layer.tau_max[a], top_k=layer.top_k[a])
 
 
-def inputs(dtype, seed=1, shape=(2, 13)):
+def inputs(dtype, seed=1, shape=(2, 13), device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, D_IN, generator=gen).to(dtype).requires_grad_()
-    g = torch.randn(*shape, D_OUT, generator=gen)
+    x = torch.randn(*shape, D_IN, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    g = torch.randn(*shape, D_OUT, generator=gen).to(device)
     return x, g
 
 
 def assert_matches(fast, ref, dtype, what):
-    fast = fast.detach().to(torch.float64)
+    fast = fast.detach().to("cpu", torch.float64)
     ref = ref.detach()
     if dtype == torch.float32:
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5, msg=lambda m: f"{what}: {m}")
@@ -122,15 +122,15 @@ def assert_matches(fast, ref, dtype, what):
         assert err <= 2e-2, f"{what}: relative error {err:.3g} > 2e-2"
 
 
-def compare_with_reference(layer, dtype, seed=1):
-    x, g = inputs(dtype, seed)
+def compare_with_reference(layer, dtype, seed=1, device="cpu"):
+    x, g = inputs(dtype, seed, device=device)
     out = layer(x)
     assert out.dtype == dtype and out.shape == (*x.shape[:-1], D_OUT)
     (out.float() * g).sum().backward()
     P = reference_params(layer)
-    x_ref = x.detach().to(torch.float64).requires_grad_()
+    x_ref = x.detach().to("cpu", torch.float64).requires_grad_()
     ref = run_reference(layer, x_ref, P)
-    (ref * g.double()).sum().backward()
+    (ref * g.cpu().double()).sum().backward()
     assert_matches(out, ref, dtype, "output")
     assert_matches(x.grad, x_ref.grad, dtype, "grad x")
     for name, p in layer.named_parameters():
@@ -396,3 +396,48 @@ def test_config_defaults():
     assert config.resolved_max_threshold == 1 / 8
     assert config.routing == "adaptive" and config.expert_compute == "dense"
     assert config._custom_modules == {nn.Linear: AdaMoLELinear}
+
+
+# ----------------------------------------------------------------------------- CUDA
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("routing", ROUTINGS)
+@pytest.mark.parametrize("expert_compute", ["dense", "gathered"])
+def test_layer_matches_loop_reference_on_cuda(routing, dtype, expert_compute):
+    """Same check as on CPU, with the layer on the GPU (reference in float64 on the CPU)."""
+    layer = make_layer(dtype, routing=routing, expert_compute=expert_compute, top_k=2).cuda()
+    compare_with_reference(layer, dtype, device="cuda")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_dense_form_has_no_host_sync_on_cuda(routing):
+    """Forward, aux loss, routing statistics and backward of the dense form never synchronise
+    with the host (torch raises on any synchronising call in sync-debug 'error' mode)."""
+    from sparsekit.adamole import collect_aux_loss
+
+    layer = make_layer(torch.bfloat16, routing=routing).cuda()
+    for name, p in layer.named_parameters():  # adapters in float32, as peft keeps them
+        if "lora_" in name:
+            p.data = p.data.float()
+    x, g = inputs(torch.bfloat16, device="cuda")
+    mask = torch.ones(x.shape[:-1], device="cuda")
+    mask[1, 7:] = 0
+
+    def step():
+        with collect_aux_loss(layer, attention_mask=mask) as aux:
+            out = layer(x)
+        ((out.float() * g).sum() + aux.loss).backward()
+
+    step()  # warm-up: first-call allocations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -338,6 +338,8 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         fuse = (isinstance(dropout, nn.Identity) or not dropout.training
                 or getattr(dropout, "p", None) == 0)
         fuse = fuse and lora_a.dtype == torch.float32 and self.expert_compute[adapter] == "dense"
+        autocast = torch.is_autocast_enabled(x.device.type)
+        fuse = fuse and not autocast  # autocast would run the fused GEMM in low precision
 
         # ---- router (float32), gate and threshold in one GEMM; with no dropout and float32
         # adapters, the expert down-projection joins the same GEMM
@@ -358,7 +360,12 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         else:
             h = None
             rw = torch.cat(router_w, dim=0).float() if len(router_w) > 1 else router_w[0].float()
-            logits = F.linear(x.float(), rw, None if router_b is None else router_b.float())
+            rb = None if router_b is None else router_b.float()
+            if autocast:  # the router stays in float32 under autocast too
+                with torch.autocast(x.device.type, enabled=False):
+                    logits = F.linear(x.float(), rw, rb)
+            else:
+                logits = F.linear(x.float(), rw, rb)
         logits = logits.float()
         weights, mask, score, tau = _route(logits, routing, n_experts, self.tau_max[adapter],
                                            self.top_k[adapter])

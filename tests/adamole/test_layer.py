@@ -334,6 +334,31 @@ def test_router_runs_in_float32_for_bfloat16_layers():
     assert seen["dtype"] == torch.float32
 
 
+def test_router_stays_float32_under_autocast():
+    """Under torch.autocast (bf16) the router logits are still computed in float32: they equal
+    the logits of the same layer without autocast."""
+    import sparsekit.adamole._layer as layer_mod
+
+    layer = make_layer(torch.float32, routing="adaptive")
+    x, _ = inputs(torch.float32)
+    seen = []
+    original = layer_mod._route
+
+    def spy(logits, *args):
+        seen.append(logits.detach().clone())
+        return original(logits, *args)
+
+    layer_mod._route = spy
+    try:
+        layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+    finally:
+        layer_mod._route = original
+    assert seen[1].dtype == torch.float32 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(seen[1], seen[0], rtol=1e-6, atol=1e-6)
+
+
 def test_init_follows_lora_convention():
     """Default init: B = 0 (adapter starts as identity), A kaiming-uniform with fan-in d_in."""
     with torch.random.fork_rng():

@@ -22,6 +22,7 @@ from ._design import DesignMatrix
 from ._features import training_basis
 
 _PI_OVER_8 = np.pi / 8.0
+SEPARATION_PROBABILITY = 0.9
 
 
 def _centred_softmax_variance(Psi, cov, K):
@@ -382,12 +383,17 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             return
         Z = design.matvec(state.W)
         P = probabilities(Z, self._likelihood)
-        curvature = float(np.sum(sw[:, None] * P * (1.0 - P))) / (0.25 * T.shape[1] * sw.sum())
-        if curvature < 1e-4:
+        pos = sw > 0
+        p_true = np.where(T[pos] > 0.5, P[pos], 1.0 - P[pos])
+        if self._likelihood == "softmax":
+            p_true = P[pos][T[pos] > 0.5]
+        if p_true.min() >= SEPARATION_PROBABILITY:
             warnings.warn(
-                "The training data are (nearly) perfectly separated by the fitted model: the "
-                "likelihood's curvature vanishes, the Laplace approximation degenerates and the "
-                "evidence, the precisions and the predicted probabilities cannot be trusted.",
+                "The training data are perfectly separated by the fitted model (every training "
+                f"sample gets probability >= {SEPARATION_PROBABILITY} for its class): the "
+                "likelihood is flat along the separating directions, so the Laplace "
+                "approximation, the evidence and the precisions cannot be trusted and the "
+                "probabilities are over-confident.",
                 EvidenceWarning,
             )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+BLAS_MIN_WORK = 2e7  # n * m^2 above which the weighted Gram matrix goes to BLAS
+
 
 @numba.njit(cache=True)
 def cholesky_lower_inplace(H):
@@ -69,7 +71,16 @@ def cholesky_inverse(L):
             for k in range(j, i):
                 v -= L[i, k] * Li[k, j]
             Li[i, j] = v / L[i, i]
-    return np.dot(Li.T, Li)
+    S = np.zeros((m, m))
+    for k in range(m):
+        for i in range(k + 1):
+            v = Li[k, i]
+            for j in range(i + 1):
+                S[i, j] += v * Li[k, j]
+    for i in range(m):
+        for j in range(i + 1, m):
+            S[i, j] = S[j, i]
+    return S
 
 
 @numba.njit(cache=True)
@@ -107,14 +118,64 @@ def _bernoulli_loss(z, t, sw):
 
 
 @numba.njit(cache=True)
-def _laplace_precision(Phi, b, lam, H):
-    """H = Phi' diag(b) Phi + diag(lam), factorised in place; jitter is added if needed."""
+def _matvec(Phi, w, use_blas):
+    if use_blas:
+        return np.dot(Phi, w)
     n, m = Phi.shape
-    Pb = np.empty((n, m))
+    out = np.zeros(n)
     for i in range(n):
+        acc = 0.0
         for j in range(m):
-            Pb[i, j] = Phi[i, j] * b[i]
-    G = np.dot(Phi.T, Pb)
+            acc += Phi[i, j] * w[j]
+        out[i] = acc
+    return out
+
+
+@numba.njit(cache=True)
+def _rmatvec(Phi, r, use_blas):
+    if use_blas:
+        return np.dot(Phi.T, r)
+    n, m = Phi.shape
+    out = np.zeros(m)
+    for i in range(n):
+        ri = r[i]
+        for j in range(m):
+            out[j] += Phi[i, j] * ri
+    return out
+
+
+@numba.njit(cache=True)
+def weighted_gram(Phi, b, use_blas):
+    """``Phi' diag(b) Phi`` for a C-contiguous Phi: BLAS for large products, else plain loops.
+
+    Small products stay out of BLAS on purpose: a multi-threaded BLAS on a busy machine costs
+    milliseconds per call on matrices this small (spec §7, P1).
+    """
+    n, m = Phi.shape
+    if use_blas:
+        Pb = np.empty((n, m))
+        for i in range(n):
+            for j in range(m):
+                Pb[i, j] = Phi[i, j] * b[i]
+        return np.dot(Phi.T, Pb)
+    G = np.zeros((m, m))
+    for i in range(n):
+        bi = b[i]
+        for j in range(m):
+            v = bi * Phi[i, j]
+            for k in range(j, m):
+                G[j, k] += v * Phi[i, k]
+    for j in range(m):
+        for k in range(j):
+            G[j, k] = G[k, j]
+    return G
+
+
+@numba.njit(cache=True)
+def _laplace_precision(Phi, b, lam, H, use_blas):
+    """H = Phi' diag(b) Phi + diag(lam), factorised in place; jitter is added if needed."""
+    m = Phi.shape[1]
+    G = weighted_gram(Phi, b, use_blas)
     scale = 1.0
     for j in range(m):
         G[j, j] += lam[j]
@@ -133,19 +194,21 @@ def _laplace_precision(Phi, b, lam, H):
 
 
 @numba.njit(cache=True)
-def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, c1):
+def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1):
     """Exact Laplace step of one binary problem: damped Newton to the posterior mode.
 
     ``Phi`` (n, m) C-contiguous basis over the coefficients, ``t`` targets in {0, 1}, ``sw``
     sample weights, ``w`` starting weights (not modified), ``lam`` precisions. Newton steps with
     a Cholesky factor of ``H = Phi' diag(b) Phi + diag(lam)`` and Armijo halving stop once
-    ``max|gradient| <= gtol``. Returns ``(w, loss, Sigma, logdet, status)``: the mode, the data
+    ``max|gradient| <= gtol``, or after a full step no larger than ``small_step * max(1, max|w|)``
+    (then ``Sigma`` comes from H just before that step). Returns ``(w, loss, Sigma, logdet, status)``: the mode, the data
     negative log-likelihood there, ``Sigma = H^-1`` and ``log det H`` at the mode, and status
     0 (converged), 1 (max_iter reached), 2 (jitter was needed), -1 (H not positive definite).
     """
     n, m = Phi.shape
+    use_blas = n * m * m > BLAS_MIN_WORK
     w = w.copy()
-    z = np.dot(Phi, w)
+    z = _matvec(Phi, w, use_blas)
     p = np.empty(n)
     r = np.empty(n)
     b = np.empty(n)
@@ -154,8 +217,8 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, c1):
     loss = 0.0
     for it in range(max_iter + 1):
         loss = _bernoulli_terms(z, t, sw, p, r, b)
-        g = np.dot(Phi.T, r) + lam * w
-        jitter = _laplace_precision(Phi, b, lam, H)
+        g = _rmatvec(Phi, r, use_blas) + lam * w
+        jitter = _laplace_precision(Phi, b, lam, H, use_blas)
         if jitter < 0.0:
             return w, loss, np.full((m, m), np.nan), np.nan, -1
         gmax = 0.0
@@ -168,7 +231,22 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, c1):
         if it == max_iter:
             break
         step = cholesky_solve(H, -g)
-        dz = np.dot(Phi, step)
+        dz = _matvec(Phi, step, use_blas)
+        smax = 0.0
+        wmax = 1.0
+        for j in range(m):
+            if abs(step[j]) > smax:
+                smax = abs(step[j])
+            if abs(w[j]) > wmax:
+                wmax = abs(w[j])
+        if smax <= small_step * wmax:
+            # Quadratic convergence: a Newton step this small changes H by a negligible amount,
+            # so take it and keep the factor of the current H (saves one product with Phi).
+            w += step
+            z += dz
+            loss = _bernoulli_loss(z, t, sw)
+            status = 2 if jitter > 0.0 else 0
+            break
         prior0 = 0.0
         gp = 0.0
         for j in range(m):

@@ -41,6 +41,7 @@ D_MAX_REL = 1e10
 RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored by the stop rule
 NEWTON_MAX_ITER = 25
 EXACT_GTOL_REL = 1e-8  # Newton stops at max|gradient| <= this times the sum of weights
+NEWTON_SMALL_STEP = 1e-6  # ... or after a full step this small relative to max(1, max|w|)
 
 
 class ClassifierState:
@@ -281,6 +282,7 @@ def exact_step(design, state, T, sw, likelihood):
                 np.ascontiguousarray(lam[idx, k]),
                 NEWTON_MAX_ITER,
                 gtol,
+                NEWTON_SMALL_STEP,
                 ARMIJO_C1,
             )
             if status < 0:

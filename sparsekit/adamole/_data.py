@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "validate_texts",
     "EncodedTexts",
     "encode_for_classifier",
     "encode_for_lm",
     "iter_batches",
+    "validate_texts",
 ]
 
 
@@ -190,7 +190,7 @@ def _truncate_pair(la, lb, budget):
     """Longest-first truncation lengths for two segments that must fit into ``budget`` tokens."""
     if la + lb <= budget:
         return la, lb
-    short, long_ = sorted((la, lb))
+    short = min(la, lb)
     if short <= budget // 2:
         keep_short, keep_long = short, budget - short
     else:

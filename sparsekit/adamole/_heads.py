@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 __all__ = [
     "PromptTemplate",
-    "resolve_head",
-    "load_tokenizer",
-    "load_config",
-    "load_backbone",
     "answer_token_ids",
     "forward_supports",
+    "load_backbone",
+    "load_config",
+    "load_tokenizer",
     "quiet_transformers",
+    "resolve_head",
 ]
 
 _LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
@@ -111,7 +111,7 @@ def load_config(base_model):
 
     try:
         return AutoConfig.from_pretrained(base_model)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if os.path.isdir(base_model):
             raise ValueError(
                 f"base_model={base_model!r} is a directory but not a transformers model (no usable "
@@ -126,7 +126,7 @@ def load_tokenizer(base_model, *, head):
 
     try:
         tok = AutoTokenizer.from_pretrained(base_model)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if os.path.isdir(base_model):
             raise ValueError(
                 f"base_model={base_model!r} has no usable tokenizer (tokenizer.json / "

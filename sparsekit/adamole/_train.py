@@ -9,13 +9,13 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "autocast",
+    "call_callbacks",
+    "divergence_error",
+    "local_torch_rng",
     "resolve_device",
     "resolve_dtype",
-    "local_torch_rng",
-    "autocast",
     "warmup_lr_factor",
-    "divergence_error",
-    "call_callbacks",
 ]
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}

@@ -6,14 +6,14 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from sklearn.base import clone  # noqa: E402
-from sklearn.exceptions import NotFittedError  # noqa: E402
-from sklearn.utils import estimator_checks as ec  # noqa: E402
-from sklearn.utils._param_validation import InvalidParameterError  # noqa: E402
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import estimator_checks as ec
+from sklearn.utils._param_validation import InvalidParameterError
 
-from sparsekit.adamole import AdaMoLEClassifier  # noqa: E402
-from sparsekit.adamole._data import validate_texts  # noqa: E402
-from sparsekit.adamole._heads import answer_token_ids, make_template  # noqa: E402
+from sparsekit.adamole import AdaMoLEClassifier
+from sparsekit.adamole._data import validate_texts
+from sparsekit.adamole._heads import answer_token_ids, make_template
 
 DATA_FREE_CHECKS = [
     "check_no_attributes_set_in_init",
@@ -75,7 +75,7 @@ def test_not_fitted_errors(tmp_path):
     with pytest.raises(NotFittedError):
         est.predict_proba(["a"])
     with pytest.raises(NotFittedError):
-        est.model_
+        _ = est.model_
     with pytest.raises(NotFittedError):
         est.save_pretrained(tmp_path / "x")
     assert not hasattr(est, "model_")

@@ -12,12 +12,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
-from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.preprocessing import FunctionTransformer  # noqa: E402
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
-from sparsekit.adamole import AdaMoLEClassifier  # noqa: E402
+from sparsekit.adamole import AdaMoLEClassifier
 
 FAST = dict(num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32)
 
@@ -116,6 +116,12 @@ def test_save_pretrained_round_trip(fitted_bert_int, sentiment_data, tmp_path):
     files = sorted(os.listdir(tmp_path / "saved" / "adapter"))
     assert "adapter_model.safetensors" in files and "adapter_config.json" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "saved" / "adapter" / "adapter_model.safetensors"), "pt") as fh:
+        keys = list(fh.keys())
+    assert any("classifier" in k for k in keys)  # the trained head is saved with the adapters
+    assert any("lora_A" in k for k in keys)
     meta = json.loads((tmp_path / "saved" / "sparsekit_adamole.json").read_text())
     assert meta["params"]["num_experts"] == 4 and meta["classes"]["values"] == [-3, 10]
     assert meta["fitted"]["base_model_"] == est.base_model_

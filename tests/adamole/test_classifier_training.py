@@ -9,9 +9,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from numpy.testing import assert_allclose, assert_array_equal  # noqa: E402
+from numpy.testing import assert_allclose, assert_array_equal
 
-from sparsekit.adamole import AdaMoLEClassifier  # noqa: E402
+from sparsekit.adamole import AdaMoLEClassifier
 
 # fast settings for the tiny models: these learn the trivially separable task in a few epochs
 FAST = dict(num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32)

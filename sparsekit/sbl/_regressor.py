@@ -66,7 +66,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         ``sum|d w| < tol`` on the standardised scale.
     n_iter_no_change : int, default=5
         Consecutive calm iterations required by the "dqn" stopping rule.
-    inner_max_iter : int, default=30
+    inner_max_iter : int, default=10
         Conjugate-gradient iterations per hyperparameter update ("dqn").
     inner_tol : float, default=1e-5
         Relative residual at which the conjugate gradients stop.
@@ -178,7 +178,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         max_iter=300,
         tol=1e-3,
         n_iter_no_change=5,
-        inner_max_iter=30,
+        inner_max_iter=10,
         inner_tol=1e-5,
         exact_switch=0,
         threshold_lambda=1e4,

@@ -6,17 +6,11 @@ from sparsekit import DQNSBLRegressor
 
 ESTIMATORS = [
     DQNSBLRegressor(),
-    DQNSBLRegressor(inner_tol=1e-10, inner_max_iter=200),
     DQNSBLRegressor(solver="exact"),
     DQNSBLRegressor(kernel="rbf"),
     DQNSBLRegressor(kernel="poly", degree=2, exact_switch=50),
 ]
 
-_INEXACT = (
-    "the conjugate-gradient inner solve stops at a relative residual of inner_tol=1e-5, so a "
-    "weighted fit and the fit on repeated rows agree to about 1e-6 rather than the check's 1e-7; "
-    "with inner_tol=1e-10 (also checked here) the check passes"
-)
 _KERNEL = (
     "a kernel basis has one basis function per training sample, so repeating a sample adds a "
     "basis function (with its own prior), which a sample weight cannot do"
@@ -29,9 +23,6 @@ def _expected_failed_checks(estimator):
             "check_sample_weight_equivalence_on_dense_data": _KERNEL,
             "check_sample_weight_equivalence_on_sparse_data": _KERNEL,
         }
-    if estimator.solver == "dqn" and estimator.inner_tol > 1e-8:
-        return {"check_sample_weight_equivalence_on_sparse_data": _INEXACT,
-                "check_sample_weight_equivalence_on_dense_data": _INEXACT}
     return {}
 
 

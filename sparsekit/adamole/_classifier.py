@@ -346,13 +346,16 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
                     f"({classes[0]!r}). Check y, or the split that produced it."
                 )
             self._reset_fitted()
-            self._initialize(classes, is_pair)
+            self._initialize_or_reset(classes, is_pair)
         y_enc = np.searchsorted(self.classes_, y)
         self._run_training(texts, y_enc, self.num_epochs, self.early_stopping, fresh=not continuing)
         return self
 
     def partial_fit(self, X, y, classes=None):
         """Train one more epoch on ``X, y`` (initialises on the first call).
+
+        Each call is one pass over ``X`` with the current adapters and optimizer state; there is no
+        early stopping and ``num_epochs`` is ignored.
 
         Parameters
         ----------
@@ -381,7 +384,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             unseen = np.setdiff1d(np.unique(y), all_classes)
             if len(unseen):
                 raise ValueError(f"y contains labels {unseen.tolist()!r} missing from classes.")
-            self._initialize(all_classes, is_pair)
+            self._initialize_or_reset(all_classes, is_pair)
         else:
             self._check_continuation(y, is_pair)
             self._ensure_model()
@@ -434,6 +437,13 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
     def _seeds(self):
         rng = check_random_state(self.random_state)
         return [int(s) for s in rng.randint(np.iinfo(np.int32).max, size=3)]
+
+    def _initialize_or_reset(self, classes, is_pair):
+        try:
+            self._initialize(classes, is_pair)
+        except BaseException:
+            self._reset_fitted()  # no half-initialised attributes after an error
+            raise
 
     def _initialize(self, classes, is_pair):
         """Resolve settings, load the tokenizer and model and add fresh adapters."""

@@ -204,6 +204,14 @@ def test_label_words_need_lm_head(clf_bert_dir):
     est = AdaMoLEClassifier(base_model=clf_bert_dir, label_words=["no", "yes"])
     with pytest.raises(ValueError, match="label_words is only used by head='lm'"):
         est.fit(["good", "bad"], [1, 0])
+    assert not [k for k in vars(est) if k.endswith("_")]  # nothing half-initialised is left
+
+
+def test_unknown_target_modules(clf_bert_dir):
+    est = AdaMoLEClassifier(base_model=clf_bert_dir, target_modules=["no_such_proj"])
+    with pytest.raises(ValueError):
+        est.fit(["good", "bad"], [1, 0])
+    assert not hasattr(est, "classes_")
 
 
 def test_answer_tokens_must_be_distinct_and_known(clf_llama_dir):

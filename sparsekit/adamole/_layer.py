@@ -15,6 +15,7 @@ loop and no host sync; it equals the per-expert sum exactly because inactive exp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any
@@ -25,6 +26,9 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ._config import AdaMoLEConfig
+
+
+_NULL_CONTEXT = contextlib.nullcontext()
 
 
 def _in_autograd_backward() -> bool:
@@ -341,34 +345,29 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         autocast = torch.is_autocast_enabled(x.device.type)
         fuse = fuse and not autocast  # autocast would run the fused GEMM in low precision
 
-        # ---- router (float32), gate and threshold in one GEMM; with no dropout and float32
-        # adapters, the expert down-projection joins the same GEMM
-        router_w = [self.lora_gate[adapter].weight]
-        router_b = None
-        if routing == "adaptive":
-            thr = self.lora_threshold[adapter]
-            router_w.append(thr.weight)
-            router_b = torch.cat([thr.weight.new_zeros(n_experts), thr.bias])
+        # ---- router, in float32; with no dropout and float32 adapters, the gate, the threshold
+        # net and the expert down-projection share one GEMM
+        gate_w = self.lora_gate[adapter].weight
+        thr = self.lora_threshold[adapter] if routing == "adaptive" else None
+        thr_logits = None
         if fuse:
-            weight = torch.cat([lora_a] + router_w, dim=0)
-            bias = None
-            if router_b is not None:
-                bias = torch.cat([router_b.new_zeros(lora_a.shape[0]), router_b])
-            fused = F.linear(x, weight, bias)
-            h = fused[:, : lora_a.shape[0]]
-            logits = fused[:, lora_a.shape[0]:]
+            weights_ = [lora_a, gate_w] + ([thr.weight] if thr is not None else [])
+            fused = F.linear(x, torch.cat(weights_, dim=0))
+            n_a = lora_a.shape[0]
+            h = fused[:, :n_a]
+            gate_logits = fused[:, n_a:n_a + n_experts]
+            if thr is not None:
+                thr_logits = fused[:, n_a + n_experts:] + thr.bias
         else:
             h = None
-            rw = torch.cat(router_w, dim=0).float() if len(router_w) > 1 else router_w[0].float()
-            rb = None if router_b is None else router_b.float()
-            if autocast:  # the router stays in float32 under autocast too
-                with torch.autocast(x.device.type, enabled=False):
-                    logits = F.linear(x.float(), rw, rb)
-            else:
-                logits = F.linear(x.float(), rw, rb)
-        logits = logits.float()
-        weights, mask, score, tau = _route(logits, routing, n_experts, self.tau_max[adapter],
-                                           self.top_k[adapter])
+            with torch.autocast(x.device.type, enabled=False) if autocast else _NULL_CONTEXT:
+                xf = x.float()
+                gate_logits = F.linear(xf, gate_w.float())
+                if thr is not None:
+                    thr_logits = F.linear(xf, thr.weight.float(), thr.bias.float())
+        weights, mask, score, tau = _route(gate_logits.float(), routing, n_experts,
+                                           self.tau_max[adapter], self.top_k[adapter],
+                                           None if thr_logits is None else thr_logits.float())
 
         # ---- experts
         if self.expert_compute[adapter] == "gathered":
@@ -377,9 +376,8 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         else:
             if h is None:
                 h = F.linear(dropout(x), lora_a)  # [T, N*r]
-            scaled = (weights * scaling).to(h.dtype)  # [T, N]
-            h = (h.unflatten(1, (n_experts, rank)) * scaled.unsqueeze(-1)).flatten(1)
-            out = torch.addmm(out.to(h.dtype), h, lora_b.t())
+            h = (h.unflatten(1, (n_experts, rank)) * weights.to(h.dtype).unsqueeze(-1)).flatten(1)
+            out = torch.addmm(out.to(h.dtype), h, lora_b.t(), alpha=scaling)  # out + s*h B^T
 
         if collector is not None:
             collector._record(self, adapter, routing, n_experts, mask, score, tau)
@@ -409,8 +407,11 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         return "adamole." + super().__repr__()
 
 
-def _route(logits, routing, n_experts, tau_max, top_k):
+def _route(logits, routing, n_experts, tau_max, top_k, threshold_logits=None):
     """Routing weights from float32 router logits.
+
+    ``logits`` are the gate logits ``[T, N]``; for adaptive routing ``threshold_logits``
+    ``[T, 1]`` are the threshold-net outputs (if None, they are the last column of ``logits``).
 
     Returns ``(weights [T, N], mask [T, N] bool, score [T, N], tau)`` where ``score`` is the
     per-expert score used by the load-balancing loss (``p - tau`` for adaptive routing, ``p``
@@ -418,29 +419,29 @@ def _route(logits, routing, n_experts, tau_max, top_k):
     threshold) or None.
     """
     if routing == "adaptive":
-        probs = torch.softmax(logits[:, :n_experts], dim=-1)
-        tau = torch.sigmoid(logits[:, n_experts:]) * tau_max  # [T, 1]
+        if threshold_logits is None:
+            logits, threshold_logits = logits[:, :n_experts], logits[:, n_experts:]
+        probs = torch.softmax(logits, dim=-1)
+        tau = torch.sigmoid(threshold_logits) * tau_max  # [T, 1]
         score = probs - tau
         mask = score >= 0
-        weights = torch.where(mask, score, torch.zeros_like(score))
+        weights = torch.where(mask, score, 0.0)
     elif routing == "threshold":
         probs = torch.softmax(logits, dim=-1)
         tau = tau_max
         score = probs
         mask = probs >= tau_max
-        weights = torch.where(mask, probs, torch.zeros_like(probs))
+        weights = torch.where(mask, probs, 0.0)
     elif routing == "topk":
         probs = torch.softmax(logits, dim=-1)
-        tau = None
-        score = probs
         top_vals, top_idx = torch.topk(probs, top_k, dim=-1)
         mask = torch.zeros_like(probs, dtype=torch.bool).scatter(1, top_idx, True)
         top_vals = top_vals / top_vals.sum(-1, keepdim=True)
-        return torch.zeros_like(probs).scatter(1, top_idx, top_vals), mask, score, tau
+        return torch.zeros_like(probs).scatter(1, top_idx, top_vals), mask, probs, None
     else:  # dense
         probs = torch.softmax(logits, dim=-1)
         mask = torch.ones_like(probs, dtype=torch.bool)
         return probs, mask, probs, None
     total = weights.sum(-1, keepdim=True)
-    weights = weights / torch.where(total == 0, torch.ones_like(total), total)
+    weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
     return weights, mask, score, tau

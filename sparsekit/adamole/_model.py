@@ -297,7 +297,7 @@ class AuxLoss:
                 denom = valid.sum().clamp_min(1.0)
                 frac = (valid @ fmask) / denom
                 prob = (valid @ score) / denom
-            self.terms.append(n_experts * (frac * prob).sum())
+            self.terms.append(n_experts * (frac @ prob))
         self._reductions.append(layer.aux_loss_reduction[adapter])
         if self.statistics:
             _accumulate_statistics(layer, adapter, mask, tau, valid)

@@ -257,3 +257,43 @@ def test_aux_loss_with_non_reentrant_gradient_checkpointing(tiny_llama_factory, 
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6)
     gate_grads = [g for n, g in grads[0].items() if "lora_threshold" in n]
     assert gate_grads and all(g.abs().sum() > 0 for g in gate_grads)
+
+
+def test_aux_loss_through_distributed_data_parallel(tiny_llama_factory, token_batch, tmp_path):
+    """Wrapped in DDP (gloo, one process), the aux loss is collected through the wrapper, every
+    parameter receives a gradient (no find_unused_parameters needed) and the gradients equal
+    those of the unwrapped model."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    ids, mask = token_batch
+    config = AdaMoLEConfig(num_experts=4, r=2, init_lora_weights=False)
+
+    def build():
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            return get_adamole_model(tiny_llama_factory(seed=0), config).train()
+
+    def step(model, inner):
+        with collect_aux_loss(model, attention_mask=mask) as aux:
+            out = model(input_ids=ids, attention_mask=mask, labels=ids)
+        (out.loss + aux.loss).backward()
+        return aux, {n: p.grad for n, p in inner.named_parameters() if p.requires_grad}
+
+    plain = build()
+    aux_plain, grads_plain = step(plain, plain)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        inner = build()
+        ddp = DistributedDataParallel(inner)
+        aux_ddp, grads_ddp = step(ddp, inner)
+    finally:
+        dist.destroy_process_group()
+    assert len(aux_ddp) == len(aux_plain) == 8
+    torch.testing.assert_close(aux_ddp.loss, aux_plain.loss)
+    assert all(g is not None for g in grads_ddp.values())
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ddp[name], grad, rtol=1e-5, atol=1e-6)

@@ -80,6 +80,7 @@ def _segment_mm(x, w, offs, counts, capacity):
     except (AttributeError, RuntimeError, NotImplementedError):
         pass
     group, pos = _padded_index(counts, offs, x.shape[0])
+    capacity = capacity or int(counts.max())  # a host sync, in this fallback only
     buf = x.new_zeros(w.shape[0], capacity, x.shape[1])
     buf[group, pos] = x
     return torch.bmm(buf, w)[group, pos]
@@ -91,6 +92,7 @@ def _segment_wgrad(x, grad, offs, counts, capacity, n_groups):
     except (AttributeError, RuntimeError, NotImplementedError):
         pass
     group, pos = _padded_index(counts, offs, x.shape[0])
+    capacity = capacity or int(counts.max())
     bx = x.new_zeros(n_groups, capacity, x.shape[1])
     bg = grad.new_zeros(n_groups, capacity, grad.shape[1])
     bx[group, pos] = x
@@ -394,7 +396,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         expert_idx, token_idx = pairs[:, 0], pairs[:, 1]
         counts = torch.bincount(expert_idx, minlength=n_experts)
         offs = counts.cumsum(0).to(torch.int32)
-        capacity = int(mask.shape[0])  # upper bound, only used by the padded fallback
+        capacity = None  # the padded fallback (no grouped GEMM) sizes its buffers itself
         xg = dropout(x)[token_idx]  # [K, d_in]
         a3 = lora_a.unflatten(0, (n_experts, rank)).transpose(1, 2)  # [N, d_in, r]
         b3 = lora_b.unflatten(1, (n_experts, rank)).permute(1, 2, 0)  # [N, r, d_out]

@@ -30,7 +30,7 @@ def _centred_softmax_variance(Psi, cov, K):
 
     ``Psi`` (n, m) basis rows, ``cov`` (K m, K m) class-major. Returns (n, K).
     """
-    n, m = Psi.shape
+    _n, m = Psi.shape
     C = cov.reshape(K, m, K, m)
     # V[i, k, l] = Psi_i' C[k, :, l, :] Psi_i
     V = np.einsum("ia,kalb,ib->ikl", Psi, C, Psi, optimize=True)
@@ -306,24 +306,22 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         with limit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X)
             B, own = training_basis(self, X, self._gamma)
-            design = DesignMatrix(
-                B, sw, center=False, intercept_column=self.fit_intercept, own=own
-            )
+            design = DesignMatrix(B, sw, center=False, intercept_column=self.fit_intercept, own=own)
             del B
             state = self._initial_state(design, T.shape[1], likelihood, warm)
-            params = dict(
-                solver=self.solver,
-                diag_update=self.diag_update,
-                update=self.update,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                dqn_tol=self.dqn_tol,
-                n_iter_no_change=self.n_iter_no_change,
-                inner_max_iter=self.inner_max_iter,
-                inner_tol=self.inner_tol,
-                exact_switch=self.exact_switch,
-                threshold_lambda=self.threshold_lambda,
-            )
+            params = {
+                "solver": self.solver,
+                "diag_update": self.diag_update,
+                "update": self.update,
+                "max_iter": self.max_iter,
+                "tol": self.tol,
+                "dqn_tol": self.dqn_tol,
+                "n_iter_no_change": self.n_iter_no_change,
+                "inner_max_iter": self.inner_max_iter,
+                "inner_tol": self.inner_tol,
+                "exact_switch": self.exact_switch,
+                "threshold_lambda": self.threshold_lambda,
+            }
             on_iter = self._print_progress if self.verbose else None
             fit_path(design, state, T, sw, likelihood, params, on_iter=on_iter)
             if not state.converged:

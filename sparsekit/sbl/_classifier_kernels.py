@@ -2,8 +2,9 @@
 
 The exact phase runs hundreds of outer iterations on a few dozen bases, where the Python overhead
 of a numpy/scipy Newton loop (a dozen calls per step) dominates; these kernels do a whole Laplace
-step in one call. Products with the basis go through ``np.dot`` (BLAS), the small m-by-m algebra
-is plain loops. Each kernel has a numpy reference in ``tests/sbl/naive_classifier.py``.
+step in one call. Products with the basis are plain loops while small and BLAS (``np.dot``) when
+``n m^2`` is large; the m-by-m algebra (Cholesky, solves, inverse) is plain loops. Each kernel
+has a numpy reference in ``tests/sbl/naive_classifier.py``.
 """
 
 from __future__ import annotations
@@ -179,8 +180,7 @@ def _laplace_precision(Phi, b, lam, H, use_blas):
     scale = 1.0
     for j in range(m):
         G[j, j] += lam[j]
-        if G[j, j] > scale:
-            scale = G[j, j]
+        scale = max(scale, G[j, j])
     jitter = 0.0
     for _ in range(14):
         for i in range(m):
@@ -223,8 +223,7 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
             return w, loss, np.full((m, m), np.nan), np.nan, -1
         gmax = 0.0
         for j in range(m):
-            if abs(g[j]) > gmax:
-                gmax = abs(g[j])
+            gmax = max(gmax, abs(g[j]))
         if gmax <= gtol:
             status = 2 if jitter > 0.0 else 0
             break
@@ -235,10 +234,8 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
         smax = 0.0
         wmax = 1.0
         for j in range(m):
-            if abs(step[j]) > smax:
-                smax = abs(step[j])
-            if abs(w[j]) > wmax:
-                wmax = abs(w[j])
+            smax = max(smax, abs(step[j]))
+            wmax = max(wmax, abs(w[j]))
         if smax <= small_step * wmax:
             # Quadratic convergence: a Newton step this small changes H by a negligible amount,
             # so take it and keep the factor of the current H (saves one product with Phi).

@@ -36,12 +36,15 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter=100, gtol=1e-12):
         eta = 1.0
         while eta > 1e-12:
             wt = w + eta * step
-            if bernoulli_loss(Phi @ wt, t, sw) + 0.5 * lam @ (wt * wt) <= e0 + 1e-4 * eta * g @ step:
+            if (
+                bernoulli_loss(Phi @ wt, t, sw) + 0.5 * lam @ (wt * wt)
+                <= e0 + 1e-4 * eta * g @ step
+            ):
                 break
             eta *= 0.5
         w = w + eta * step
     z = Phi @ w
     p = expit(z)
     H = Phi.T @ (Phi * (sw * p * (1 - p))[:, None]) + np.diag(lam)
-    sign, logdet = np.linalg.slogdet(H)
+    _sign, logdet = np.linalg.slogdet(H)
     return w, bernoulli_loss(z, t, sw), np.linalg.inv(H), logdet

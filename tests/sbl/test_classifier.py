@@ -90,7 +90,7 @@ def test_ripley_reaches_tipping_quality():
 def test_ovr_batched_equals_separate_binary_problems(iris):
     """One-vs-rest classes solved together (one GEMM per pass) give exactly the K binary models."""
     X, y = iris
-    kw = dict(kernel=None, solver="exact", max_iter=15, tol=1e-12)
+    kw = {"kernel": None, "solver": "exact", "max_iter": 15, "tol": 1e-12}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         ovr = DQNSBLClassifier(**kw).fit(X, y)
@@ -179,7 +179,7 @@ def test_class_weight(moons):
     Xi, yi = X[keep], y[keep]
     plain = DQNSBLClassifier(gamma=2.0).fit(Xi, yi)
     balanced = DQNSBLClassifier(gamma=2.0, class_weight="balanced").fit(Xi, yi)
-    recall = lambda clf: np.mean(clf.predict(Xt[yt == 1]) == 1)  # noqa: E731
+    recall = lambda clf: np.mean(clf.predict(Xt[yt == 1]) == 1)
     assert recall(balanced) > recall(plain)
     cw = {0: 1.0, 1: 3.0}
     a = DQNSBLClassifier(gamma=2.0, class_weight=cw).fit(Xi, yi)
@@ -236,7 +236,9 @@ def test_sparse_csr_equals_dense_and_float32():
     "kernel", ["linear", "poly", "sigmoid", "cosine", "laplacian", "chi2", "additive_chi2"]
 )
 def test_every_kernel(kernel):
-    X, y = make_blobs(n_samples=60, centers=[[1.0, 4.0], [4.0, 1.0]], cluster_std=0.7, random_state=0)
+    X, y = make_blobs(
+        n_samples=60, centers=[[1.0, 4.0], [4.0, 1.0]], cluster_std=0.7, random_state=0
+    )
     X = np.abs(X)  # chi2 kernels need non-negative input
     gamma = {"sigmoid": 0.01, "chi2": 1.0}.get(kernel)
     clf = DQNSBLClassifier(kernel=kernel, gamma=gamma).fit(X, y)
@@ -248,7 +250,9 @@ def test_precomputed_and_callable_kernels(moons):
     X, y, Xt, _ = moons
     ref = DQNSBLClassifier(gamma=2.0).fit(X, y)
     pre = DQNSBLClassifier(kernel="precomputed").fit(rbf_kernel(X, gamma=2.0), y)
-    assert_allclose(pre.predict_proba(rbf_kernel(Xt, X, gamma=2.0)), ref.predict_proba(Xt), rtol=1e-6)
+    assert_allclose(
+        pre.predict_proba(rbf_kernel(Xt, X, gamma=2.0)), ref.predict_proba(Xt), rtol=1e-6
+    )
     # pairwise_kernels calls a callable kernel on pairs of rows
     call = DQNSBLClassifier(kernel=lambda a, b: np.exp(-2.0 * np.sum((a - b) ** 2))).fit(X, y)
     assert_allclose(call.predict_proba(Xt), ref.predict_proba(Xt), rtol=1e-6)
@@ -276,9 +280,12 @@ def _finite(clf, X):
 
 
 def test_perfectly_separable_warns_and_stays_finite():
-    X = np.r_[np.random.RandomState(0).normal(-5, 0.3, (30, 2)), np.random.RandomState(1).normal(5, 0.3, (30, 2))]
+    X = np.r_[
+        np.random.RandomState(0).normal(-5, 0.3, (30, 2)),
+        np.random.RandomState(1).normal(5, 0.3, (30, 2)),
+    ]
     y = np.r_[np.zeros(30), np.ones(30)]
-    for kw in (dict(kernel=None), dict(gamma=0.5, max_iter=100)):
+    for kw in ({"kernel": None}, {"gamma": 0.5, "max_iter": 100}):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             with pytest.warns(EvidenceWarning, match="separated"):
@@ -290,7 +297,11 @@ def test_perfectly_separable_warns_and_stays_finite():
 def test_duplicated_columns_and_rows():
     """Duplicated features share their weight and predict like the original model."""
     X, y = make_classification(
-        n_samples=100, n_features=4, n_informative=3, n_redundant=0, n_clusters_per_class=1,
+        n_samples=100,
+        n_features=4,
+        n_informative=3,
+        n_redundant=0,
+        n_clusters_per_class=1,
         random_state=0,
     )
     Xd = np.hstack([X, X, X[:, :1]])

@@ -7,7 +7,7 @@ from sparsekit.sbl import DQNSBLClassifier
 CONFIGS = [
     DQNSBLClassifier(),  # rbf basis, one-vs-rest on multiclass checks
     DQNSBLClassifier(kernel=None, multi_class="multinomial", diag_update="psb"),  # coef_, CSR
-    DQNSBLClassifier(kernel="poly", degree=2, solver="exact", update="em"),
+    DQNSBLClassifier(kernel=None, solver="exact", update="em"),
     DQNSBLClassifier(kernel="precomputed", exact_switch=0, moderated=False),
 ]
 

@@ -34,8 +34,12 @@ def test_cholesky_solve_inverse_match_numpy(m):
     assert cholesky_lower_inplace(L)
     assert_allclose(L, naive.cholesky_lower(H), rtol=1e-10, atol=1e-12)
     b = np.arange(1.0, m + 1)
-    assert_allclose(cholesky_solve(L, b), naive.cholesky_solve(naive.cholesky_lower(H), b), rtol=1e-9)
-    assert_allclose(cholesky_inverse(L), naive.cholesky_inverse(naive.cholesky_lower(H)), rtol=1e-8, atol=1e-12)
+    assert_allclose(
+        cholesky_solve(L, b), naive.cholesky_solve(naive.cholesky_lower(H), b), rtol=1e-9
+    )
+    assert_allclose(
+        cholesky_inverse(L), naive.cholesky_inverse(naive.cholesky_lower(H)), rtol=1e-8, atol=1e-12
+    )
 
 
 def test_cholesky_rejects_indefinite():
@@ -57,7 +61,9 @@ def test_laplace_newton_matches_reference(seed, separable):
     sw = rng.uniform(0.5, 2.0, size=n)
     lam = rng.uniform(0.1, 3.0, size=m)
     w0 = np.zeros(m)
-    w, loss, S, logdet, status = laplace_newton_bernoulli(Phi, t, sw, w0, lam, 50, 1e-10, 1e-12, 1e-4)
+    w, loss, S, logdet, status = laplace_newton_bernoulli(
+        Phi, t, sw, w0, lam, 50, 1e-10, 1e-12, 1e-4
+    )
     assert status == 0
     w_ref, loss_ref, S_ref, logdet_ref = naive.laplace_newton_bernoulli(Phi, t, sw, w0, lam)
     assert_allclose(w, w_ref, rtol=1e-7, atol=1e-9)

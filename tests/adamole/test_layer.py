@@ -299,7 +299,7 @@ def test_topk_activates_exactly_k(k):
 
 def test_threshold_routing_uses_fixed_threshold():
     logits = _random_logits(1000, 4, 2.0, seed=3, with_threshold=False)
-    w, mask, score, tau = _route(logits, "threshold", 4, 0.25, 2)
+    w, mask, _, tau = _route(logits, "threshold", 4, 0.25, 2)
     p = torch.softmax(logits, -1)
     assert tau == 0.25 and torch.equal(mask, p >= 0.25) and mask.sum(-1).min() >= 1
     torch.testing.assert_close(w, torch.where(mask, p, 0) / (p * mask).sum(-1, keepdim=True))

@@ -7,8 +7,8 @@ from sparsekit.sbl import DQNSBLClassifier
 CONFIGS = [
     DQNSBLClassifier(),  # rbf basis, one-vs-rest on multiclass checks
     DQNSBLClassifier(kernel=None, multi_class="multinomial", diag_update="psb"),  # coef_, CSR
-    DQNSBLClassifier(kernel=None, solver="exact", update="em"),
-    DQNSBLClassifier(kernel="precomputed", exact_switch=0, moderated=False),
+    DQNSBLClassifier(kernel=None, solver="exact"),
+    DQNSBLClassifier(kernel="precomputed", exact_switch=0),
 ]
 
 _KERNEL_WEIGHTS = (
@@ -18,12 +18,16 @@ _KERNEL_WEIGHTS = (
 
 
 def _expected_failures(estimator):
+    failures = {}
     if estimator.kernel is not None:
-        return {
-            "check_sample_weight_equivalence_on_dense_data": _KERNEL_WEIGHTS,
-            "check_sample_weight_equivalence_on_sparse_data": _KERNEL_WEIGHTS,
-        }
-    return {}
+        failures["check_sample_weight_equivalence_on_dense_data"] = _KERNEL_WEIGHTS
+        failures["check_sample_weight_equivalence_on_sparse_data"] = _KERNEL_WEIGHTS
+    if estimator.kernel == "precomputed":
+        failures["check_decision_proba_consistency"] = (
+            "The check fits on raw (80, 2) features without turning them into a Gram matrix "
+            "(unlike the checks that honour the pairwise tag), so fit rightly raises ValueError."
+        )
+    return failures
 
 
 @parametrize_with_checks(CONFIGS, expected_failed_checks=_expected_failures)

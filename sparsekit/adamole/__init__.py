@@ -39,6 +39,7 @@ _LAZY = {
     "get_adamole_model": "sparsekit.adamole._model",
     "load_adamole_model": "sparsekit.adamole._model",
     "collect_aux_loss": "sparsekit.adamole._model",
+    "AuxLoss": "sparsekit.adamole._model",
     "routing_statistics": "sparsekit.adamole._model",
     "default_target_modules": "sparsekit.adamole._model",
     # scikit-learn estimator (issue: AdaMoLEClassifier)

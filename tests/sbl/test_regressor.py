@@ -47,7 +47,8 @@ def test_exact_solver_follows_ard_path(seed, compute_score):
     X = _standardise(_ar1(120, 30, 0.4, rng))
     w = np.zeros(30)
     w[[1, 5, 17]] = [2.0, -1.5, 0.7]
-    y = X @ w + 0.3 * rng.normal(size=120) + 4.0
+    y = X @ w + 0.3 * rng.normal(size=120)
+    y = (y - y.mean()) / y.std() + 4.0  # unit variance: both work on the same scale
     ard = ARDRegression(compute_score=compute_score).fit(X, y)
     ours = DQNSBLRegressor(solver="exact", compute_score=compute_score).fit(X, y)
     np.testing.assert_allclose(ours.coef_, ard.coef_, rtol=0, atol=1e-10)
@@ -59,6 +60,19 @@ def test_exact_solver_follows_ard_path(seed, compute_score):
     np.testing.assert_allclose(ours.sigma_, np.diag(ard.sigma_), rtol=1e-9)
     if compute_score:
         assert len(ours.scores_) == len(ard.scores_)
+
+
+def test_invariant_to_units_of_x_and_y():
+    """Rescaling features and target rescales the fit, nothing else (ARDRegression's pruning
+    threshold, by contrast, depends on the units)."""
+    X, y, _, _ = _sparse_problem(30, n=150, d=30)
+    a = DQNSBLRegressor().fit(X, y)
+    scales = np.logspace(-3, 3, 30)
+    b = DQNSBLRegressor().fit(X * scales, 1000.0 * y + 5.0)
+    np.testing.assert_array_equal(a.relevance_, b.relevance_)
+    np.testing.assert_allclose(b.coef_ * scales / 1000.0, a.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(b.predict(X[:5] * scales), 1000.0 * a.predict(X[:5]) + 5.0, rtol=1e-6)
+    assert b.alpha_ == pytest.approx(a.alpha_ / 1e6, rel=1e-6)
 
 
 def test_orthogonal_design_dqn_equals_exact():

@@ -8,11 +8,11 @@
 """
 
 from ._version import __version__
-from .sbl import DQNSBLRegressor
+from .sbl import DQNSBLClassifier, DQNSBLRegressor
 
 __all__ = ["DQNSBLRegressor", "DQNSBLClassifier", "AdaMoLEClassifier", "__version__"]
 
-_LAZY = {"AdaMoLEClassifier": "sparsekit.adamole", "DQNSBLClassifier": "sparsekit.sbl"}
+_LAZY = {"AdaMoLEClassifier": "sparsekit.adamole"}
 
 
 def __getattr__(name):

@@ -38,6 +38,8 @@ def kernel_params(est, gamma_):
     else:
         params = {"gamma": gamma_, "degree": est.degree, "coef0": est.coef0}
         params.update(est.kernel_params or {})
+        # gamma=None means the kernel's own default: do not pass it explicitly.
+        params = {k: v for k, v in params.items() if v is not None}
     return params
 
 

@@ -423,3 +423,12 @@ def test_unknown_kernel_and_bad_params():
         DQNSBLRegressor(max_iter=0).fit(X, np.arange(10.0))
     with pytest.raises(ValueError, match="square Gram matrix"):
         DQNSBLRegressor(kernel="precomputed").fit(X, np.arange(10.0))
+
+
+@pytest.mark.parametrize("kernel", ["chi2", "additive_chi2", "rbf"])
+def test_gamma_none_uses_kernel_default(kernel):
+    rng = np.random.default_rng(31)
+    X = rng.uniform(0, 1, size=(40, 3))
+    y = X.sum(1) + 0.05 * rng.normal(size=40)
+    reg = DQNSBLRegressor(kernel=kernel, gamma=None).fit(X, y)
+    assert np.all(np.isfinite(reg.predict(X)))

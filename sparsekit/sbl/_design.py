@@ -64,7 +64,6 @@ class DesignMatrix:
         self.n_samples, self.n_basis = B.shape
         self.sparse = sp.issparse(B)
         self.intercept_column = bool(intercept_column)
-        self.dtype = B.dtype
         sw = np.asarray(sample_weight, dtype=np.float64)
         self.weight_sum = float(sw.sum())
         if self.sparse:

@@ -187,7 +187,7 @@ def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
     """
     W = design.weight_sum
     beta_max = BETA_MAX_FACTOR / params["var_t"]
-    mode = params["update"]
+    mode = EM if params["update"] == "em" else MACKAY
     calm = 0
     mu_old = None
     G = design.gram(sw)
@@ -198,14 +198,10 @@ def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
         state.mu = mu
         e = t - design.matvec(mu)
         sse = float(sw @ (e * e))
-        sd = np.diag(sigma)
-        gamma = np.clip(1.0 - state.lam * sd, GAMMA_FLOOR, 1.0)
-        if mode == "em":
-            lam_new = (1.0 + 2.0 * params["lambda_1"]) / (mu**2 + sd + 2.0 * params["lambda_2"])
-        else:
-            with np.errstate(divide="ignore"):
-                lam_new = (gamma + 2.0 * params["lambda_1"]) / (mu**2 + 2.0 * params["lambda_2"])
-        lam_new = np.maximum(lam_new, LAMBDA_FLOOR)
+        lam_new, gamma = reestimate_alpha(
+            mu, np.ascontiguousarray(np.diag(sigma)), state.lam, mode, params["lambda_1"],
+            params["lambda_2"], GAMMA_FLOOR, LAMBDA_FLOOR,
+        )
         if not params["fix_noise"]:
             state.beta = _noise_update(
                 W, float(gamma.sum()), sse, params["alpha_1"], params["alpha_2"], beta_max

@@ -61,18 +61,30 @@ def peft_lora_loop(X, y, base):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
-        model = get_peft_model(model, LoraConfig(r=32, lora_alpha=16, lora_dropout=0.05,
-                                                 target_modules=["query", "value"],
-                                                 task_type="SEQ_CLS"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=32,
+                lora_alpha=16,
+                lora_dropout=0.05,
+                target_modules=["query", "value"],
+                task_type="SEQ_CLS",
+            ),
+        )
     labels = torch.as_tensor((np.asarray(y) == "pos").astype(np.int64))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     order = np.random.RandomState(0).permutation(len(X))
     model.train()
     t0 = time.perf_counter()
     for s in range(0, len(X), BATCH):
-        idx = order[s:s + BATCH]
-        batch = tok([X[i] for i in idx], truncation=True, max_length=MAX_LEN, padding=True,
-                    return_tensors="pt")
+        idx = order[s : s + BATCH]
+        batch = tok(
+            [X[i] for i in idx],
+            truncation=True,
+            max_length=MAX_LEN,
+            padding=True,
+            return_tensors="pt",
+        )
         loss = F.cross_entropy(model(**batch).logits, labels[idx])
         loss.backward()
         opt.step()
@@ -82,8 +94,13 @@ def peft_lora_loop(X, y, base):
     t0 = time.perf_counter()
     with torch.inference_mode():
         for s in range(0, len(X), BATCH):
-            batch = tok(X[s:s + BATCH], truncation=True, max_length=MAX_LEN, padding=True,
-                        return_tensors="pt")
+            batch = tok(
+                X[s : s + BATCH],
+                truncation=True,
+                max_length=MAX_LEN,
+                padding=True,
+                return_tensors="pt",
+            )
             model(**batch)
     return epoch, time.perf_counter() - t0
 
@@ -91,9 +108,18 @@ def peft_lora_loop(X, y, base):
 def estimator(X, y, base, **params):
     from sparsekit.adamole import AdaMoLEClassifier
 
-    clf = AdaMoLEClassifier(base_model=base, target_modules=["query", "value"], head="classifier",
-                            max_length=MAX_LEN, batch_size=BATCH, learning_rate=LR, warmup=0,
-                            num_epochs=1, random_state=0, **params)
+    clf = AdaMoLEClassifier(
+        base_model=base,
+        target_modules=["query", "value"],
+        head="classifier",
+        max_length=MAX_LEN,
+        batch_size=BATCH,
+        learning_rate=LR,
+        warmup=0,
+        num_epochs=1,
+        random_state=0,
+        **params,
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*truncated.*")
         clf.fit(X, y)
@@ -117,8 +143,9 @@ def main():
     X, y = _data()
     arms = {
         "peft_lora_loop": lambda: peft_lora_loop(X, y, base),
-        "estimator_lora": lambda: estimator(X, y, base, num_experts=1, routing="dense",
-                                            expert_rank=32),
+        "estimator_lora": lambda: estimator(
+            X, y, base, num_experts=1, routing="dense", expert_rank=32
+        ),
         "estimator_adamole": lambda: estimator(X, y, base, num_experts=8, expert_rank=4),
     }
     times = {k: {"train": [], "predict": []} for k in arms}
@@ -132,24 +159,34 @@ def main():
     ref = med["peft_lora_loop"]
     rows = []
     for name in arms:
-        rows.append({
-            "arm": name,
-            "train_epoch_s": med[name]["train"],
-            "predict_s": med[name]["predict"],
-            "train_ratio_vs_peft_lora": med[name]["train"] / ref["train"],
-            "predict_ratio_vs_peft_lora": med[name]["predict"] / ref["predict"],
-        })
+        rows.append(
+            {
+                "arm": name,
+                "train_epoch_s": med[name]["train"],
+                "predict_s": med[name]["predict"],
+                "train_ratio_vs_peft_lora": med[name]["train"] / ref["train"],
+                "predict_ratio_vs_peft_lora": med[name]["predict"] / ref["predict"],
+            }
+        )
     ada_vs_lora = med["estimator_adamole"]["train"] / med["estimator_lora"]["train"]
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "n_sentences": N, "max_length": MAX_LEN, "batch_size": BATCH, "repeats": args.repeats,
-        "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "n_sentences": N,
+        "max_length": MAX_LEN,
+        "batch_size": BATCH,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
-    (out / "adamole_classifier.json").write_text(json.dumps(
-        {"meta": meta, "rows": rows, "raw": times, "adamole_vs_lora_train_ratio": ada_vs_lora},
-        indent=2))
+    (out / "adamole_classifier.json").write_text(
+        json.dumps(
+            {"meta": meta, "rows": rows, "raw": times, "adamole_vs_lora_train_ratio": ada_vs_lora},
+            indent=2,
+        )
+    )
     lines = [
         f"MiniLM-L6, {N} Rotten Tomatoes sentences, max_length {MAX_LEN}, batch {BATCH}, "
         f"{args.threads} thread(s), median of {args.repeats}",
@@ -158,8 +195,10 @@ def main():
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['train_epoch_s']:.2f} | {r['predict_s']:.2f} | "
-                     f"{r['train_ratio_vs_peft_lora']:.2f} | {r['predict_ratio_vs_peft_lora']:.2f} |")
+        lines.append(
+            f"| {r['arm']} | {r['train_epoch_s']:.2f} | {r['predict_s']:.2f} | "
+            f"{r['train_ratio_vs_peft_lora']:.2f} | {r['predict_ratio_vs_peft_lora']:.2f} |"
+        )
     lines += ["", f"AdaMoLE 8x4 / LoRA r=32 (same estimator loop), training: {ada_vs_lora:.2f}"]
     text = "\n".join(lines)
     (out / "adamole_classifier.md").write_text(text + "\n")

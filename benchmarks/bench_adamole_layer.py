@@ -48,8 +48,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 N_EXPERTS, RANK, ALPHA, DROPOUT = 8, 4, 16, 0.05
 LORA_RANK = N_EXPERTS * RANK
 AUX_COEF = 1e-3
-TARGETS = {"adamole_over_lora_max": 1.3, "loop_over_adamole_min_cpu": 3.0,
-           "loop_over_adamole_min_cuda": 5.0}
+TARGETS = {
+    "adamole_over_lora_max": 1.3,
+    "loop_over_adamole_min_cpu": 3.0,
+    "loop_over_adamole_min_cuda": 5.0,
+}
 
 
 # ----------------------------------------------------------------------------- loop reference
@@ -70,8 +73,8 @@ class LoopAdaMoLELinear(nn.Module):
         self.threshold = nn.Linear(d_in, 1)
         with torch.no_grad():
             for i in range(n):
-                self.A[i].weight.copy_(A[i * r:(i + 1) * r])
-                self.B[i].weight.copy_(B[:, i * r:(i + 1) * r])
+                self.A[i].weight.copy_(A[i * r : (i + 1) * r])
+                self.B[i].weight.copy_(B[:, i * r : (i + 1) * r])
             self.gate.weight.copy_(layer.lora_gate[adapter].weight)
             self.threshold.weight.copy_(layer.lora_threshold[adapter].weight)
             self.threshold.bias.copy_(layer.lora_threshold[adapter].bias)
@@ -273,14 +276,23 @@ def build_arms(make_base, targets, forward_for, device, dtype):
 
     arms = {}
     torch.manual_seed(0)
-    lora = get_peft_model(make_base(), LoraConfig(r=LORA_RANK, lora_alpha=ALPHA,
-                                                  lora_dropout=DROPOUT, target_modules=targets))
+    lora = get_peft_model(
+        make_base(),
+        LoraConfig(r=LORA_RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules=targets),
+    )
     arms["peft LoRA r=32"] = {"model": prep(lora)}
 
     def adamole(**kw):
         torch.manual_seed(0)
-        cfg = AdaMoLEConfig(num_experts=N_EXPERTS, r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT,
-                            target_modules=targets, init_lora_weights=False, **kw)
+        cfg = AdaMoLEConfig(
+            num_experts=N_EXPERTS,
+            r=RANK,
+            lora_alpha=ALPHA,
+            lora_dropout=DROPOUT,
+            target_modules=targets,
+            init_lora_weights=False,
+            **kw,
+        )
         return prep(get_adamole_model(make_base(), cfg))
 
     main = adamole()
@@ -298,8 +310,9 @@ def build_arms(make_base, targets, forward_for, device, dtype):
     swap_in_loop_layers(loop)
     arms["loop reference"] = {"model": loop.train()}
     for name, arm in arms.items():
-        arm["step"] = make_step(arm["model"], forward_for(arm["model"]),
-                                uses_aux=name != "peft LoRA r=32")
+        arm["step"] = make_step(
+            arm["model"], forward_for(arm["model"]), uses_aux=name != "peft LoRA r=32"
+        )
     return arms, active
 
 
@@ -313,6 +326,7 @@ def projection_workload(device, dtype, tokens):
         def fwd():
             xx = x.detach().requires_grad_()
             return (model(xx).float() * g.float()).sum() / tokens
+
         return fwd
 
     return build_arms(lambda: OneProjection(d), ["proj"], forward_for, device, dtype)
@@ -331,9 +345,16 @@ def model_workload(kind, device, dtype, batch, seq):
     ids = torch.randint(1, vocab, (batch, seq), generator=gen).to(device)
     mask = torch.ones(batch, seq, dtype=torch.long, device=device)
     if kind == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536,
-                             num_hidden_layers=4, num_attention_heads=9, num_key_value_heads=3,
-                             max_position_embeddings=max(seq, 128), tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=4,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=max(seq, 128),
+            tie_word_embeddings=True,
+        )
 
         def make_base():
             return LlamaForCausalLM(config)
@@ -343,9 +364,15 @@ def model_workload(kind, device, dtype, batch, seq):
         def forward_for(model):
             return lambda: model(input_ids=ids, attention_mask=mask, labels=ids).loss
     else:
-        config = BertConfig(vocab_size=vocab, hidden_size=384, intermediate_size=1536,
-                            num_hidden_layers=4, num_attention_heads=12,
-                            max_position_embeddings=max(seq, 128), num_labels=2)
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=384,
+            intermediate_size=1536,
+            num_hidden_layers=4,
+            num_attention_heads=12,
+            max_position_embeddings=max(seq, 128),
+            num_labels=2,
+        )
         labels = torch.randint(0, 2, (batch,), generator=gen).to(device)
 
         def make_base():
@@ -360,18 +387,29 @@ def model_workload(kind, device, dtype, batch, seq):
 
 
 # ----------------------------------------------------------------------------- report
-COLUMNS = ["peft LoRA r=32", "AdaMoLE 8x4", "AdaMoLE 8x4 gathered", "MoLE top-2 8x4",
-           "loop reference"]
+COLUMNS = [
+    "peft LoRA r=32",
+    "AdaMoLE 8x4",
+    "AdaMoLE 8x4 gathered",
+    "MoLE top-2 8x4",
+    "loop reference",
+]
 
 
 def summarise(name, res, active):
     rows = []
     for arm in COLUMNS:
         r = res[arm]
-        row = {"workload": name, "arm": arm, "ms": 1e3 * r["median_s"],
-               "cpu_ms": 1e3 * r["cpu_median_s"],
-               "saved_mib": r["saved_mib"], "cuda_peak_step_mib": r["cuda_peak_step_mib"],
-               "trainable_params": r["trainable_params"], "mean_active_experts": active}
+        row = {
+            "workload": name,
+            "arm": arm,
+            "ms": 1e3 * r["median_s"],
+            "cpu_ms": 1e3 * r["cpu_median_s"],
+            "saved_mib": r["saved_mib"],
+            "cuda_peak_step_mib": r["cuda_peak_step_mib"],
+            "trainable_params": r["trainable_params"],
+            "mean_active_experts": active,
+        }
         for key, clock in (("", "median_s"), ("cpu_", "cpu_median_s")):
             row[key + "vs_lora"] = r[clock] / res["peft LoRA r=32"][clock]
             row[key + "vs_adamole"] = r[clock] / res["AdaMoLE 8x4"][clock]
@@ -390,8 +428,13 @@ def markdown(rows, meta):
     head.append("trainable")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["workload"], r["arm"], f"{r['ms']:.1f}", f"{r['vs_lora']:.2f}",
-                 f"{r['vs_adamole']:.2f}"]
+        cells = [
+            r["workload"],
+            r["arm"],
+            f"{r['ms']:.1f}",
+            f"{r['vs_lora']:.2f}",
+            f"{r['vs_adamole']:.2f}",
+        ]
         if not cuda:
             cells += [f"{r['cpu_ms']:.1f}", f"{r['cpu_vs_lora']:.2f}", f"{r['cpu_vs_adamole']:.2f}"]
         cells.append(f"{r['saved_mib']:.1f}")
@@ -399,15 +442,25 @@ def markdown(rows, meta):
             cells.append(f"{r['cuda_peak_step_mib']:.1f}")
         cells.append(f"{r['trainable_params']:,}")
         lines.append("| " + " | ".join(cells) + " |")
-    out = [f"# AdaMoLE layer benchmark ({meta['device']})", "",
-           f"Command: `{meta['command']}`", "",
-           f"{meta['environment']}", "",
-           "Times are medians over the repeats of one forward+backward step; \"wall\" is "
-           "wall-clock time, \"CPU\" the process CPU time (less sensitive to other processes on a "
-           "shared machine; equal to wall time when the process is alone on its core). Ratios are "
-           "taken between arms measured in this run.", "", *lines, ""]
-    out.append("Mean active experts (adaptive routing, calibrated gate): " + ", ".join(
-        f"{k}: {v:.2f}" for k, v in meta["mean_active_experts"].items()))
+    out = [
+        f"# AdaMoLE layer benchmark ({meta['device']})",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"{meta['environment']}",
+        "",
+        'Times are medians over the repeats of one forward+backward step; "wall" is '
+        'wall-clock time, "CPU" the process CPU time (less sensitive to other processes on a '
+        "shared machine; equal to wall time when the process is alone on its core). Ratios are "
+        "taken between arms measured in this run.",
+        "",
+        *lines,
+        "",
+    ]
+    out.append(
+        "Mean active experts (adaptive routing, calibrated gate): "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in meta["mean_active_experts"].items())
+    )
     out.append("")
     out.append("Targets:")
     out += [f"- {v}" for v in meta["verdicts"]]
@@ -418,20 +471,31 @@ def markdown(rows, meta):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 "
-                        "(CUDA default: base model in bf16, adapters in float32)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads (torch and BLAS/OpenMP, pinned). Default 1: on a "
-                        "shared 2-core machine, 2 OpenMP threads per process under load make "
-                        "every timing 5-10x slower and erratic; use 2 on a quiet machine")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="float32 (CPU default) or bfloat16 "
+        "(CUDA default: base model in bf16, adapters in float32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads (torch and BLAS/OpenMP, pinned). Default 1: on a "
+        "shared 2-core machine, 2 OpenMP threads per process under load make "
+        "every timing 5-10x slower and erratic; use 2 on a quiet machine",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--skip-models", action="store_true")
     parser.add_argument("--out-dir", default=str(RESULTS))
-    parser.add_argument("--stem", default=None, help="output file stem (default "
-                        "adamole_layer on CPU, adamole_layer_cuda on CUDA)")
+    parser.add_argument(
+        "--stem",
+        default=None,
+        help="output file stem (default adamole_layer on CPU, adamole_layer_cuda on CUDA)",
+    )
     args = parser.parse_args(argv)
 
     from threadpoolctl import threadpool_limits
@@ -443,27 +507,44 @@ def main(argv=None):
     inner = 5 if device.type == "cuda" else 1
     results, rows, actives = {}, [], {}
     with threadpool_limits(limits=args.threads):
-        workloads = [("projection 576x576, 4096 tokens" if args.tokens == 4096 else
-                      f"projection 576x576, {args.tokens} tokens",
-                      lambda: projection_workload(device, dtype, args.tokens))]
+        workloads = [
+            (
+                "projection 576x576, 4096 tokens"
+                if args.tokens == 4096
+                else f"projection 576x576, {args.tokens} tokens",
+                lambda: projection_workload(device, dtype, args.tokens),
+            )
+        ]
         if not args.skip_models:
             shape = f"{args.batch}x{args.seq} tokens"
-            workloads.append((f"tiny Llama h576 L4, {shape}",
-                              lambda: model_workload("llama", device, dtype, args.batch, args.seq)))
-            workloads.append((f"tiny BERT h384 L4, {shape}",
-                              lambda: model_workload("bert", device, dtype, args.batch, args.seq)))
+            workloads.append(
+                (
+                    f"tiny Llama h576 L4, {shape}",
+                    lambda: model_workload("llama", device, dtype, args.batch, args.seq),
+                )
+            )
+            workloads.append(
+                (
+                    f"tiny BERT h384 L4, {shape}",
+                    lambda: model_workload("bert", device, dtype, args.batch, args.seq),
+                )
+            )
         for name, build in workloads:
             arms, active = build()
             res = measure(arms, device, args.repeats, inner)
             results[name] = res
             actives[name] = active
             rows += summarise(name, res, active)
-            print(f"{name}: " + ", ".join(f"{k} {1e3 * v['median_s']:.1f} ms"
-                                          for k, v in res.items()), flush=True)
+            print(
+                f"{name}: "
+                + ", ".join(f"{k} {1e3 * v['median_s']:.1f} ms" for k, v in res.items()),
+                flush=True,
+            )
             del arms
 
-    loop_min = TARGETS["loop_over_adamole_min_cuda" if device.type == "cuda"
-                       else "loop_over_adamole_min_cpu"]
+    loop_min = TARGETS[
+        "loop_over_adamole_min_cuda" if device.type == "cuda" else "loop_over_adamole_min_cpu"
+    ]
     verdicts = []
     clocks = [("wall", "median_s")] + ([("CPU", "cpu_median_s")] if device.type == "cpu" else [])
     for name, res in results.items():
@@ -476,29 +557,43 @@ def main(argv=None):
             verdicts.append(
                 f"{name} ({label} time): AdaMoLE/LoRA = {vs_lora:.2f} (target <= 1.3: "
                 f"{'met' if ok1 else 'MISSED'}), loop/AdaMoLE = {speedup:.2f} (target >= "
-                f"{loop_min:g}: {'met' if ok2 else 'MISSED'})")
-    env = (f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs visible, "
-           f"{args.threads} threads pinned (torch + threadpoolctl), dtype {dtype_name}, "
-           f"{args.repeats} repeats (median; arms interleaved), dropout {DROPOUT}, "
-           f"aux coefficient {AUX_COEF}")
+                f"{loop_min:g}: {'met' if ok2 else 'MISSED'})"
+            )
+    env = (
+        f"torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs visible, "
+        f"{args.threads} threads pinned (torch + threadpoolctl), dtype {dtype_name}, "
+        f"{args.repeats} repeats (median; arms interleaved), dropout {DROPOUT}, "
+        f"aux coefficient {AUX_COEF}"
+    )
     if device.type == "cuda":
         env += f", GPU {torch.cuda.get_device_name(device)}, {inner} steps per timing"
     try:
         env += f", load average {os.getloadavg()[0]:.2f} at the end"
     except OSError:
         pass
-    cmd = " ".join(["python benchmarks/bench_adamole_layer.py",
-                    *(sys.argv[1:] if argv is None else argv)])
-    meta = {"device": device.type, "command": cmd, "environment": env,
-            "mean_active_experts": actives, "verdicts": verdicts}
+    cmd = " ".join(
+        ["python benchmarks/bench_adamole_layer.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    meta = {
+        "device": device.type,
+        "command": cmd,
+        "environment": env,
+        "mean_active_experts": actives,
+        "verdicts": verdicts,
+    }
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.stem or ("adamole_layer" if device.type == "cpu"
-                         else f"adamole_layer_{device.type}")
+    stem = args.stem or (
+        "adamole_layer" if device.type == "cpu" else f"adamole_layer_{device.type}"
+    )
     (out_dir / f"{stem}.md").write_text(markdown(rows, meta))
-    (out_dir / f"{stem}.json").write_text(json.dumps(
-        {"meta": meta, "targets": TARGETS, "rows": rows, "raw": results}, indent=1,
-        default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+    (out_dir / f"{stem}.json").write_text(
+        json.dumps(
+            {"meta": meta, "targets": TARGETS, "rows": rows, "raw": results},
+            indent=1,
+            default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o),
+        )
+    )
     print("\n".join(verdicts))
     print(f"wrote {out_dir / stem}.md and .json")
 

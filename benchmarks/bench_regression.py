@@ -99,7 +99,10 @@ def main(argv=None):
             row["speedup"] = ard["time_s"] / dqn["time_s"]
             row["r2_diff"] = dqn["r2"] - ard["r2"]
             rows.append(row)
-            print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+            print(
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()},
+                flush=True,
+            )
         X, y, support = make_problem(n_train + n_test, big)
         X, Xte, y, yte = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
         big_row = evaluate(lambda: DQNSBLRegressor(n_jobs=1), X, y, Xte, yte, support, 1)

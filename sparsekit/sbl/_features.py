@@ -46,7 +46,11 @@ def kernel_params(est, gamma_):
 def compute_kernel(est, X, Y, gamma_):
     """K(X, Y) with the estimator's kernel parameters (``filter_params`` drops unused ones)."""
     return pairwise_kernels(
-        X, Y, metric=est.kernel, filter_params=not callable(est.kernel), **kernel_params(est, gamma_)
+        X,
+        Y,
+        metric=est.kernel,
+        filter_params=not callable(est.kernel),
+        **kernel_params(est, gamma_),
     )
 
 

@@ -128,16 +128,28 @@ def dqn_path(design, t, sw, state, *, params, on_iter=None):
             return "switch"
         mu_old = state.mu
         mu, z = _pcg(
-            design, state.phit_t, sw, state.beta, state.lam, state.mu,
-            params["inner_max_iter"], params["inner_tol"],
+            design,
+            state.phit_t,
+            sw,
+            state.beta,
+            state.lam,
+            state.mu,
+            params["inner_max_iter"],
+            params["inner_tol"],
         )
         state.mu = mu
         e = t - z
         sse = float(sw @ (e * e))
         sigma_diag = 1.0 / (state.beta * W + state.lam)
         lam_new, gamma = reestimate_alpha(
-            mu, sigma_diag, state.lam, mode, params["lambda_1"], params["lambda_2"],
-            GAMMA_FLOOR, LAMBDA_FLOOR,
+            mu,
+            sigma_diag,
+            state.lam,
+            mode,
+            params["lambda_1"],
+            params["lambda_2"],
+            GAMMA_FLOOR,
+            LAMBDA_FLOOR,
         )
         if params["compute_score"]:
             state.scores.append(
@@ -199,8 +211,14 @@ def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
         e = t - design.matvec(mu)
         sse = float(sw @ (e * e))
         lam_new, gamma = reestimate_alpha(
-            mu, np.ascontiguousarray(np.diag(sigma)), state.lam, mode, params["lambda_1"],
-            params["lambda_2"], GAMMA_FLOOR, LAMBDA_FLOOR,
+            mu,
+            np.ascontiguousarray(np.diag(sigma)),
+            state.lam,
+            mode,
+            params["lambda_1"],
+            params["lambda_2"],
+            GAMMA_FLOOR,
+            LAMBDA_FLOOR,
         )
         if not params["fix_noise"]:
             state.beta = _noise_update(

@@ -356,9 +356,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 del self.coef_
         self._coef_rel = coef_rel
         # Full posterior covariance of the relevant weights in original units, when it exists.
-        self._sigma_full = (
-            None if state.sigma_full is None else state.sigma_full * np.outer(s, s)
-        )
+        self._sigma_full = None if state.sigma_full is None else state.sigma_full * np.outer(s, s)
         self.n_iter_ = int(state.n_iter)
         # Log evidence of y in its own units: that of y / y_scale minus W log(y_scale).
         self.scores_ = [v - design.weight_sum * np.log(y_scale) for v in state.scores]

@@ -12,8 +12,29 @@ POS_WORDS = ["good", "great", "nice", "excellent", "fun", "lovely", "superb", "w
 NEG_WORDS = ["bad", "awful", "terrible", "boring", "dull", "poor", "horrible", "worst"]
 FILLER = ["the", "film", "movie", "plot", "was", "is", "a", "very", "story", "acting", "and", "it"]
 # words of the lm-head prompt, class names and label words used by the tests
-PROMPT_WORDS = ["Text", "Choices", "Answer", "A", "B", "C", "D", "1", "2", ":", ".", "-",
-                "neg", "pos", "negative", "positive", "mixed", "yes", "no", "cat", "dog"]
+PROMPT_WORDS = [
+    "Text",
+    "Choices",
+    "Answer",
+    "A",
+    "B",
+    "C",
+    "D",
+    "1",
+    "2",
+    ":",
+    ".",
+    "-",
+    "neg",
+    "pos",
+    "negative",
+    "positive",
+    "mixed",
+    "yes",
+    "no",
+    "cat",
+    "dog",
+]
 
 
 def _corpus():
@@ -36,7 +57,12 @@ def _save_bert(path):
     from tokenizers import processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    specials = {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+    }
 
     def post(tok):
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -49,10 +75,16 @@ def _save_bert(path):
     backend = _word_level_tokenizer(specials, post=post)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=64, **specials)
     config = BertConfig(
-        vocab_size=backend.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.2,
+        vocab_size=backend.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.2,
     )
     import torch
 
@@ -82,10 +114,17 @@ def _save_llama(path, *, with_eos=True):
     # no pad token on purpose: decoders usually ship without one
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=128, **specials)
     config = LlamaConfig(
-        vocab_size=backend.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-        max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False,
+        vocab_size=backend.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        tie_word_embeddings=False,
         initializer_range=0.2,  # larger than real models so that a few steps move the logits
     )
     import torch
@@ -155,9 +194,17 @@ def tiny_llama_factory():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def make(seed=0, **overrides):
-        kwargs = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, pad_token_id=0)
+        kwargs = dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+        )
         kwargs.update(overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -174,9 +221,18 @@ def tiny_bert_factory():
     from transformers import BertConfig, BertForSequenceClassification
 
     def make(seed=0, num_labels=2, **overrides):
-        kwargs = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0, num_labels=num_labels, pad_token_id=0)
+        kwargs = dict(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=64,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            num_labels=num_labels,
+            pad_token_id=0,
+        )
         kwargs.update(overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -45,8 +45,14 @@ def test_init_only_assigns_and_loads_nothing():
 def test_clone_and_params_round_trip():
     cb = _Recorder()
     est = AdaMoLEClassifier(
-        base_model="x/y", num_experts=3, expert_rank=2, target_modules=["query"], callbacks=[cb],
-        label_words=["no", "yes"], random_state=5, warmup=10,
+        base_model="x/y",
+        num_experts=3,
+        expert_rank=2,
+        target_modules=["query"],
+        callbacks=[cb],
+        label_words=["no", "yes"],
+        random_state=5,
+        warmup=10,
     )
     params = est.get_params()
     cloned = clone(est)
@@ -221,7 +227,9 @@ def test_answer_tokens_must_be_distinct_and_known(clf_llama_dir):
     classes = np.array(["neg", "pos"])
     ids = answer_token_ids(tok, make_template(classes, None, False))
     assert tok.convert_ids_to_tokens(ids) == ["A", "B"]
-    ids = answer_token_ids(tok, make_template(classes, {"neg": "negative", "pos": "positive"}, False))
+    ids = answer_token_ids(
+        tok, make_template(classes, {"neg": "negative", "pos": "positive"}, False)
+    )
     assert tok.convert_ids_to_tokens(ids) == ["negative", "positive"]
     with pytest.raises(ValueError, match="start with the same token"):
         answer_token_ids(tok, make_template(classes, ["yes", "yes"], False))

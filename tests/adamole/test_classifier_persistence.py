@@ -19,7 +19,9 @@ from sklearn.preprocessing import FunctionTransformer
 
 from sparsekit.adamole import AdaMoLEClassifier
 
-FAST = dict(num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32)
+FAST = dict(
+    num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,7 +88,9 @@ def test_unfitted_estimator_pickles():
     assert loaded.get_params() == est.get_params()
 
 
-def test_unpickle_on_machine_without_the_training_device(fitted_bert_int, sentiment_data, monkeypatch):
+def test_unpickle_on_machine_without_the_training_device(
+    fitted_bert_int, sentiment_data, monkeypatch
+):
     """A model fitted on a GPU loads on CPU, with a warning (skorch's rule)."""
     _, _, Xt, _ = sentiment_data
     before = fitted_bert_int.predict_proba(Xt)
@@ -163,10 +167,12 @@ def test_save_pretrained_float_labels(clf_bert_dir, sentiment_data, tmp_path):
 
 def test_pipeline_and_grid_search_over_num_experts(clf_bert_dir, sentiment_data):
     X, y, Xt, yt = sentiment_data
-    pipe = Pipeline([
-        ("lower", FunctionTransformer(_lowercase)),
-        ("clf", _est(clf_bert_dir, num_epochs=2)),
-    ])
+    pipe = Pipeline(
+        [
+            ("lower", FunctionTransformer(_lowercase)),
+            ("clf", _est(clf_bert_dir, num_epochs=2)),
+        ]
+    )
     search = GridSearchCV(pipe, {"clf__num_experts": [1, 2]}, cv=2, n_jobs=1, error_score="raise")
     search.fit(X[:48], y[:48])
     assert search.best_params_["clf__num_experts"] in (1, 2)
@@ -183,7 +189,10 @@ def test_grid_search_in_worker_processes(clf_bert_dir, sentiment_data):
     """n_jobs=2 sends clones to joblib workers and pickles the results back."""
     X, y, _, _ = sentiment_data
     search = GridSearchCV(
-        _est(clf_bert_dir, num_epochs=1), {"expert_rank": [1, 2]}, cv=2, n_jobs=2,
+        _est(clf_bert_dir, num_epochs=1),
+        {"expert_rank": [1, 2]},
+        cv=2,
+        n_jobs=2,
         error_score="raise",
     )
     search.fit(X[:32], y[:32])

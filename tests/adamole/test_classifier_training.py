@@ -14,7 +14,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 from sparsekit.adamole import AdaMoLEClassifier
 
 # fast settings for the tiny models: these learn the trivially separable task in a few epochs
-FAST = dict(num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32)
+FAST = dict(
+    num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -123,8 +125,18 @@ def test_history_and_expert_usage(fitted_bert):
     assert est.n_iter_ == 5 and len(est.history_) == 5
     assert est.n_steps_ == 5 * 6  # 96 samples / batch 16, no accumulation
     h = est.history_[-1]
-    for key in ("epoch", "train_loss", "aux_loss", "learning_rate", "mean_active_experts",
-                "zero_expert_fraction", "tau_mean", "tau_std", "expert_load", "duration_s"):
+    for key in (
+        "epoch",
+        "train_loss",
+        "aux_loss",
+        "learning_rate",
+        "mean_active_experts",
+        "zero_expert_fraction",
+        "tau_mean",
+        "tau_std",
+        "expert_load",
+        "duration_s",
+    ):
         assert key in h, key
     assert 1.0 <= h["mean_active_experts"] <= 4.0
     assert 0 < h["tau_mean"] < 1 / 4  # adaptive threshold below tau_max = 1/N
@@ -186,12 +198,18 @@ def test_warmup_schedule(clf_bert_dir, sentiment_data):
 def test_warm_start_and_partial_fit_continue_training(clf_bert_dir, sentiment_data):
     X, y, Xt, _ = sentiment_data
     est = _est(clf_bert_dir, num_epochs=1, warm_start=True).fit(X, y)
-    first_params = {n: p.detach().clone() for n, p in est.model_.named_parameters() if p.requires_grad}
+    first_params = {
+        n: p.detach().clone() for n, p in est.model_.named_parameters() if p.requires_grad
+    }
     model = est.model_
     est.fit(X, y)
     assert est.model_ is model  # the same adapters, trained further
     assert est.n_iter_ == 2 and len(est.history_) == 2 and est.n_steps_ == 12
-    changed = [not torch.equal(p, first_params[n]) for n, p in model.named_parameters() if n in first_params]
+    changed = [
+        not torch.equal(p, first_params[n])
+        for n, p in model.named_parameters()
+        if n in first_params
+    ]
     assert any(changed)
     with pytest.raises(ValueError, match="cannot add classes"):
         est.fit(X[:4], ["neg", "pos", "meh", "neg"])
@@ -212,7 +230,11 @@ def test_warm_start_and_partial_fit_continue_training(clf_bert_dir, sentiment_da
 def test_early_stopping_on_validation_split(clf_bert_dir, sentiment_data):
     X, y, _, _ = sentiment_data
     est = _est(
-        clf_bert_dir, num_epochs=30, early_stopping=True, validation_fraction=0.25, n_iter_no_change=2
+        clf_bert_dir,
+        num_epochs=30,
+        early_stopping=True,
+        validation_fraction=0.25,
+        n_iter_no_change=2,
     ).fit(X, y)
     assert est.n_iter_ < 30
     accs = [h["valid_accuracy"] for h in est.history_]
@@ -249,7 +271,9 @@ def test_nan_loss_stops_with_clear_error(clf_bert_dir, sentiment_data):
                         p.fill_(float("nan"))
 
     est = _est(clf_bert_dir, num_epochs=2, learning_rate=5e-2, callbacks=[Poison()])
-    with pytest.raises(FloatingPointError, match="loss became nan.*Likely cause: learning_rate=0.05"):
+    with pytest.raises(
+        FloatingPointError, match="loss became nan.*Likely cause: learning_rate=0.05"
+    ):
         est.fit(X, y)
     assert not hasattr(est, "classes_")  # left unfitted, not half-trained
 
@@ -310,9 +334,17 @@ def test_labels_of_any_type_and_multiclass(clf_bert_dir, clf_llama_dir, make_sen
     assert_array_equal(est.classes_, [False, True])
     # three classes, lm head with label words given as a dict
     y3 = np.array(["cat", "dog", "mixed"] * 16)
-    est = _est(clf_llama_dir, head="lm", num_epochs=1,
-               label_words={"cat": "negative", "dog": "positive", "mixed": "mixed"}).fit(X, y3)
-    assert est.tokenizer_.convert_ids_to_tokens(est.answer_token_ids_) == ["negative", "positive", "mixed"]
+    est = _est(
+        clf_llama_dir,
+        head="lm",
+        num_epochs=1,
+        label_words={"cat": "negative", "dog": "positive", "mixed": "mixed"},
+    ).fit(X, y3)
+    assert est.tokenizer_.convert_ids_to_tokens(est.answer_token_ids_) == [
+        "negative",
+        "positive",
+        "mixed",
+    ]
     proba = est.predict_proba(X[:5])
     assert proba.shape == (5, 3)
     assert est.decision_function(X[:5]).shape == (5, 3)

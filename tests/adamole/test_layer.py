@@ -63,17 +63,20 @@ def loop_reference(x, P, *, routing, n_experts, rank, scaling, tau_max, top_k):
     for i in range(n_experts):
         idx = torch.nonzero(m[:, i]).flatten()
         if len(idx) > 0:
-            A_i = P["A"][i * rank:(i + 1) * rank]
-            B_i = P["B"][:, i * rank:(i + 1) * rank]
+            A_i = P["A"][i * rank : (i + 1) * rank]
+            B_i = P["B"][:, i * rank : (i + 1) * rank]
             expert = (X[idx] @ A_i.T) @ B_i.T * scaling
             out = out.index_add(0, idx, w[idx, i, None] * expert)
     return y + out.reshape(*x.shape[:-1], -1)
 
 
 _NAMES = {
-    "base_layer.weight": "W0", "base_layer.bias": "b0",
-    "lora_A.default.weight": "A", "lora_B.default.weight": "B",
-    "lora_gate.default.weight": "Wg", "lora_threshold.default.weight": "Wt",
+    "base_layer.weight": "W0",
+    "base_layer.bias": "b0",
+    "lora_A.default.weight": "A",
+    "lora_B.default.weight": "B",
+    "lora_gate.default.weight": "Wg",
+    "lora_threshold.default.weight": "Wt",
     "lora_threshold.default.bias": "bt",
 }
 
@@ -100,9 +103,15 @@ def reference_params(layer):
 def run_reference(layer, x, P):
     a = "default"
     return loop_reference(
-        x, P, routing=layer.routing[a],
-        n_experts=layer.num_experts[a], rank=layer.r[a], scaling=layer.scaling[a],
-        tau_max=layer.tau_max[a], top_k=layer.top_k[a])
+        x,
+        P,
+        routing=layer.routing[a],
+        n_experts=layer.num_experts[a],
+        rank=layer.r[a],
+        scaling=layer.scaling[a],
+        tau_max=layer.tau_max[a],
+        top_k=layer.top_k[a],
+    )
 
 
 def inputs(dtype, seed=1, shape=(2, 13), device="cpu"):
@@ -152,8 +161,9 @@ def test_reference_routing_is_not_trivial():
     """The test inputs give mixed routing: some tokens with 1, some with several experts."""
     layer = make_layer(routing="adaptive")
     x, _ = inputs(torch.float32)
-    logits = torch.cat([layer.lora_gate["default"].weight,
-                        layer.lora_threshold["default"].weight], 0)
+    logits = torch.cat(
+        [layer.lora_gate["default"].weight, layer.lora_threshold["default"].weight], 0
+    )
     logits = x.detach().reshape(-1, D_IN) @ logits.T
     logits[:, -1] += layer.lora_threshold["default"].bias.detach()
     _, mask, _, _ = _route(logits, "adaptive", N, 1 / N, 2)
@@ -213,7 +223,7 @@ def _reference_split_inputs(layer, x, x_experts, P):
     for i in range(n):
         idx = torch.nonzero(m[:, i]).flatten()
         if len(idx):
-            e = (x_experts[idx] @ P["A"][i * r:(i + 1) * r].T) @ P["B"][:, i * r:(i + 1) * r].T
+            e = (x_experts[idx] @ P["A"][i * r : (i + 1) * r].T) @ P["B"][:, i * r : (i + 1) * r].T
             out = out.index_add(0, idx, w[idx, i, None] * e * layer.scaling[a])
     return base + out.reshape(*x.shape[:-1], -1)
 

@@ -21,8 +21,9 @@ from sparsekit.adamole import (  # noqa: E402
 def hand_made_layer(reduction="sum"):
     """N=2 experts on d=2 with gate = identity and threshold net = 0, so that for a token x:
     p = softmax(x) and tau = sigmoid(0) * tau_max = 0.5 * 1/2 = 0.25."""
-    config = AdaMoLEConfig(num_experts=2, r=1, init_lora_weights=False,
-                           aux_loss_reduction=reduction)
+    config = AdaMoLEConfig(
+        num_experts=2, r=1, init_lora_weights=False, aux_loss_reduction=reduction
+    )
     layer = AdaMoLELinear(nn.Linear(2, 2), "default", config=config)
     with torch.no_grad():
         layer.lora_gate["default"].weight.copy_(torch.eye(2))
@@ -86,8 +87,9 @@ def test_aux_loss_has_gradient_that_raises_the_threshold():
     torch.testing.assert_close(layer.lora_gate["default"].weight.grad, torch.zeros(2, 2))
     assert layer.lora_threshold["default"].bias.grad.item() < 0
     # dL/dtau_t = -(N/T) sum_i f_i = -(2/3)(4/3); dtau/db = tau_max * s(0)(1 - s(0)) = 1/8
-    torch.testing.assert_close(layer.lora_threshold["default"].bias.grad,
-                               torch.tensor([-3 * (2 / 3) * (4 / 3) * (1 / 8)]))
+    torch.testing.assert_close(
+        layer.lora_threshold["default"].bias.grad, torch.tensor([-3 * (2 / 3) * (4 / 3) * (1 / 8)])
+    )
     # ... while an unbalanced load (f = [1, 1/2] with the mask) pushes the busy expert down
     layer.zero_grad()
     with collect_aux_loss(layer, attention_mask=[[1, 1, 0]]) as aux:
@@ -176,8 +178,10 @@ def test_routing_statistics_hand_made():
     assert stats["mean_active_experts"] == pytest.approx(1.5)
     assert stats["zero_expert_fraction"] == 0.0
     assert stats["expert_load"] == pytest.approx([1.0, 0.5])
-    assert stats["tau_mean"] == pytest.approx(0.25) and stats["tau_std"] == pytest.approx(0, abs=1e-6)
-    (name, module_stats), = stats["per_module"].items()
+    assert stats["tau_mean"] == pytest.approx(0.25) and stats["tau_std"] == pytest.approx(
+        0, abs=1e-6
+    )
+    ((name, module_stats),) = stats["per_module"].items()
     assert module_stats["tokens"] == 4
     # unmasked, accumulated on top
     with collect_aux_loss(layer):
@@ -223,8 +227,9 @@ def test_statistics_zero_expert_fraction_and_topk():
 
 
 @pytest.mark.parametrize("backward_inside", [True, False])
-def test_aux_loss_with_non_reentrant_gradient_checkpointing(tiny_llama_factory, token_batch,
-                                                            backward_inside):
+def test_aux_loss_with_non_reentrant_gradient_checkpointing(
+    tiny_llama_factory, token_batch, backward_inside
+):
     """Non-reentrant checkpointing: same aux value, same gradients, no double counting from
     the recompute, whether backward runs inside the context or after it."""
     ids, mask = token_batch
@@ -236,7 +241,8 @@ def test_aux_loss_with_non_reentrant_gradient_checkpointing(tiny_llama_factory, 
             model = get_adamole_model(tiny_llama_factory(seed=0), config)
         if checkpointing:
             model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.train()
         with collect_aux_loss(model, attention_mask=mask) as aux:
             out = model(input_ids=ids, attention_mask=mask, labels=ids)
@@ -247,8 +253,7 @@ def test_aux_loss_with_non_reentrant_gradient_checkpointing(tiny_llama_factory, 
             loss.backward()
         assert len(aux) == 8  # 2 layers x 4 projections, recomputes not recorded
         values.append(aux.loss.detach())
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
-                      if p.requires_grad})
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         stats = routing_statistics(model)
         assert stats["per_module"]["model.layers.0.self_attn.q_proj"]["tokens"] == int(mask.sum())
     torch.testing.assert_close(values[0], values[1])
@@ -284,8 +289,9 @@ def test_aux_loss_through_distributed_data_parallel(tiny_llama_factory, token_ba
 
     plain = build()
     aux_plain, grads_plain = step(plain, plain)
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
-                            world_size=1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
     try:
         inner = build()
         ddp = DistributedDataParallel(inner)

@@ -30,7 +30,11 @@ def seeded(fn, seed=1):
 def test_default_targets_llama_and_bert(tiny_llama_factory, tiny_bert_factory):
     assert default_target_modules(tiny_llama_factory()) == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert default_target_modules(tiny_bert_factory()) == [
-        "query", "key", "value", "attention.output.dense"]
+        "query",
+        "key",
+        "value",
+        "attention.output.dense",
+    ]
 
 
 def test_default_targets_fallback_and_error():
@@ -50,21 +54,25 @@ def test_default_targets_fallback_and_error():
 def test_injection_auto_targets_only_attention(tiny_llama_factory, tiny_bert_factory):
     model = get_adamole_model(tiny_llama_factory(), AdaMoLEConfig(num_experts=2, r=2))
     adapted = {n for n, m in model.named_modules() if isinstance(m, AdaMoLELinear)}
-    assert len(adapted) == 8 and all(n.rsplit(".", 1)[-1] in {"q_proj", "k_proj", "v_proj",
-                                                                "o_proj"} for n in adapted)
+    assert len(adapted) == 8 and all(
+        n.rsplit(".", 1)[-1] in {"q_proj", "k_proj", "v_proj", "o_proj"} for n in adapted
+    )
     bert = get_adamole_model(tiny_bert_factory(), AdaMoLEConfig(task_type="SEQ_CLS"))
     adapted = sorted(n for n, m in bert.named_modules() if isinstance(m, AdaMoLELinear))
     assert len(adapted) == 8
-    assert not any("intermediate" in n or "pooler" in n or n.endswith("output.dense")
-                   and "attention" not in n for n in adapted)
+    assert not any(
+        "intermediate" in n or "pooler" in n or n.endswith("output.dense") and "attention" not in n
+        for n in adapted
+    )
 
 
 def test_conv1d_targets_are_refused():
     """GPT-2's c_attn is a transformers Conv1D, not nn.Linear: never silently plain LoRA."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32,
-                                       n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=32, n_positions=16)
+    )
     with pytest.raises(TypeError, match="not nn.Linear"):
         get_adamole_model(model, AdaMoLEConfig(target_modules=["c_attn"]))
 
@@ -83,8 +91,12 @@ def test_user_config_is_not_modified(tiny_llama_factory):
     config = AdaMoLEConfig(num_experts=2)
     model = get_adamole_model(tiny_llama_factory(), config)
     assert config.target_modules is None
-    assert set(model.peft_config["default"].target_modules) == {"q_proj", "k_proj", "v_proj",
-                                                                "o_proj"}
+    assert set(model.peft_config["default"].target_modules) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    }
 
 
 # ----------------------------------------------------------------------------- accounting
@@ -103,8 +115,9 @@ def expected_adapter_params(model, n, r, routing="adaptive"):
 
 @pytest.mark.parametrize("routing", ["adaptive", "topk", "dense"])
 def test_trainable_parameter_accounting(tiny_llama_factory, routing):
-    model = get_adamole_model(tiny_llama_factory(),
-                              AdaMoLEConfig(num_experts=4, r=2, routing=routing))
+    model = get_adamole_model(
+        tiny_llama_factory(), AdaMoLEConfig(num_experts=4, r=2, routing=routing)
+    )
     trainable, total = model.get_nb_trainable_parameters()
     assert trainable == expected_adapter_params(model, 4, 2, routing) > 0
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -116,8 +129,9 @@ def test_trainable_parameter_accounting(tiny_llama_factory, routing):
 
 
 def test_seq_cls_head_is_trainable_and_counted(tiny_bert_factory):
-    model = get_adamole_model(tiny_bert_factory(num_labels=3),
-                              AdaMoLEConfig(num_experts=2, r=2, task_type="SEQ_CLS"))
+    model = get_adamole_model(
+        tiny_bert_factory(num_labels=3), AdaMoLEConfig(num_experts=2, r=2, task_type="SEQ_CLS")
+    )
     trainable, _ = model.get_nb_trainable_parameters()
     head = 32 * 3 + 3
     assert trainable == expected_adapter_params(model, 2, 2) + head
@@ -126,8 +140,9 @@ def test_seq_cls_head_is_trainable_and_counted(tiny_bert_factory):
 
 def test_paper_parameter_count_per_module():
     """Spec §1.6: 8x4 + gate + threshold on a 4096-wide projection = 299,009 parameters."""
-    layer = AdaMoLELinear(nn.Linear(4096, 4096, device="meta"), "default",
-                          config=AdaMoLEConfig(num_experts=8, r=4))
+    layer = AdaMoLELinear(
+        nn.Linear(4096, 4096, device="meta"), "default", config=AdaMoLEConfig(num_experts=8, r=4)
+    )
     n = sum(p.numel() for n, p in layer.named_parameters() if "lora_" in n)
     assert n == 299_009
 
@@ -137,12 +152,27 @@ def test_single_expert_equals_peft_lora(tiny_llama_factory, token_batch):
     """num_experts=1, routing='dense' has LoRA's parameters (same names and shapes) and gives
     peft LoRA's outputs and gradients for the same weights."""
     ids, mask = token_batch
-    lora = seeded(lambda: get_peft_model(
-        tiny_llama_factory(), LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])))
-    ada = get_adamole_model(tiny_llama_factory(), AdaMoLEConfig(
-        num_experts=1, r=4, lora_alpha=8, routing="dense",
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    lora = seeded(
+        lambda: get_peft_model(
+            tiny_llama_factory(),
+            LoraConfig(
+                r=4,
+                lora_alpha=8,
+                init_lora_weights=False,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            ),
+        )
+    )
+    ada = get_adamole_model(
+        tiny_llama_factory(),
+        AdaMoLEConfig(
+            num_experts=1,
+            r=4,
+            lora_alpha=8,
+            routing="dense",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+        ),
+    )
     lora_sd = {k: v for k, v in lora.state_dict().items() if "lora_" in k}
     ada_sd = {k: v for k, v in ada.state_dict().items() if "lora_" in k}
     assert {k: v.shape for k, v in lora_sd.items()} == {k: v.shape for k, v in ada_sd.items()}
@@ -166,8 +196,12 @@ def test_single_expert_equals_peft_lora(tiny_llama_factory, token_batch):
 
 def test_single_expert_merges_like_lora(tiny_llama_factory, token_batch):
     ids, _ = token_batch
-    model = seeded(lambda: get_adamole_model(tiny_llama_factory(), AdaMoLEConfig(
-        num_experts=1, routing="dense", init_lora_weights=False)))
+    model = seeded(
+        lambda: get_adamole_model(
+            tiny_llama_factory(),
+            AdaMoLEConfig(num_experts=1, routing="dense", init_lora_weights=False),
+        )
+    )
     with torch.no_grad():
         before = model(input_ids=ids).logits
         merged = model.merge_and_unload()
@@ -186,24 +220,39 @@ def test_disable_adapter_gives_base_outputs(tiny_llama_factory, token_batch):
     ids, mask = token_batch
     with torch.no_grad():
         base_logits = tiny_llama_factory()(input_ids=ids, attention_mask=mask).logits
-    model = seeded(lambda: get_adamole_model(
-        tiny_llama_factory(), AdaMoLEConfig(num_experts=4, r=2, init_lora_weights=False)))
+    model = seeded(
+        lambda: get_adamole_model(
+            tiny_llama_factory(), AdaMoLEConfig(num_experts=4, r=2, init_lora_weights=False)
+        )
+    )
     with torch.no_grad():
         adapted = model(input_ids=ids, attention_mask=mask).logits
         assert (adapted - base_logits).abs().max() > 1e-3
         with model.disable_adapter():
-            torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits,
-                                       base_logits, rtol=0, atol=0)
+            torch.testing.assert_close(
+                model(input_ids=ids, attention_mask=mask).logits, base_logits, rtol=0, atol=0
+            )
         torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, adapted)
 
 
 def test_set_adapter_switches_and_freezes(tiny_llama_factory, token_batch):
     ids, _ = token_batch
-    model = seeded(lambda: get_adamole_model(
-        tiny_llama_factory(), AdaMoLEConfig(num_experts=2, r=2, init_lora_weights=False)))
-    model.add_adapter("second", AdaMoLEConfig(num_experts=3, r=2, routing="topk", top_k=1,
-                                              init_lora_weights=False,
-                                              target_modules=["q_proj", "v_proj"]))
+    model = seeded(
+        lambda: get_adamole_model(
+            tiny_llama_factory(), AdaMoLEConfig(num_experts=2, r=2, init_lora_weights=False)
+        )
+    )
+    model.add_adapter(
+        "second",
+        AdaMoLEConfig(
+            num_experts=3,
+            r=2,
+            routing="topk",
+            top_k=1,
+            init_lora_weights=False,
+            target_modules=["q_proj", "v_proj"],
+        ),
+    )
     with torch.no_grad():
         first = model(input_ids=ids).logits
         model.set_adapter("second")
@@ -219,8 +268,14 @@ def test_set_adapter_switches_and_freezes(tiny_llama_factory, token_batch):
 @pytest.mark.parametrize("routing", ["adaptive", "topk"])
 def test_save_and_load_into_fresh_base_model(tiny_llama_factory, token_batch, tmp_path, routing):
     ids, mask = token_batch
-    config = AdaMoLEConfig(num_experts=4, r=2, routing=routing, max_threshold=0.2,
-                           init_lora_weights=False, aux_loss_reduction="mean")
+    config = AdaMoLEConfig(
+        num_experts=4,
+        r=2,
+        routing=routing,
+        max_threshold=0.2,
+        init_lora_weights=False,
+        aux_loss_reduction="mean",
+    )
     model = seeded(lambda: get_adamole_model(tiny_llama_factory(), config)).eval()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").is_file()
@@ -231,32 +286,40 @@ def test_save_and_load_into_fresh_base_model(tiny_llama_factory, token_batch, tm
     loaded = load_adamole_model(tiny_llama_factory(), tmp_path)
     assert isinstance(loaded, PeftModel)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
-                                   model(input_ids=ids, attention_mask=mask).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask).logits,
+            model(input_ids=ids, attention_mask=mask).logits,
+            rtol=0,
+            atol=0,
+        )
     assert loaded.get_nb_trainable_parameters()[0] == 0
     layer = loaded.base_model.model.model.layers[1].self_attn.o_proj
     assert layer.routing["default"] == routing and layer.tau_max["default"] == 0.2
     trainable = load_adamole_model(tiny_llama_factory(), tmp_path, is_trainable=True)
-    assert (trainable.get_nb_trainable_parameters()[0]
-            == model.get_nb_trainable_parameters()[0])
+    assert trainable.get_nb_trainable_parameters()[0] == model.get_nb_trainable_parameters()[0]
 
 
 def test_save_and_load_sequence_classifier(tiny_bert_factory, token_batch, tmp_path):
     """The classification head (modules_to_save) is saved and reloaded with the experts."""
     ids, mask = token_batch
-    model = seeded(lambda: get_adamole_model(
-        tiny_bert_factory(num_labels=3),
-        AdaMoLEConfig(num_experts=2, r=2, task_type="SEQ_CLS", init_lora_weights=False)))
+    model = seeded(
+        lambda: get_adamole_model(
+            tiny_bert_factory(num_labels=3),
+            AdaMoLEConfig(num_experts=2, r=2, task_type="SEQ_CLS", init_lora_weights=False),
+        )
+    )
     with torch.no_grad():
         head = model.base_model.model.classifier.modules_to_save["default"]
         head.weight.add_(1.0)
     model.eval().save_pretrained(tmp_path)
     loaded = load_adamole_model(tiny_bert_factory(num_labels=3), tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
-                                   model(input_ids=ids, attention_mask=mask).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=mask).logits,
+            model(input_ids=ids, attention_mask=mask).logits,
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_load_errors(tiny_llama_factory, tmp_path):
@@ -270,8 +333,10 @@ def test_load_errors(tiny_llama_factory, tmp_path):
 
 def test_bfloat16_model_keeps_float32_adapters(tiny_llama_factory, token_batch):
     ids, mask = token_batch
-    model = get_adamole_model(tiny_llama_factory().to(torch.bfloat16),
-                              AdaMoLEConfig(num_experts=4, r=2, init_lora_weights=False))
+    model = get_adamole_model(
+        tiny_llama_factory().to(torch.bfloat16),
+        AdaMoLEConfig(num_experts=4, r=2, init_lora_weights=False),
+    )
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     assert layer.lora_A["default"].weight.dtype == torch.float32
     assert layer.base_layer.weight.dtype == torch.bfloat16

@@ -71,7 +71,9 @@ def test_invariant_to_units_of_x_and_y():
     b = DQNSBLRegressor().fit(X * scales, 1000.0 * y + 5.0)
     np.testing.assert_array_equal(a.relevance_, b.relevance_)
     np.testing.assert_allclose(b.coef_ * scales / 1000.0, a.coef_, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(b.predict(X[:5] * scales), 1000.0 * a.predict(X[:5]) + 5.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        b.predict(X[:5] * scales), 1000.0 * a.predict(X[:5]) + 5.0, rtol=1e-6
+    )
     assert b.alpha_ == pytest.approx(a.alpha_ / 1e6, rel=1e-6)
 
 
@@ -113,9 +115,18 @@ def test_single_basis_closed_form():
     expected = S**2 / (Q**2 - S)
     state = PathState(lam=np.ones(1), mu=np.zeros(1), beta=beta)
     params = dict(
-        max_iter=5000, tol=1e-14, n_iter_no_change=5, threshold_lambda=1e12, lambda_1=0.0,
-        lambda_2=0.0, alpha_1=0.0, alpha_2=0.0, update="mackay", fix_noise=True,
-        compute_score=False, var_t=t.var(),
+        max_iter=5000,
+        tol=1e-14,
+        n_iter_no_change=5,
+        threshold_lambda=1e12,
+        lambda_1=0.0,
+        lambda_2=0.0,
+        alpha_1=0.0,
+        alpha_2=0.0,
+        update="mackay",
+        fix_noise=True,
+        compute_score=False,
+        var_t=t.var(),
     )
     exact_path(design, t, np.ones(n), state, params=params, ard_stop=False)
     assert state.lam[0] == pytest.approx(expected, rel=1e-8)

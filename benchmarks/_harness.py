@@ -65,6 +65,10 @@ class Clock:
             self.sync()
         self._open[name] = (time.perf_counter(), time.process_time())
 
+    def is_open(self, name):
+        """Whether section ``name`` was started and not yet stopped."""
+        return name in self._open
+
     def stop(self, name):
         """Close section ``name``."""
         if self.sync is not None:

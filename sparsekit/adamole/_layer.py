@@ -189,7 +189,21 @@ class AdaMoLELinear(nn.Module, LoraLayer):
 
     # ------------------------------------------------------------------ construction
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs) -> None:
-        """Create (or replace) the experts and router of ``adapter_name``."""
+        """Create (or replace) the experts and router of ``adapter_name``.
+
+        Parameters
+        ----------
+        adapter_name : str
+            The adapter to create.
+        r : int
+            Rank of each expert.
+        lora_alpha : float
+            LoRA alpha; the expert scaling is ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA).
+        config : AdaMoLEConfig
+            The adapter configuration.
+        **kwargs
+            Passed on by peft and ignored.
+        """
         if not isinstance(config, AdaMoLEConfig):
             raise TypeError(
                 f"AdaMoLELinear needs an AdaMoLEConfig; got {type(config).__name__}. All adapters "
@@ -237,6 +251,13 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         useful for tests). The stacked A has fan-in ``d_in``, so every expert gets the same
         bound as a separately initialised ``[r, d_in]`` matrix. Gate and threshold keep
         ``nn.Linear``'s default init (the threshold bias makes tau start near tau_max / 2).
+
+        Parameters
+        ----------
+        adapter_name : str
+            The adapter to initialise.
+        init_lora_weights : bool or "gaussian"
+            The peft option: True (kaiming-uniform A), "gaussian" or False (see above).
         """
         if init_lora_weights is False or adapter_name not in self.lora_A:
             return
@@ -257,7 +278,18 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             )
 
     def get_delta_weight(self, adapter) -> torch.Tensor:
-        """Weight update of a router-less adapter (plain LoRA): ``B @ A * scaling``."""
+        """Weight update of a router-less adapter (plain LoRA): ``B @ A * scaling``.
+
+        Parameters
+        ----------
+        adapter : str
+            A router-less adapter (``num_experts=1`` with ``routing="dense"``).
+
+        Returns
+        -------
+        torch.Tensor
+            The ``[d_out, d_in]`` update, in the dtype of ``lora_B``.
+        """
         self._check_mergeable(adapter)
         weight_a = self.lora_A[adapter].weight
         weight_b = self.lora_B[adapter].weight
@@ -267,7 +299,15 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         return ((weight_b @ weight_a) * self.scaling[adapter]).to(dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-        """Merge router-less adapters into the base weight; raise for mixtures."""
+        """Merge router-less adapters into the base weight; raise for mixtures.
+
+        Parameters
+        ----------
+        safe_merge : bool, default=False
+            Check the merged weights for NaNs before writing them.
+        adapter_names : list of str or None, default=None
+            Adapters to merge; None merges the active ones.
+        """
         from peft.tuners.tuners_utils import check_adapters_to_merge
 
         adapter_names = check_adapters_to_merge(self, adapter_names)
@@ -300,15 +340,31 @@ class AdaMoLELinear(nn.Module, LoraLayer):
 
     # ------------------------------------------------------------------ routing collector
     def attach_collector(self, collector):
-        """Install the aux-loss collector used by the next forward passes; return the previous.
+        """Install the aux-loss collector used by the next forward passes.
 
-        ``collector`` is an :class:`~sparsekit.adamole.AuxLoss` or None (nothing is collected).
+        Parameters
+        ----------
+        collector : AuxLoss or None
+            The collector of :func:`~sparsekit.adamole.collect_aux_loss`; None collects nothing.
+
+        Returns
+        -------
+        AuxLoss or None
+            The collector installed before (to restore it afterwards).
         """
         previous, self._adamole_collector = self._adamole_collector, collector
         return previous
 
     def add_routing_statistics(self, adapter, increment):
-        """Add a statistics increment (from ``AuxLoss.record``) to the adapter's accumulator."""
+        """Add a statistics increment to the adapter's on-device accumulator.
+
+        Parameters
+        ----------
+        adapter : str
+            The adapter whose routing the increment describes.
+        increment : torch.Tensor
+            The vector returned by :meth:`sparsekit.adamole.AuxLoss.record`.
+        """
         acc = self._routing_accumulators.get(adapter)
         if acc is None or acc.shape != increment.shape or acc.device != increment.device:
             self._routing_accumulators[adapter] = increment
@@ -316,11 +372,23 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             acc.add_(increment)
 
     def routing_accumulators(self) -> dict:
-        """The on-device statistics accumulators, per adapter (see ``_routing.py``)."""
+        """The on-device statistics accumulators, per adapter.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            A copy of the mapping adapter -> accumulator (layout in ``_routing.py``).
+        """
         return dict(self._routing_accumulators)
 
     def reset_routing_statistics(self, adapter=None):
-        """Clear the accumulator of ``adapter`` (all adapters if None)."""
+        """Clear routing statistics.
+
+        Parameters
+        ----------
+        adapter : str or None, default=None
+            The adapter whose accumulator is cleared; None clears all.
+        """
         if adapter is None:
             self._routing_accumulators.clear()
         else:

@@ -133,7 +133,7 @@ def get_adamole_model(
     adapter_name : str, default="default"
         Name of the adapter.
     autocast_adapter_dtype : bool, default=True
-        peft's option: adapter weights of a float16/bfloat16 model are kept in float32.
+        The peft option: adapter weights of a float16/bfloat16 model are kept in float32.
 
     Returns
     -------
@@ -202,6 +202,7 @@ def load_adamole_model(
     Returns
     -------
     peft.PeftModel
+        ``model`` with the loaded adapter, checked to hold AdaMoLE layers only.
     """
     if isinstance(model, PeftModel):
         raise ValueError(  # noqa: TRY004

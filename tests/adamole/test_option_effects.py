@@ -110,3 +110,35 @@ def test_recorder_callback_pickles(recorder_cls):
     loaded = pickle.loads(pickle.dumps(est))
     assert type(loaded.callbacks[0]).__name__ == "Recorder"
     assert np.all([c.stop_after == 1 for c in loaded.callbacks])
+
+
+class _Snapshots:
+    """Keeps a copy of the trainable weights at the end of every epoch."""
+
+    def __init__(self):
+        self.states = {}
+
+    def on_epoch_end(self, est, logs):
+        self.states[logs["epoch"]] = {
+            n: p.detach().clone() for n, p in est.model_.named_parameters() if p.requires_grad
+        }
+
+
+def test_early_stopping_restores_the_best_epoch(clf_bert_dir, sentiment_data):
+    """After early stopping the adapters are those of ``best_epoch_``, not of the last epoch."""
+    X, y, _, _ = sentiment_data
+    snaps = _Snapshots()
+    est = AdaMoLEClassifier(
+        base_model=clf_bert_dir,
+        num_epochs=30,
+        early_stopping=True,
+        validation_fraction=0.25,
+        n_iter_no_change=2,
+        callbacks=[snaps],
+        **FAST,
+    ).fit(X, y)
+    assert est.best_epoch_ is not None and est.best_epoch_ < est.n_iter_
+    final = {n: p.detach() for n, p in est.model_.named_parameters() if p.requires_grad}
+    best, last = snaps.states[est.best_epoch_], snaps.states[est.n_iter_]
+    assert all(torch.equal(final[n], best[n]) for n in final)
+    assert not all(torch.equal(final[n], last[n]) for n in final)

@@ -162,3 +162,27 @@ def test_classifier_em_needs_more_iterations_than_mackay(linear_problem):
     mackay = DQNSBLClassifier(kernel=None, solver="exact", update="mackay").fit(X, y)
     em = _quiet_fit(DQNSBLClassifier(kernel=None, solver="exact", update="em"), X, y)
     assert em.n_iter_ > mackay.n_iter_
+
+
+def _named_kernels():
+    return sorted(k for k in PAIRWISE_KERNEL_FUNCTIONS if k not in ("precomputed",))
+
+
+@pytest.mark.parametrize("kernel", _named_kernels())
+def test_named_kernel_with_defaults_equals_its_precomputed_gram_matrix(kernel):
+    """Every named kernel with ``gamma=None`` (and the other parameters at values the kernel
+    function takes as its defaults) gives the model fitted on the Gram matrix that
+    ``sklearn.metrics.pairwise_kernels`` computes with the kernel's own defaults."""
+    from sklearn.metrics.pairwise import pairwise_kernels
+
+    rng = np.random.default_rng(32)
+    X = rng.uniform(0.1, 1, size=(40, 3))  # positive: the chi2 kernels need it
+    Xte = rng.uniform(0.1, 1, size=(7, 3))
+    y = X.sum(1) + 0.05 * rng.normal(size=40)
+    defaults = {"degree": 3, "coef0": 1}  # sklearn's polynomial/sigmoid defaults
+    named = _quiet_fit(DQNSBLRegressor(kernel=kernel, gamma=None, **defaults), X, y)
+    K = pairwise_kernels(X, metric=kernel)
+    pre = _quiet_fit(DQNSBLRegressor(kernel="precomputed"), K, y)
+    assert_allclose(
+        named.predict(Xte), pre.predict(pairwise_kernels(Xte, X, metric=kernel)), rtol=1e-8
+    )

@@ -406,10 +406,10 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self.pair_input_ = bool(is_pair)
         with _loading.quiet_transformers(self.verbose):
             built = _loading.build_model(self, classes, is_pair, init_seed=self._seeds()[0])
-        tokenizer, model, head = built.tokenizer, built.model, built.head
-        self.head_ = head.name
+        tokenizer, model, strategy = built.tokenizer, built.model, built.strategy
+        self.head_ = strategy.name
         self.max_length_ = built.max_length
-        self.answer_token_ids_ = getattr(head, "answer_token_ids", None)
+        self.answer_token_ids_ = getattr(strategy, "answer_token_ids", None)
         self._tokenizer = tokenizer
         self._install_model(model)
         self.target_modules_ = sorted(set(model.peft_config["default"].target_modules or []))
@@ -433,7 +433,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self._model = _loading.install_model(model, self.device_, self.gradient_checkpointing)
         self._supports = _loading.forward_supports(model)
 
-    def _head(self):
+    def _head_strategy(self):
         """The head strategy object of the fitted estimator (see ``_heads.py``)."""
         return _heads.make_head(
             self.head_,
@@ -445,7 +445,9 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
 
     def _run_training(self, texts, y_enc, n_epochs, use_early_stopping, *, fresh):
         try:
-            _trainer.Trainer(self, self._head()).train(texts, y_enc, n_epochs, use_early_stopping)
+            _trainer.Trainer(self, self._head_strategy()).train(
+                texts, y_enc, n_epochs, use_early_stopping
+            )
         except BaseException:
             if fresh:
                 self._reset_fitted()
@@ -453,28 +455,28 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ encoding and batches
 
-    def _encode(self, texts, head=None):
-        head = self._head() if head is None else head
-        return head.encode(self._tokenizer, texts, self.pair_input_, self.max_length_)
+    def _encode(self, texts, strategy=None):
+        strategy = self._head_strategy() if strategy is None else strategy
+        return strategy.encode(self._tokenizer, texts, self.pair_input_, self.max_length_)
 
-    def _batch(self, encoded, idx, head=None):
-        head = self._head() if head is None else head
+    def _batch(self, encoded, idx, strategy=None):
+        strategy = self._head_strategy() if strategy is None else strategy
         batch = _data.collate(
             encoded,
             idx,
             self._tokenizer.pad_token_id,
-            left_pad=head.left_pad,
+            left_pad=strategy.left_pad,
             pad_multiple=8 if self.device_.startswith("cuda") else 1,
         )
         return _data.to_device(batch, self.device_, self._supports)
 
     # ------------------------------------------------------------------ prediction
 
-    def _predict_logits(self, encoded, head=None):
+    def _predict_logits(self, encoded, strategy=None):
         """Class logits (float64 numpy) for encoded texts, in input order."""
         import torch
 
-        head = self._head() if head is None else head
+        strategy = self._head_strategy() if strategy is None else strategy
         model = self._model
         model.eval()
         lengths = np.array([len(ids) for ids in encoded.input_ids])
@@ -482,8 +484,8 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         out = np.empty((len(lengths), len(self.classes_)), dtype=np.float64)
         with torch.inference_mode(), _device.autocast(self.device_, self.dtype_):
             for idx in _data.iter_batches(len(lengths), self.batch_size, order=order):
-                batch = self._batch(encoded, idx, head)
-                logits = head.class_logits(head.forward(model, batch, self._supports))
+                batch = self._batch(encoded, idx, strategy)
+                logits = strategy.class_logits(strategy.forward(model, batch, self._supports))
                 out[idx] = logits.float().cpu().numpy()
         return out
 
@@ -492,10 +494,10 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self._ensure_model()
         texts, is_pair = _data.validate_texts(X)
         self._check_pair_input(is_pair)
-        head = self._head()
+        strategy = self._head_strategy()
         with _loading.quiet_transformers(self.verbose):
-            encoded = self._encode(texts, head)
-        return self._predict_logits(encoded, head)
+            encoded = self._encode(texts, strategy)
+        return self._predict_logits(encoded, strategy)
 
     def decision_function(self, X):
         """Class logits.

@@ -127,7 +127,7 @@ def load_config(base_model):
         raise _load_error(base_model, "configuration", exc) from exc
 
 
-def load_tokenizer(base_model, *, head):
+def load_tokenizer(base_model):
     """Load the tokenizer; give it a pad token if it has none (EOS, as most decoders need)."""
     from transformers import AutoTokenizer
 
@@ -237,7 +237,7 @@ def cap_max_length(max_length, config) -> int:
     return int(min(max_length, limit)) if limit else int(max_length)
 
 
-def add_adapters(backbone, est, head):
+def add_adapters(backbone, est, task_type):
     """Wrap ``backbone`` in a PeftModel with fresh AdaMoLE adapters from ``est``'s parameters."""
     from ._config import AdaMoLEConfig
     from ._model import get_adamole_model
@@ -254,7 +254,7 @@ def add_adapters(backbone, est, head):
         max_threshold=est.max_threshold,
         routing=est.routing,
         top_k=est.top_k,
-        task_type=head.task_type,
+        task_type=task_type,
     )
     with quiet_peft():
         return get_adamole_model(backbone, config)
@@ -290,7 +290,7 @@ class BuiltModel:
 
     tokenizer: object
     model: object  # peft.PeftModel with fresh adapters, not yet on its device
-    head: object  # ClassifierHead or LMHead
+    strategy: object  # the head strategy: ClassifierHead or LMHead (see _heads.py)
     max_length: int
 
 
@@ -309,8 +309,8 @@ def build_model(est, classes, is_pair, *, init_seed):
             f"label_words is only used by head='lm', but the head is {head_name!r}. Remove "
             "label_words or set head='lm' (for a causal language model)."
         )
-    tokenizer = load_tokenizer(est.base_model_, head=head_name)
-    head = _heads.make_head(
+    tokenizer = load_tokenizer(est.base_model_)
+    strategy = _heads.make_head(
         head_name,
         classes=classes,
         label_words=est.label_words,
@@ -325,5 +325,5 @@ def build_model(est, classes, is_pair, *, init_seed):
             torch_dtype=_device.torch_dtype(est.dtype_),
             pad_token_id=tokenizer.pad_token_id,
         )
-        model = add_adapters(backbone, est, head)
-    return BuiltModel(tokenizer, model, head, cap_max_length(est.max_length, config))
+        model = add_adapters(backbone, est, strategy.task_type)
+    return BuiltModel(tokenizer, model, strategy, cap_max_length(est.max_length, config))

@@ -73,7 +73,7 @@ class PersistenceMixin:
 
         files = self._adapter_files
         with _loading.quiet_transformers(self.verbose):
-            tokenizer = _loading.load_tokenizer(self.base_model_, head=self.head_)
+            tokenizer = _loading.load_tokenizer(self.base_model_)
             with _device.local_torch_rng(0, self.device_):
                 backbone = _loading.load_backbone(
                     self.base_model_,

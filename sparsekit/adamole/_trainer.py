@@ -187,13 +187,13 @@ class Trainer:
     ----------
     estimator : AdaMoLEClassifier
         Initialised (model, tokenizer and fitted attributes in place).
-    head : ClassifierHead or LMHead
-        The estimator's head.
+    strategy : ClassifierHead or LMHead
+        The estimator's head strategy (``_heads.py``).
     """
 
-    def __init__(self, estimator, head):
+    def __init__(self, estimator, strategy):
         self.est = estimator
-        self.head = head
+        self.strategy = strategy
         self.model = estimator._model
         self.device = estimator.device_
 
@@ -206,11 +206,11 @@ class Trainer:
             train_idx, valid_idx = validation_split(y_enc, est.validation_fraction, split_seed)
         else:
             train_idx, valid_idx = np.arange(len(texts)), None
-        enc_train = est._encode([texts[i] for i in train_idx], self.head)
+        enc_train = est._encode([texts[i] for i in train_idx], self.strategy)
         enc_valid = None
         y_valid = None
         if valid_idx is not None:
-            enc_valid = est._encode([texts[i] for i in valid_idx], self.head)
+            enc_valid = est._encode([texts[i] for i in valid_idx], self.strategy)
             y_valid = y_enc[valid_idx]
         y_train = torch.as_tensor(y_enc[train_idx], dtype=torch.long)
         return enc_train, y_train, enc_valid, y_valid
@@ -312,12 +312,12 @@ class Trainer:
         accum = est.gradient_accumulation_steps
         group_start = (b // accum) * accum
         group_size = min(accum, n_batches - group_start)
-        batch = est._batch(enc_train, idx, self.head)
+        batch = est._batch(enc_train, idx, self.strategy)
         yb = y_train[idx].to(self.device)
         with _device.autocast(self.device, est.dtype_):
             with collect_aux_loss(model, attention_mask=batch["attention_mask"]) as aux:
-                logits = self.head.forward(model, batch, est._supports)
-            task_loss = self.head.loss(logits, yb)
+                logits = self.strategy.forward(model, batch, est._supports)
+            task_loss = self.strategy.loss(logits, yb)
             aux_loss = aux.loss.float()
             loss = task_loss + float(est.aux_loss_coef) * aux_loss
         scaled = loss / group_size
@@ -363,7 +363,7 @@ class Trainer:
         est.n_steps_ += 1
 
     def _validate(self, enc_valid, y_valid):
-        logits = self.est._predict_logits(enc_valid, self.head)
+        logits = self.est._predict_logits(enc_valid, self.strategy)
         logp = logits - logsumexp(logits)
         self.model.train()
         return {

@@ -11,8 +11,8 @@ router logits and the experts. Per token x of an adapted ``nn.Linear`` with N ex
 ``routing="threshold"`` uses the fixed ``tau = tau_max`` and ``w = p * m / sum(p * m)``;
 ``"topk"`` keeps the k largest ``p`` (renormalised); ``"dense"`` uses ``w = p``.
 
-Load-balancing loss of one adapted module (AdaMoLE, Liu & Luo 2024, eq. 6, after Switch
-Transformer)::
+Load-balancing loss of one adapted module (AdaMoLE, Liu & Luo 2024, after the Switch
+Transformer's)::
 
     L_mod = N * sum_i f_i * P_i
 

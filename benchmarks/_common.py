@@ -1,26 +1,29 @@
-"""Helpers shared by the benchmark scripts: timing, peak memory, environment, result tables."""
+"""Helpers shared by the benchmark scripts: peak memory, environment, result tables.
+
+Timing goes through ``_harness.py`` (the rules every arm is timed by).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
-import time
 import tracemalloc
 from pathlib import Path
+
+from _harness import load_average, time_call
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed(fn, repeats=3):
-    """Median wall time of ``repeats`` calls of ``fn()`` and the last return value."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed(fn, repeats=3, warmup=None):
+    """Median wall time of ``repeats`` calls of ``fn()`` and the last return value.
+
+    Timed by the shared harness (``_harness.time_call``): ``warmup()`` runs once, untimed, first
+    (default: ``fn()`` itself).
+    """
+    median, _, out = time_call(fn, repeats=repeats, warmup=warmup)
+    return median, out
 
 
 def peak_memory_mib(fn):
@@ -47,10 +50,9 @@ def environment():
         "scipy": scipy.__version__,
         "scikit-learn": sklearn.__version__,
     }
-    try:
-        info["loadavg_1min"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
+    load = load_average()
+    if load is not None:
+        info["loadavg_1min"] = load[0]
     return info
 
 

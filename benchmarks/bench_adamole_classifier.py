@@ -9,9 +9,12 @@ Arms, all on the same 256 sentences, max_length 48, batch 16, AdamW, the same pa
 * ``estimator_adamole``: ``AdaMoLEClassifier(num_experts=8, expert_rank=4)`` (adaptive routing, aux
   loss, routing statistics): the cost of AdaMoLE itself.
 
-Reported: median over repeats of one training epoch (model loading excluded) and of predicting 256
-sentences, and the ratios against the peers measured in the same run. Expectation from the spec
-(section 9/11): the dense masked AdaMoLE layer costs about as much as a rank-32 LoRA (N*r = 32).
+Timed by ``benchmarks/_harness.py`` (in-process, one untimed warm-up run of every arm, arms
+interleaved, medians). Sections, the same for every arm: ``train`` is one epoch over texts already
+tokenised (model loading and tokenisation excluded; for the estimator, from ``on_train_begin`` to
+the first ``on_epoch_end`` callback); ``predict`` is texts in, class scores out (tokenisation
+included). Reported: the medians and the ratios against the peers measured in the same run.
+Expectation: the dense masked AdaMoLE layer costs about as much as a rank-32 LoRA (N*r = 32).
 
     python benchmarks/bench_adamole_classifier.py [--repeats 3] [--threads 2]
 
@@ -28,7 +31,6 @@ import pathlib
 import platform
 import statistics
 import sys
-import time
 import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +38,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _harness import measure
 
 N, MAX_LEN, BATCH, LR = 256, 48, 16, 5e-4
 
@@ -47,8 +51,8 @@ def _data():
     return X, y
 
 
-def peft_lora_loop(X, y, base):
-    """Plain peft LoRA with a minimal loop; returns (epoch seconds, predict seconds)."""
+def peft_lora_loop(clock, X, y, base):
+    """Plain peft LoRA with a minimal loop, timed into ``clock`` ("train", "predict")."""
     import numpy as np
     import torch
     import torch.nn.functional as F
@@ -74,25 +78,28 @@ def peft_lora_loop(X, y, base):
     labels = torch.as_tensor((np.asarray(y) == "pos").astype(np.int64))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
     order = np.random.RandomState(0).permutation(len(X))
-    model.train()
-    t0 = time.perf_counter()
-    for s in range(0, len(X), BATCH):
-        idx = order[s : s + BATCH]
-        batch = tok(
-            [X[i] for i in idx],
-            truncation=True,
-            max_length=MAX_LEN,
-            padding=True,
-            return_tensors="pt",
+    batches = [  # tokenised before the timer, as the estimator encodes before its epochs
+        (
+            tok(
+                [X[i] for i in order[s : s + BATCH]],
+                truncation=True,
+                max_length=MAX_LEN,
+                padding=True,
+                return_tensors="pt",
+            ),
+            labels[order[s : s + BATCH]],
         )
-        loss = F.cross_entropy(model(**batch).logits, labels[idx])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    epoch = time.perf_counter() - t0
+        for s in range(0, len(X), BATCH)
+    ]
+    model.train()
+    with clock.section("train"):
+        for batch, yb in batches:
+            loss = F.cross_entropy(model(**batch).logits, yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     model.eval()
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+    with clock.section("predict"), torch.inference_mode():
         for s in range(0, len(X), BATCH):
             batch = tok(
                 X[s : s + BATCH],
@@ -101,11 +108,24 @@ def peft_lora_loop(X, y, base):
                 padding=True,
                 return_tensors="pt",
             )
-            model(**batch)
-    return epoch, time.perf_counter() - t0
+            torch.softmax(model(**batch).logits, -1)
 
 
-def estimator(X, y, base, **params):
+class EpochTimer:
+    """Callback: marks the estimator's first epoch as the harness section "train"."""
+
+    def __init__(self, clock):
+        self.clock = clock
+
+    def on_train_begin(self, est, logs):
+        self.clock.start("train")
+
+    def on_epoch_end(self, est, logs):
+        if self.clock.is_open("train"):
+            self.clock.stop("train")
+
+
+def estimator(clock, X, y, base, **params):
     from sparsekit.adamole import AdaMoLEClassifier
 
     clf = AdaMoLEClassifier(
@@ -118,14 +138,14 @@ def estimator(X, y, base, **params):
         warmup=0,
         num_epochs=1,
         random_state=0,
+        callbacks=[EpochTimer(clock)],
         **params,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*truncated.*")
         clf.fit(X, y)
-        t0 = time.perf_counter()
-        clf.predict_proba(X)
-    return clf.history_[0]["duration_s"], time.perf_counter() - t0
+        with clock.section("predict"):
+            clf.predict_proba(X)
 
 
 def main():
@@ -142,19 +162,17 @@ def main():
     base = minilm_path()
     X, y = _data()
     arms = {
-        "peft_lora_loop": lambda: peft_lora_loop(X, y, base),
-        "estimator_lora": lambda: estimator(
-            X, y, base, num_experts=1, routing="dense", expert_rank=32
+        "peft_lora_loop": lambda clock: peft_lora_loop(clock, X, y, base),
+        "estimator_lora": lambda clock: estimator(
+            clock, X, y, base, num_experts=1, routing="dense", expert_rank=32
         ),
-        "estimator_adamole": lambda: estimator(X, y, base, num_experts=8, expert_rank=4),
+        "estimator_adamole": lambda clock: estimator(
+            clock, X, y, base, num_experts=8, expert_rank=4
+        ),
     }
-    times = {k: {"train": [], "predict": []} for k in arms}
     with threadpool_limits(limits=args.threads):
-        for _ in range(args.repeats):
-            for name, fn in arms.items():  # interleaved, so load changes hit every arm alike
-                tr, pr = fn()
-                times[name]["train"].append(tr)
-                times[name]["predict"].append(pr)
+        res = measure(arms, repeats=args.repeats)
+    times = {k: {"train": v["train"], "predict": v["predict"]} for k, v in res.times.items()}
     med = {k: {m: statistics.median(v[m]) for m in v} for k, v in times.items()}
     ref = med["peft_lora_loop"]
     rows = []
@@ -179,7 +197,8 @@ def main():
         "threads": args.threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "load_average": res.load_average,
+        "harness": "benchmarks/_harness.py: 1 untimed warm-up run per arm, arms interleaved",
     }
     (out / "adamole_classifier.json").write_text(
         json.dumps(
@@ -188,8 +207,12 @@ def main():
         )
     )
     lines = [
-        f"MiniLM-L6, {N} Rotten Tomatoes sentences, max_length {MAX_LEN}, batch {BATCH}, "
-        f"{args.threads} thread(s), median of {args.repeats}",
+        (
+            f"MiniLM-L6, {N} Rotten Tomatoes sentences, max_length {MAX_LEN}, batch {BATCH}, "
+            f"{args.threads} thread(s), median of {args.repeats} after one warm-up run per arm "
+            "(benchmarks/_harness.py; tokenisation outside the train epoch for every arm), load "
+            f"average {res.load_average}"
+        ),
         "",
         "| arm | train epoch (s) | predict (s) | train / peft LoRA | predict / peft LoRA |",
         "|---|---|---|---|---|",

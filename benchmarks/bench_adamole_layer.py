@@ -16,7 +16,7 @@ network), a tiny Llama (hidden 576, SmolLM-like, 4 layers) and a tiny BERT (hidd
 MiniLM-like, 4 layers) built from a config (vocabulary 2048), batch 4 x 128 tokens by default,
 adapters on q, k, v, o. Each step is forward,
 loss (+ 1e-3 x aux loss for the mixtures), backward. The gate is scaled so that about 4 of 8
-experts are active per token, as after training (spec §11: 3.4-4.0); the measured mean is
+experts are active per token, as after training (the paper reports 3.4-4.0); the measured mean is
 reported. "saved MiB" is the size of the non-parameter tensors autograd saves for backward
 (the activation memory); on CUDA the peak allocated memory of the step is reported too.
 
@@ -37,12 +37,14 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import measure as harness_measure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_EXPERTS, RANK, ALPHA, DROPOUT = 8, 4, 16, 0.05
@@ -208,22 +210,34 @@ def make_step(model, forward_loss, uses_aux):
 
 
 def measure(arms, device, repeats, inner):
-    """Median seconds per step for every arm; arms interleaved inside each repeat."""
-    times = {name: [] for name in arms}
-    cpu_times = {name: [] for name in arms}
-    for name, arm in arms.items():  # warm-up (allocator, MKL/cuBLAS plans)
-        for _ in range(2):
-            arm["step"]()
-        sync(device)
-    for _ in range(repeats):
-        for name, arm in arms.items():
-            sync(device)
-            t0, c0 = time.perf_counter(), time.process_time()
-            for _ in range(inner):
+    """Median seconds per step for every arm, timed by the shared harness
+    (benchmarks/_harness.py): two untimed warm-up steps per arm (allocator, MKL/cuBLAS plans),
+    arms interleaved inside each repeat, the device synchronised at both ends of a timing."""
+
+    def timed_arm(arm):
+        def run(clock):
+            with clock.section("step"):
+                for _ in range(inner):
+                    arm["step"]()
+
+        return run
+
+    def warm(arm):
+        def run():
+            for _ in range(2):
                 arm["step"]()
             sync(device)
-            times[name].append((time.perf_counter() - t0) / inner)
-            cpu_times[name].append((time.process_time() - c0) / inner)
+
+        return run
+
+    res = harness_measure(
+        {name: timed_arm(arm) for name, arm in arms.items()},
+        repeats=repeats,
+        warmup={name: warm(arm) for name, arm in arms.items()},
+        sync=lambda: sync(device),
+    )
+    times = {name: [t / inner for t in res.times[name]["step"]] for name in arms}
+    cpu_times = {name: [t / inner for t in res.cpu_times[name]["step"]] for name in arms}
     out = {}
     for name, arm in arms.items():
         params = list(arm["model"].parameters())
@@ -449,10 +463,12 @@ def markdown(rows, meta):
         "",
         f"{meta['environment']}",
         "",
-        'Times are medians over the repeats of one forward+backward step; "wall" is '
-        'wall-clock time, "CPU" the process CPU time (less sensitive to other processes on a '
-        "shared machine; equal to wall time when the process is alone on its core). Ratios are "
-        "taken between arms measured in this run.",
+        (
+            'Times are medians over the repeats of one forward+backward step; "wall" is '
+            'wall-clock time, "CPU" the process CPU time (less sensitive to other processes on a '
+            "shared machine; equal to wall time when the process is alone on its core). Ratios are "
+            "taken between arms measured in this run."
+        ),
         "",
         *lines,
         "",

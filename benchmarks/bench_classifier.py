@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/bench_classifier.py            # full run (about 15 minutes on 2 busy cores)
     python benchmarks/bench_classifier.py --quick    # smaller scaling curve, for a smoke test
 
-Every fit runs in its own subprocess (``--worker``) with BLAS, OpenMP and numba pinned to one
+Every peer runs in its own subprocess (``--worker``; timed in-process there by
+``benchmarks/_harness.py`` after the same untimed warm-up fit for every peer) with BLAS, OpenMP and numba pinned to one
 thread (threadpoolctl + numba.set_num_threads), a wall-clock cap, and its own peak-memory
 measurement (peak resident set size during the fit minus the size before it). Peers get the same
 data, the same standardisation and, for kernel methods, the same RBF gamma. Fit times are medians
@@ -148,6 +149,9 @@ def worker(peer, dataset, repeats, train_cap):
 
     warnings.simplefilter("ignore")
     numba.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _harness import time_call
+
     Xtr, ytr, Xte, yte = load(dataset)
     if train_cap and len(ytr) > train_cap:
         idx = np.random.RandomState(0).choice(len(ytr), train_cap, replace=False)
@@ -160,16 +164,16 @@ def worker(peer, dataset, repeats, train_cap):
     if dataset.startswith("make_classification_"):
         gamma = 0.05
     with threadpool_limits(1):
-        if peer == "DQNSBLClassifier":  # compile the numba kernels outside the timing
-            rng = np.random.RandomState(0)
-            make_estimator(peer, 0.5).fit(rng.normal(size=(60, 2)), np.arange(60) % 2)
-        times = []
+        # The same warm-up for every peer (benchmarks/_harness.py): one untimed fit of the same
+        # estimator on a tiny problem with as many classes (numba compilation, joblib pools).
+        n_cls = len(np.unique(ytr))
+        rng = np.random.RandomState(0)
+        Xw, yw = rng.normal(size=(60, Xtr.shape[1])), np.arange(60) % n_cls
+        make_estimator(peer, 0.5).fit(Xw, yw)
         rss0 = psutil.Process().memory_info().rss
-        for _ in range(repeats):
-            est = make_estimator(peer, gamma)
-            t0 = time.perf_counter()
-            est.fit(Xtr, ytr)
-            times.append(time.perf_counter() - t0)
+        _, times, est = time_call(
+            lambda: make_estimator(peer, gamma).fit(Xtr, ytr), repeats=repeats, warmup=lambda: None
+        )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         acc = float(np.mean(est.predict(Xte) == yte))
     out = {
@@ -201,7 +205,9 @@ def run_worker(peer, dataset, repeats, timeout, train_cap=0):
     cmd = [sys.executable, __file__, "--worker", peer, dataset, str(repeats), str(train_cap)]
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
+        )
     except subprocess.TimeoutExpired:
         return {
             "peer": peer,

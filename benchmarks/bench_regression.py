@@ -6,7 +6,7 @@
 Problem: n_train=2000 (+500 test), M features with local correlation (AR(1)-like, rho=0.5), 12 true
 features with weights of size 1-3, noise standard deviation 0.5. BLAS and numba are pinned to one
 thread for both estimators (threadpoolctl), since the machines are shared and small products are
-slower with several threads under contention (spec §7 P1). Times are medians of ``--repeats`` fits for
+slower with several threads under contention. Times (benchmarks/_harness.py) are medians of ``--repeats`` fits for
 DQNSBLRegressor; ARDRegression is timed once per size when it takes longer than 20 s (noted in the
 table). Peak memory is the peak traced allocation during one fit (tracemalloc: numpy and Python
 allocations), excluding the data itself. A final row fits M=20000 with DQNSBLRegressor alone to check
@@ -30,9 +30,11 @@ from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, peak_memory_mib, timed, write_results  # noqa: E402
+import itertools
 
-from sparsekit import DQNSBLRegressor  # noqa: E402
+from _common import environment, markdown_table, peak_memory_mib, timed, write_results
+
+from sparsekit import DQNSBLRegressor
 
 
 def make_problem(n, M, k=12, rho=0.5, noise=0.5, seed=0):
@@ -54,7 +56,8 @@ def evaluate(make_est, X, y, Xte, yte, support, repeats, slow_s=20.0):
     mem = peak_memory_mib(lambda: est.fit(X, y))
     first = time.perf_counter() - t0
     if first < slow_s:
-        t, est = timed(lambda: make_est().fit(X, y), repeats=repeats)
+        # the traced fit above is this arm's warm-up (the same for both estimators)
+        t, est = timed(lambda: make_est().fit(X, y), repeats=repeats, warmup=lambda: None)
         runs = repeats
     else:
         t, runs = first, 1
@@ -83,9 +86,10 @@ def main(argv=None):
     rows = []
     warnings.simplefilter("ignore", ConvergenceWarning)
     with threadpool_limits(limits=1):
-        # Warm-up: numba compiles its kernels on first use (cached on disk afterwards).
+        # Warm-up, the same for both arms (numba compiles its kernels on first use).
         Xw, yw, _ = make_problem(100, 20)
         DQNSBLRegressor(n_jobs=1).fit(Xw, yw)
+        ARDRegression().fit(Xw, yw)
         for M in sizes:
             X, y, support = make_problem(n_train + n_test, M)
             X, Xte, y, yte = X[:n_train], X[n_train:], y[:n_train], y[n_train:]
@@ -110,7 +114,7 @@ def main(argv=None):
         big_row["data_mib"] = X.nbytes / 2**20
         print(big_row, flush=True)
 
-    for prev, cur in zip(rows, rows[1:]):
+    for prev, cur in itertools.pairwise(rows):
         cur["dqn_growth_per_doubling"] = (cur["dqn_time_s"] / prev["dqn_time_s"]) ** (
             1.0 / np.log2(cur["M"] / prev["M"])
         )
@@ -139,16 +143,20 @@ def main(argv=None):
     md = [
         "# DQNSBLRegressor vs ARDRegression (n_train=2000, n_test=500, 12 true features)",
         "",
-        f"Command: `python benchmarks/bench_regression.py{' --quick' if args.quick else ''}`; "
-        f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower than "
-        "20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit (data excluded).",
+        (
+            f"Command: `python benchmarks/bench_regression.py{' --quick' if args.quick else ''}`; "
+            f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower than "
+            "20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit (data excluded)."
+        ),
         f"Environment: {env}",
         "",
         markdown_table(rows, cols),
         "",
-        f"Memory check: DQNSBLRegressor at M={big}, n=2000: data {big_row['data_mib']:.0f} MiB, "
-        f"peak extra {big_row['peak_mib']:.0f} MiB, fit {big_row['time_s']:.2f} s, test R² "
-        f"{big_row['r2']:.4f}, true features in top-12: {big_row['support_found']}.",
+        (
+            f"Memory check: DQNSBLRegressor at M={big}, n=2000: data {big_row['data_mib']:.0f} MiB, "
+            f"peak extra {big_row['peak_mib']:.0f} MiB, fit {big_row['time_s']:.2f} s, test R² "
+            f"{big_row['r2']:.4f}, true features in top-12: {big_row['support_found']}."
+        ),
     ]
     write_results(
         "sbl_regression" + ("_quick" if args.quick else ""),

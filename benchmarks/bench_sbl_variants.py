@@ -16,8 +16,8 @@ One BLAS/numba thread. Writes benchmarks/results/sbl_variants.md and .json.
 from __future__ import annotations
 
 import sys
-import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results  # noqa: E402
+from _common import environment, markdown_table, write_results
+from _harness import time_call
 
-from sparsekit import DQNSBLClassifier, DQNSBLRegressor  # noqa: E402
+from sparsekit import DQNSBLClassifier, DQNSBLRegressor
 
 
 def sinc(seed):
@@ -54,9 +55,9 @@ PROBLEMS = {
     "friedman3": (lambda s: _friedman(make_friedman3, s), "scale"),
 }
 VARIANTS = {
-    "DQN mackay (default)": dict(),
-    "DQN em": dict(update="em"),
-    "DQN + exact finish (exact_switch=50)": dict(exact_switch=50),
+    "DQN mackay (default)": {},
+    "DQN em": {"update": "em"},
+    "DQN + exact finish (exact_switch=50)": {"exact_switch": 50},
 }
 
 
@@ -73,14 +74,20 @@ def regression_rows():
         for seed in range(5):
             X, y, Xt, yt = gen(seed)
             for k, kw in VARIANTS.items():
-                t0 = time.perf_counter()
-                r = DQNSBLRegressor(kernel="rbf", gamma=gamma, n_jobs=1, **kw).fit(X, y)
-                dt = time.perf_counter() - t0
+                est = DQNSBLRegressor(kernel="rbf", gamma=gamma, n_jobs=1, **kw)
+                dt, _, r = time_call(
+                    partial(est.fit, X, y),
+                    repeats=1,
+                    warmup=lambda: None,  # all arms warmed up once in main()
+                )
                 res[k].append((np.sqrt(np.mean((r.predict(Xt) - yt) ** 2)), r.relevance_.size, dt))
             if RVR is not None:
-                t0 = time.perf_counter()
-                f = RVR(kernel="rbf", gamma=gamma, fit_intercept=True).fit(X, y)
-                dt = time.perf_counter() - t0
+                peer = RVR(kernel="rbf", gamma=gamma, fit_intercept=True)
+                dt, _, f = time_call(
+                    partial(peer.fit, X, y),
+                    repeats=1,
+                    warmup=lambda: None,
+                )
                 res["fastrvm.RVR"].append(
                     (np.sqrt(np.mean((f.predict(Xt) - yt) ** 2)), len(f.relevance_), dt)
                 )
@@ -102,9 +109,12 @@ def classification_rows():
             ("diag_update='dbfgs' (default)", {}),
             ("diag_update='exact'", {"diag_update": "exact"}),
         ]:
-            t0 = time.perf_counter()
-            c = DQNSBLClassifier(n_jobs=1, **kw).fit(Xtr, ytr)
-            dt = time.perf_counter() - t0
+            est = DQNSBLClassifier(n_jobs=1, **kw)
+            dt, _, c = time_call(
+                partial(est.fit, Xtr, ytr),
+                repeats=1,
+                warmup=lambda: None,
+            )
             rows.append(
                 {
                     "dataset": name,
@@ -121,7 +131,15 @@ def classification_rows():
 def main():
     warnings.simplefilter("ignore")
     with threadpool_limits(limits=1):
-        DQNSBLRegressor(kernel="rbf").fit(*sinc(0)[:2])  # compile the kernels first
+        # Warm-up of every arm, untimed (numba compilation, fastrvm's first call)
+        DQNSBLRegressor(kernel="rbf").fit(*sinc(0)[:2])
+        DQNSBLClassifier(n_jobs=1).fit(*load_breast_cancer(return_X_y=True))
+        try:
+            from fastrvm import RVR
+
+            RVR(kernel="rbf", gamma=0.1, fit_intercept=True).fit(*sinc(0)[:2])
+        except ImportError:  # pragma: no cover - benchmark-only peer
+            pass
         reg = regression_rows()
         clf = classification_rows()
     env = environment()

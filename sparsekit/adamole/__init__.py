@@ -32,20 +32,30 @@ if _MISSING:
     )
 
 _LAZY = {
-    # layer, configuration and peft integration (issue: AdaMoLE layer)
+    # layer, configuration, routing and peft integration
     "AdaMoLEConfig": "sparsekit.adamole._config",
     "AdaMoLELinear": "sparsekit.adamole._layer",
     "get_adamole_model": "sparsekit.adamole._model",
     "load_adamole_model": "sparsekit.adamole._model",
-    "collect_aux_loss": "sparsekit.adamole._model",
-    "AuxLoss": "sparsekit.adamole._model",
-    "routing_statistics": "sparsekit.adamole._model",
+    "collect_aux_loss": "sparsekit.adamole._routing",
+    "AuxLoss": "sparsekit.adamole._routing",
+    "routing_statistics": "sparsekit.adamole._routing",
     "default_target_modules": "sparsekit.adamole._model",
-    # scikit-learn estimator (issue: AdaMoLEClassifier)
+    # scikit-learn estimator
     "AdaMoLEClassifier": "sparsekit.adamole._classifier",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # the names of _LAZY (tests/test_package.py checks they match)
+    "AdaMoLEClassifier",
+    "AdaMoLEConfig",
+    "AdaMoLELinear",
+    "AuxLoss",
+    "collect_aux_loss",
+    "default_target_modules",
+    "get_adamole_model",
+    "load_adamole_model",
+    "routing_statistics",
+]
 
 
 def __getattr__(name):

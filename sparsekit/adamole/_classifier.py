@@ -1,50 +1,30 @@
-"""scikit-learn text classifier that fine-tunes a language model with AdaMoLE adapters."""
+"""scikit-learn text classifier that fine-tunes a language model with AdaMoLE adapters.
+
+This module is the estimator: parameters, validation and the scikit-learn API. The other jobs
+live in their own modules: the heads in ``_heads.py``, model loading and adapter injection in
+``_loading.py``, the training loop in ``_trainer.py``, pickling and save/load in
+``_persistence.py``, the routing maths in ``_routing.py``.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import tempfile
-import time
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
-from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted
 
-from . import _data, _heads, _train
+from . import _data, _device, _heads, _loading, _trainer
+from ._persistence import PersistenceMixin
 
 __all__ = ["AdaMoLEClassifier"]
 
-_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-_META_FILE = "sparsekit_adamole.json"
-_FORMAT_VERSION = 1
-# fitted attributes written by save_pretrained and restored by from_pretrained (all JSON-friendly)
-_SAVED_ATTRS = (
-    "base_model_",
-    "head_",
-    "pair_input_",
-    "answer_token_ids_",
-    "max_length_",
-    "target_modules_",
-    "max_threshold_",
-    "n_trainable_params_",
-    "n_iter_",
-    "n_steps_",
-    "warmup_steps_",
-    "history_",
-    "expert_usage_",
-    "best_epoch_",
-)
 
-
-class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
+class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
     """Text classifier that fine-tunes a pretrained language model with AdaMoLE adapters.
 
     AdaMoLE (Liu & Luo, COLM 2024) replaces each adapted ``nn.Linear`` by a mixture of LoRA experts
@@ -193,7 +173,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
     >>> clf.fit(["great film", "dull plot"], ["pos", "neg"]).predict(["a great plot"])  # doctest: +SKIP
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "base_model": [str, os.PathLike, None],
         "num_experts": [Interval(Integral, 1, None, closed="left")],
         "expert_rank": [Interval(Integral, 1, None, closed="left")],
@@ -333,20 +313,16 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : AdaMoLEClassifier
+            The fitted estimator.
         """
         texts, is_pair = _data.validate_texts(X)
-        y = self._validate_y(y, len(texts))
+        y = _data.validate_labels(y, len(texts))
         continuing = self.warm_start and self.__sklearn_is_fitted__()
         if continuing:
             self._check_continuation(y, is_pair)
             self._ensure_model()
         else:
-            classes = np.unique(y)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"AdaMoLEClassifier requires 2 or more distinct classes; got 1 class "
-                    f"({classes[0]!r}). Check y, or the split that produced it."
-                )
+            classes = _data.check_classes(y)
             self._reset_fitted()
             self._initialize_or_reset(classes, is_pair)
         y_enc = np.searchsorted(self.classes_, y)
@@ -357,12 +333,14 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         """Train one more epoch on ``X, y`` (initialises on the first call).
 
         Each call is one pass over ``X`` with the current adapters and optimizer state; there is no
-        early stopping and ``num_epochs`` is ignored.
+        early stopping and ``num_epochs`` is ignored. The parameters are validated on every call.
 
         Parameters
         ----------
         X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
         y : array-like of shape (n_samples,)
+            Class labels.
         classes : array-like or None, default=None
             All classes, needed on the first call if ``y`` does not contain every class. Ignored
             afterwards.
@@ -370,55 +348,20 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : AdaMoLEClassifier
+            The updated estimator.
         """
-        if not self.__sklearn_is_fitted__():
-            self._validate_params()
+        self._validate_params()
         texts, is_pair = _data.validate_texts(X)
-        y = self._validate_y(y, len(texts))
+        y = _data.validate_labels(y, len(texts))
         fresh = not self.__sklearn_is_fitted__()
         if fresh:
-            all_classes = np.unique(y if classes is None else np.asarray(classes))
-            if len(all_classes) < 2:
-                raise ValueError(
-                    "AdaMoLEClassifier requires 2 or more distinct classes; got 1 class. Pass "
-                    "classes=[...] with every class on the first call to partial_fit."
-                )
-            unseen = np.setdiff1d(np.unique(y), all_classes)
-            if len(unseen):
-                raise ValueError(f"y contains labels {unseen.tolist()!r} missing from classes.")
-            self._initialize_or_reset(all_classes, is_pair)
+            self._initialize_or_reset(_data.check_classes(y, classes, partial=True), is_pair)
         else:
             self._check_continuation(y, is_pair)
             self._ensure_model()
         y_enc = np.searchsorted(self.classes_, y)
         self._run_training(texts, y_enc, 1, False, fresh=fresh)
         return self
-
-    def _validate_y(self, y, n):
-        if y is None:
-            raise ValueError("y is required: AdaMoLEClassifier is a supervised classifier.")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(
-                f"y must be 1-dimensional (one label per text), got shape {y.shape}. Multi-label and "
-                "multi-output targets are not supported."
-            )
-        if len(y) != n:
-            raise ValueError(f"X has {n} texts but y has {len(y)} labels; they must match.")
-        if y.dtype == object:
-            missing = [i for i, v in enumerate(y) if _data._is_missing(v)]
-            if missing:
-                raise ValueError(
-                    f"y contains missing labels (None/NaN) at positions {missing[:10]}."
-                )
-        elif y.dtype.kind == "f" and np.isnan(y).any():
-            raise ValueError("y contains NaN labels.")
-        check_classification_targets(y)
-        if type_of_target(y) not in ("binary", "multiclass"):
-            raise ValueError(f"Unsupported target type {type_of_target(y)!r}.")
-        return y
 
     def _check_continuation(self, y, is_pair):
         unseen = np.setdiff1d(np.unique(y), self.classes_)
@@ -428,6 +371,9 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
                 f"(classes_={self.classes_.tolist()!r}). Continued training (warm_start/partial_fit) "
                 "cannot add classes; refit from scratch with warm_start=False."
             )
+        self._check_pair_input(is_pair)
+
+    def _check_pair_input(self, is_pair):
         if is_pair != self.pair_input_:
             kind = "text pairs" if self.pair_input_ else "single texts"
             raise ValueError(f"This estimator was trained on {kind}; X must be {kind} too.")
@@ -439,6 +385,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
             self.__dict__.pop(k, None)
 
     def _seeds(self):
+        """Seeds of the initialisation, the shuffling and the validation split."""
         rng = check_random_state(self.random_state)
         return [int(s) for s in rng.randint(np.iinfo(np.int32).max, size=3)]
 
@@ -452,34 +399,17 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
     def _initialize(self, classes, is_pair):
         """Resolve settings, load the tokenizer and model and add fresh adapters."""
         self.classes_ = classes
-        self.base_model_ = _heads.resolve_base_model(self.base_model)
-        self.device_ = _train.resolve_device(self.device)
-        self.dtype_ = _train.resolve_dtype(self.dtype, self.device_)
-        _train.check_callbacks(self.callbacks)
-        with _heads.quiet_transformers(self.verbose):
-            config = _heads.load_config(self.base_model_)
-            self.head_ = _heads.resolve_head(self.head, config)
-            if self.label_words is not None and self.head_ != "lm":
-                raise ValueError(
-                    f"label_words is only used by head='lm', but the head is {self.head_!r}. Remove "
-                    "label_words or set head='lm' (for a causal language model)."
-                )
-            self.pair_input_ = bool(is_pair)
-            tokenizer = _heads.load_tokenizer(self.base_model_, head=self.head_)
-            self.max_length_ = self._cap_max_length(config, tokenizer)
-            self.answer_token_ids_ = (
-                _heads.answer_token_ids(tokenizer, self._template()) if self.head_ == "lm" else None
-            )
-            init_seed = self._seeds()[0]
-            with _train.local_torch_rng(init_seed, self.device_):
-                backbone = _heads.load_backbone(
-                    self.base_model_,
-                    head=self.head_,
-                    n_classes=len(classes),
-                    torch_dtype=_train.torch_dtype(self.dtype_),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                model = self._add_adapters(backbone)
+        self.base_model_ = _loading.resolve_base_model(self.base_model)
+        self.device_ = _device.resolve_device(self.device)
+        self.dtype_ = _device.resolve_dtype(self.dtype, self.device_)
+        _trainer.check_callbacks(self.callbacks)
+        self.pair_input_ = bool(is_pair)
+        with _loading.quiet_transformers(self.verbose):
+            built = _loading.build_model(self, classes, is_pair, init_seed=self._seeds()[0])
+        tokenizer, model, strategy = built.tokenizer, built.model, built.strategy
+        self.head_ = strategy.name
+        self.max_length_ = built.max_length
+        self.answer_token_ids_ = getattr(strategy, "answer_token_ids", None)
         self._tokenizer = tokenizer
         self._install_model(model)
         self.target_modules_ = sorted(set(model.peft_config["default"].target_modules or []))
@@ -499,318 +429,63 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         self.best_epoch_ = None
         self._optim_state = None
 
-    def _cap_max_length(self, config, tokenizer):
-        limit = getattr(config, "max_position_embeddings", None)
-        if limit is not None and getattr(config, "model_type", "") in (
-            "roberta",
-            "xlm-roberta",
-            "camembert",
-        ):
-            limit -= 2  # padding_idx offset in learned position embeddings
-        return int(min(self.max_length, limit)) if limit else int(self.max_length)
-
-    def _template(self):
-        label_words = self.label_words
-        return _heads.make_template(self.classes_, label_words, self.pair_input_)
-
-    def _add_adapters(self, backbone):
-        from ._config import AdaMoLEConfig
-        from ._model import get_adamole_model
-
-        target = self.target_modules
-        if isinstance(target, tuple):
-            target = list(target)
-        config = AdaMoLEConfig(
-            r=self.expert_rank,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=target,
-            num_experts=self.num_experts,
-            max_threshold=self.max_threshold,
-            routing=self.routing,
-            top_k=self.top_k,
-            task_type="SEQ_CLS" if self.head_ == "classifier" else "CAUSAL_LM",
-        )
-        with _quiet_peft():
-            return get_adamole_model(backbone, config)
-
     def _install_model(self, model):
-        """Move to the device, keep trainable weights in float32, enable checkpointing."""
-        import torch
+        self._model = _loading.install_model(model, self.device_, self.gradient_checkpointing)
+        self._supports = _loading.forward_supports(model)
 
-        model.to(self.device_)
-        for p in model.parameters():
-            if p.requires_grad and p.dtype != torch.float32:
-                p.data = p.data.float()
-        if self.gradient_checkpointing:
-            base = model.get_base_model()
-            if not getattr(base, "supports_gradient_checkpointing", False):
-                raise ValueError(
-                    f"gradient_checkpointing=True, but {type(base).__name__} does not support "
-                    "gradient checkpointing. Set gradient_checkpointing=False."
-                )
-            kwargs = {"use_reentrant": False}  # reentrant checkpointing would lose the aux loss
-            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
-                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.eval()
-        self._model = model
-        self._supports = _heads.forward_supports(model)
-
-    # ------------------------------------------------------------------ training loop
-
-    def _encode(self, texts):
-        if self.head_ == "lm":
-            return _data.encode_for_lm(
-                self._tokenizer, texts, self.pair_input_, self.max_length_, self._template()
-            )
-        return _data.encode_for_classifier(
-            self._tokenizer, texts, self.pair_input_, self.max_length_
+    def _head_strategy(self):
+        """The head strategy object of the fitted estimator (see ``_heads.py``)."""
+        return _heads.make_head(
+            self.head_,
+            classes=self.classes_,
+            label_words=self.label_words,
+            is_pair=self.pair_input_,
+            token_ids=self.answer_token_ids_,
         )
-
-    def _to_device(self, batch):
-        import torch
-
-        out = {}
-        for k, v in batch.items():
-            if k == "token_type_ids" and "token_type_ids" not in self._supports:
-                continue
-            if k == "position_ids" and "position_ids" not in self._supports:
-                continue
-            out[k] = torch.from_numpy(v).to(self.device_, non_blocking=True)
-        return out
-
-    def _batch(self, encoded, idx):
-        return self._to_device(
-            _data.collate(
-                encoded,
-                idx,
-                self._tokenizer.pad_token_id,
-                left_pad=self.head_ == "lm",
-                pad_multiple=8 if self.device_.startswith("cuda") else 1,
-            )
-        )
-
-    def _forward_logits(self, model, batch):
-        """Logits over the vocabulary (lm, last position) or over the classes (classifier)."""
-        if self.head_ == "lm":
-            kwargs = dict(batch)
-            if "logits_to_keep" in self._supports:
-                kwargs["logits_to_keep"] = 1
-            return model(**kwargs).logits[:, -1, :]
-        return model(**batch).logits
-
-    def _class_logits(self, logits):
-        if self.head_ == "lm":
-            return logits[:, self.answer_token_ids_]
-        return logits
-
-    def _task_loss(self, logits, y):
-        import torch.nn.functional as F
-
-        if self.head_ == "lm":
-            # causal-LM loss on the answer token only (the prompt is masked from the loss)
-            targets = y.new_tensor(self.answer_token_ids_)[y]
-            return F.cross_entropy(logits.float(), targets)
-        return F.cross_entropy(logits.float(), y)
 
     def _run_training(self, texts, y_enc, n_epochs, use_early_stopping, *, fresh):
         try:
-            self._train_epochs(texts, y_enc, n_epochs, use_early_stopping)
+            _trainer.Trainer(self, self._head_strategy()).train(
+                texts, y_enc, n_epochs, use_early_stopping
+            )
         except BaseException:
             if fresh:
                 self._reset_fitted()
             raise
 
-    def _train_epochs(self, texts, y_enc, n_epochs, use_early_stopping):
-        import torch
-        from tqdm.auto import tqdm
+    # ------------------------------------------------------------------ encoding and batches
 
-        from ._model import collect_aux_loss, routing_statistics
+    def _encode(self, texts, strategy=None):
+        strategy = self._head_strategy() if strategy is None else strategy
+        return strategy.encode(self._tokenizer, texts, self.pair_input_, self.max_length_)
 
-        model = self._model
-        init_seed, shuffle_seed, split_seed = self._seeds()
-        if use_early_stopping:
-            train_idx, valid_idx = self._validation_split(y_enc, split_seed)
-        else:
-            train_idx, valid_idx = np.arange(len(texts)), None
-        with _heads.quiet_transformers(self.verbose):
-            enc_train = self._encode([texts[i] for i in train_idx])
-            enc_valid = (
-                self._encode([texts[i] for i in valid_idx]) if valid_idx is not None else None
-            )
-        y_train = torch.as_tensor(y_enc[train_idx], dtype=torch.long)
-        n = len(train_idx)
-        accum = self.gradient_accumulation_steps
-        n_batches = math.ceil(n / self.batch_size)
-        steps_per_epoch = math.ceil(n_batches / accum)
-        if self.warmup_steps_ is None:
-            self.warmup_steps_ = _train.n_warmup_steps(self.warmup, steps_per_epoch * n_epochs)
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        if self._optim_state is not None:
-            optimizer.load_state_dict(self._optim_state)
-            for group in optimizer.param_groups:
-                group["weight_decay"] = self.weight_decay
-        scaler = None
-        if self.dtype_ == "float16" and self.device_.startswith("cuda"):
-            scaler = torch.amp.GradScaler("cuda")
-        coef = float(self.aux_loss_coef)
-        logs = {"n_samples": n, "n_epochs": n_epochs, "n_batches": n_batches}
-        _train.call_callbacks(self.callbacks, "on_train_begin", self, logs)
-
-        best = (-np.inf, None, None)  # (accuracy, epoch, adapter state on CPU)
-        no_improve = 0
-        torch_seed = (init_seed + 7919 * (self.n_iter_ + 1)) % (2**63)
-        with _train.local_torch_rng(torch_seed, self.device_):
-            for _ in range(n_epochs):
-                epoch = self.n_iter_ + 1
-                t0 = time.perf_counter()
-                model.train()
-                routing_statistics(model, reset=True)
-                order = np.random.RandomState((shuffle_seed + epoch) % (2**32)).permutation(n)
-                loss_sum = torch.zeros((), device=self.device_)
-                aux_sum = torch.zeros((), device=self.device_)
-                group_loss = torch.zeros((), device=self.device_)
-                bar = tqdm(
-                    total=n_batches,
-                    desc=f"epoch {epoch}",
-                    leave=False,
-                    disable=not self.verbose or self.verbose < 1,
-                )
-                try:
-                    batches = list(_data.iter_batches(n, self.batch_size, order=order))
-                    for b, idx in enumerate(batches):
-                        group_start = (b // accum) * accum
-                        group_size = min(accum, n_batches - group_start)
-                        batch = self._batch(enc_train, idx)
-                        yb = y_train[idx].to(self.device_)
-                        with _train.autocast(self.device_, self.dtype_):
-                            with collect_aux_loss(
-                                model, attention_mask=batch["attention_mask"]
-                            ) as aux:
-                                logits = self._forward_logits(model, batch)
-                            task_loss = self._task_loss(logits, yb)
-                            aux_loss = aux.loss.float()
-                            loss = task_loss + coef * aux_loss
-                        scaled = loss / group_size
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                        loss_sum += task_loss.detach() * len(idx)
-                        aux_sum += aux_loss.detach() * len(idx)
-                        group_loss += loss.detach()
-                        if b - group_start + 1 == group_size:
-                            self._optimizer_step(optimizer, scaler, params, group_loss, epoch)
-                            group_loss.zero_()
-                            if bar.disable is False:
-                                bar.set_postfix(loss=f"{loss.item():.4f}")
-                        bar.update(1)
-                        if self.callbacks:
-                            _train.call_callbacks(
-                                self.callbacks,
-                                "on_batch_end",
-                                self,
-                                {"epoch": epoch, "batch": b, "loss": float(loss.detach())},
-                            )
-                finally:
-                    bar.close()
-                stats = routing_statistics(model, reset=True)
-                record = {
-                    "epoch": epoch,
-                    "train_loss": float(loss_sum) / n,
-                    "aux_loss": float(aux_sum) / n,
-                    "learning_rate": float(optimizer.param_groups[0]["lr"]),
-                    "n_samples": n,
-                }
-                for key in ("mean_active_experts", "zero_expert_fraction", "tau_mean", "tau_std"):
-                    record[key] = stats.get(key)
-                record["expert_load"] = stats.get("expert_load")
-                if enc_valid is not None:
-                    v_logits = self._predict_logits(enc_valid)
-                    v_y = y_enc[valid_idx]
-                    v_logp = v_logits - _logsumexp(v_logits)
-                    record["valid_loss"] = float(-v_logp[np.arange(len(v_y)), v_y].mean())
-                    record["valid_accuracy"] = float((v_logits.argmax(1) == v_y).mean())
-                    model.train()
-                record["duration_s"] = time.perf_counter() - t0
-                self.n_iter_ = epoch
-                self.history_.append(record)
-                self.expert_usage_ = stats
-                if self.verbose:
-                    tqdm.write(_format_record(record))
-                stop = _train.call_callbacks(self.callbacks, "on_epoch_end", self, dict(record))
-                if enc_valid is not None:
-                    if record["valid_accuracy"] > best[0]:
-                        best = (record["valid_accuracy"], epoch, _trainable_state(model))
-                        no_improve = 0
-                    else:
-                        no_improve += 1
-                        if no_improve >= self.n_iter_no_change:
-                            stop = True
-                if stop:
-                    break
-        if best[2] is not None and best[1] != self.n_iter_:
-            _load_trainable_state(model, best[2])
-        self.best_epoch_ = best[1]
-        self._optim_state = optimizer.state_dict()
-        model.eval()
-        _train.call_callbacks(self.callbacks, "on_train_end", self, {"n_iter": self.n_iter_})
-
-    def _optimizer_step(self, optimizer, scaler, params, group_loss, epoch):
-        import torch
-
-        if not bool(torch.isfinite(group_loss)):
-            raise _train.divergence_error(
-                float(group_loss),
-                epoch=epoch,
-                step=self.n_steps_ + 1,
-                learning_rate=self.learning_rate,
-                dtype_name=self.dtype_,
-                aux_loss_coef=self.aux_loss_coef,
-            )
-        lr = self.learning_rate * _train.warmup_lr_factor(self.n_steps_, self.warmup_steps_)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        self.n_steps_ += 1
-
-    def _validation_split(self, y_enc, seed):
-        from sklearn.model_selection import train_test_split
-
-        idx = np.arange(len(y_enc))
-        n_valid = int(math.ceil(self.validation_fraction * len(idx)))
-        counts = np.bincount(y_enc)
-        stratify = y_enc if (counts[counts > 0].min() >= 2 and n_valid >= len(counts)) else None
-        if n_valid < 1 or len(idx) - n_valid < 2:
-            raise ValueError(
-                f"early_stopping=True needs more data: validation_fraction={self.validation_fraction} "
-                f"of {len(idx)} samples leaves no usable validation or training split."
-            )
-        train_idx, valid_idx = train_test_split(
-            idx, test_size=n_valid, random_state=seed, stratify=stratify
+    def _batch(self, encoded, idx, strategy=None):
+        strategy = self._head_strategy() if strategy is None else strategy
+        batch = _data.collate(
+            encoded,
+            idx,
+            self._tokenizer.pad_token_id,
+            left_pad=strategy.left_pad,
+            pad_multiple=8 if self.device_.startswith("cuda") else 1,
         )
-        return np.sort(train_idx), np.sort(valid_idx)
+        return _data.to_device(batch, self.device_, self._supports)
 
     # ------------------------------------------------------------------ prediction
 
-    def _predict_logits(self, encoded):
+    def _predict_logits(self, encoded, strategy=None):
         """Class logits (float64 numpy) for encoded texts, in input order."""
         import torch
 
+        strategy = self._head_strategy() if strategy is None else strategy
         model = self._model
         model.eval()
         lengths = np.array([len(ids) for ids in encoded.input_ids])
         order = np.argsort(-lengths, kind="stable")  # similar lengths together: less padding
         out = np.empty((len(lengths), len(self.classes_)), dtype=np.float64)
-        with torch.inference_mode(), _train.autocast(self.device_, self.dtype_):
+        with torch.inference_mode(), _device.autocast(self.device_, self.dtype_):
             for idx in _data.iter_batches(len(lengths), self.batch_size, order=order):
-                logits = self._class_logits(self._forward_logits(model, self._batch(encoded, idx)))
+                batch = self._batch(encoded, idx, strategy)
+                logits = strategy.class_logits(strategy.forward(model, batch, self._supports))
                 out[idx] = logits.float().cpu().numpy()
         return out
 
@@ -818,12 +493,11 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         self._ensure_model()
         texts, is_pair = _data.validate_texts(X)
-        if is_pair != self.pair_input_:
-            kind = "text pairs" if self.pair_input_ else "single texts"
-            raise ValueError(f"This estimator was trained on {kind}; X must be {kind} too.")
-        with _heads.quiet_transformers(self.verbose):
-            encoded = self._encode(texts)
-        return self._predict_logits(encoded)
+        self._check_pair_input(is_pair)
+        strategy = self._head_strategy()
+        with _loading.quiet_transformers(self.verbose):
+            encoded = self._encode(texts, strategy)
+        return self._predict_logits(encoded, strategy)
 
     def decision_function(self, X):
         """Class logits.
@@ -831,6 +505,7 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
 
         Returns
         -------
@@ -848,18 +523,31 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
 
         Returns
         -------
         proba : ndarray of shape (n_samples, n_classes)
+            Rows sum to one.
         """
         logits = self._logits_for(X)
-        return np.exp(logits - _logsumexp(logits))
+        return np.exp(logits - _trainer.logsumexp(logits))
 
     def predict_log_proba(self, X):
-        """Log of :meth:`predict_proba`."""
+        """Log of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n_samples, n_classes)
+            Log-probabilities in ``classes_`` order.
+        """
         logits = self._logits_for(X)
-        return logits - _logsumexp(logits)
+        return logits - _trainer.logsumexp(logits)
 
     def predict(self, X):
         """Most probable class of each text.
@@ -867,10 +555,12 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
 
         Returns
         -------
         y : ndarray of shape (n_samples,)
+            Labels from ``classes_``.
         """
         logits = self._logits_for(X)
         return self.classes_[np.argmax(logits, axis=1)]
@@ -881,12 +571,16 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : list-like of str, or of (str, str) pairs
+            Texts or text pairs, as in :meth:`fit`.
         y : array-like of shape (n_samples,)
+            True labels.
         sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights.
 
         Returns
         -------
         score : float
+            Mean accuracy.
         """
         check_is_fitted(self)
         y_arr = np.asarray(y)
@@ -898,284 +592,3 @@ class AdaMoLEClassifier(ClassifierMixin, BaseEstimator):
                 "accuracy would be misleading. Remove those samples or refit with them."
             )
         return super().score(X, y, sample_weight=sample_weight)
-
-    # ------------------------------------------------------------------ persistence
-
-    def _adapter_files_from_model(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            with _heads.quiet_transformers(self.verbose):
-                self._model.save_pretrained(tmp, safe_serialization=True)
-            files = {}
-            for name in _ADAPTER_FILES:
-                with open(os.path.join(tmp, name), "rb") as fh:
-                    files[name] = fh.read()
-        return files
-
-    def _ensure_model(self):
-        if self.__dict__.get("_model") is not None:
-            return
-        if not self.__sklearn_is_fitted__():
-            raise NotFittedError(
-                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
-                "appropriate arguments before using this estimator."
-            )
-        from ._model import load_adamole_model
-
-        files = self._adapter_files
-        with _heads.quiet_transformers(self.verbose):
-            tokenizer = _heads.load_tokenizer(self.base_model_, head=self.head_)
-            with _train.local_torch_rng(0, self.device_):
-                backbone = _heads.load_backbone(
-                    self.base_model_,
-                    head=self.head_,
-                    n_classes=len(self.classes_),
-                    torch_dtype=_train.torch_dtype(self.dtype_),
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                with tempfile.TemporaryDirectory() as tmp:
-                    for name, blob in files.items():
-                        with open(os.path.join(tmp, name), "wb") as fh:
-                            fh.write(blob)
-                    with _quiet_peft():
-                        model = load_adamole_model(backbone, tmp, is_trainable=True)
-        self._tokenizer = tokenizer
-        self._install_model(model)
-        self._optim_state = None
-        self._adapter_files = None
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        model = state.pop("_model", None)
-        state.pop("_tokenizer", None)
-        state.pop("_optim_state", None)
-        state.pop("_supports", None)
-        if model is not None:
-            state["_adapter_files"] = self._adapter_files_from_model()
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_model", None)
-        self.__dict__.setdefault("_tokenizer", None)
-        self.__dict__.setdefault("_optim_state", None)
-        if "device_" in state:
-            self._relocate()
-
-    def _relocate(self):
-        """Map a saved device to one that exists here (skorch's rule: fall back to CPU, warn)."""
-        import torch
-
-        old = self.device_
-        dev = torch.device(old)
-        ok = (
-            dev.type == "cpu"
-            or (
-                dev.type == "cuda"
-                and torch.cuda.is_available()
-                and (dev.index or 0) < torch.cuda.device_count()
-            )
-            or (
-                dev.type == "mps"
-                and getattr(torch.backends, "mps", None)
-                and torch.backends.mps.is_available()
-            )
-        )
-        if not ok:
-            new = _train.resolve_device(None)
-            _train.device_warning(old, new)
-            self.device_ = new
-            if self.dtype == "auto":
-                self.dtype_ = _train.resolve_dtype("auto", new)
-            elif self.dtype_ != "float32" and new == "cpu":
-                self.dtype_ = "float32"
-
-    def save_pretrained(self, directory):
-        """Save the fitted estimator to ``directory``.
-
-        Writes ``adapter/adapter_model.safetensors`` and ``adapter/adapter_config.json`` (a standard
-        peft adapter, including the classification head when ``head_="classifier"``) and
-        ``sparsekit_adamole.json`` (parameters, ``classes_``, the base-model reference, training
-        history). The base model itself is not copied: it is re-read from ``base_model_``.
-
-        Parameters
-        ----------
-        directory : str or path-like
-        """
-        check_is_fitted(self)
-        directory = os.fspath(directory)
-        os.makedirs(os.path.join(directory, "adapter"), exist_ok=True)
-        files = (
-            self._adapter_files_from_model()
-            if self.__dict__.get("_model") is not None
-            else self._adapter_files
-        )
-        for name, blob in files.items():
-            with open(os.path.join(directory, "adapter", name), "wb") as fh:
-                fh.write(blob)
-        meta = {
-            "format": "sparsekit.adamole.AdaMoLEClassifier",
-            "format_version": _FORMAT_VERSION,
-            "params": _jsonable_params(self),
-            "classes": _classes_to_json(self.classes_),
-            "fitted": {k: getattr(self, k) for k in _SAVED_ATTRS if k in self.__dict__},
-            "device_": self.device_,
-            "dtype_": self.dtype_,
-        }
-        try:
-            from .. import __version__ as version
-        except ImportError:  # pragma: no cover
-            version = None
-        meta["sparsekit_version"] = version
-        with open(os.path.join(directory, _META_FILE), "w", encoding="utf-8") as fh:
-            json.dump(meta, fh, indent=2, default=_json_default)
-
-    @classmethod
-    def from_pretrained(cls, directory, **params):
-        """Load an estimator written by :meth:`save_pretrained`.
-
-        Parameters
-        ----------
-        directory : str or path-like
-        **params
-            Parameters to override, e.g. ``device="cpu"`` or ``base_model=<new location of the
-            base model>``.
-
-        Returns
-        -------
-        estimator : AdaMoLEClassifier
-            Fitted; the model is loaded on first use.
-        """
-        directory = os.fspath(directory)
-        meta_path = os.path.join(directory, _META_FILE)
-        if not os.path.isfile(meta_path):
-            raise ValueError(
-                f"{directory!r} is not a saved AdaMoLEClassifier: {_META_FILE} is missing. Save with "
-                "est.save_pretrained(directory)."
-            )
-        with open(meta_path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(
-                f"{directory!r} was saved by a newer sparsekit (format {meta['format_version']}); "
-                "upgrade sparsekit to load it."
-            )
-        init_params = dict(meta["params"])
-        init_params.update(params)
-        est = cls(**init_params)
-        est._validate_params()
-        for k, v in meta["fitted"].items():
-            setattr(est, k, v)
-        est.classes_ = _classes_from_json(meta["classes"])
-        if "base_model" in params:
-            est.base_model_ = _heads.resolve_base_model(params["base_model"])
-        est.device_ = _train.resolve_device(est.device)
-        est.dtype_ = _train.resolve_dtype(est.dtype, est.device_)
-        files = {}
-        for name in _ADAPTER_FILES:
-            path = os.path.join(directory, "adapter", name)
-            if not os.path.isfile(path):
-                raise ValueError(f"{directory!r} is incomplete: adapter/{name} is missing.")
-            with open(path, "rb") as fh:
-                files[name] = fh.read()
-        est._adapter_files = files
-        est._model = None
-        est._tokenizer = None
-        est._optim_state = None
-        return est
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _quiet_peft():
-    """Hide peft's deprecation notice about transformers' ``is_gradient_checkpointing``."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
-        )
-        yield
-
-
-def _logsumexp(a):
-    m = a.max(axis=1, keepdims=True)
-    return m + np.log(np.exp(a - m).sum(axis=1, keepdims=True))
-
-
-def _trainable_state(model):
-    return {
-        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
-    }
-
-
-def _load_trainable_state(model, state):
-    import torch
-
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in state:
-                p.copy_(state[n].to(p.device))
-
-
-def _format_record(r):
-    parts = [f"epoch {r['epoch']}", f"loss {r['train_loss']:.4f}", f"aux {r['aux_loss']:.4f}"]
-    if r.get("valid_accuracy") is not None:
-        parts.append(f"valid_acc {r['valid_accuracy']:.4f}")
-    if r.get("mean_active_experts") is not None:
-        parts.append(f"active_experts {r['mean_active_experts']:.2f}")
-    parts.append(f"{r['duration_s']:.1f}s")
-    return " | ".join(parts)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _jsonable_params(est):
-    import warnings
-
-    params = est.get_params(deep=False)
-    if params.get("callbacks"):
-        warnings.warn(
-            "callbacks are not saved by save_pretrained; pass them again to from_pretrained(..., "
-            "callbacks=[...]) if you continue training.",
-            UserWarning,
-            stacklevel=3,
-        )
-        params["callbacks"] = None
-    if not (params.get("random_state") is None or isinstance(params["random_state"], Integral)):
-        params["random_state"] = None
-    if params.get("base_model") is not None:
-        params["base_model"] = os.fspath(params["base_model"])
-    if isinstance(params.get("label_words"), dict):
-        params["label_words"] = [params["label_words"][c] for c in est.classes_]
-    if isinstance(params.get("target_modules"), tuple):
-        params["target_modules"] = list(params["target_modules"])
-    return params
-
-
-def _classes_to_json(classes):
-    values = classes.tolist()
-    try:
-        json.dumps(values)
-    except TypeError:
-        raise ValueError(
-            "save_pretrained needs JSON-compatible class labels (str, int, float or bool); got "
-            f"{type(values[0]).__name__}. Pickle the estimator instead."
-        ) from None
-    return {"values": values, "dtype": classes.dtype.str}
-
-
-def _classes_from_json(d):
-    dtype = np.dtype(d["dtype"])
-    if dtype.kind == "O":
-        out = np.empty(len(d["values"]), dtype=object)
-        out[:] = d["values"]
-        return out
-    return np.asarray(d["values"], dtype=dtype)

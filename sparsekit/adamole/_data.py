@@ -11,17 +11,24 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 
 __all__ = [
     "EncodedTexts",
+    "check_classes",
+    "collate",
     "encode_for_classifier",
     "encode_for_lm",
+    "is_missing",
     "iter_batches",
+    "to_device",
+    "validate_labels",
     "validate_texts",
 ]
 
 
-def _is_missing(value) -> bool:
+def is_missing(value) -> bool:
+    """True for None, NaN, pandas.NA and pandas.NaT."""
     if value is None:
         return True
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -29,10 +36,7 @@ def _is_missing(value) -> bool:
             return bool(np.isnan(value))
         except TypeError:  # pragma: no cover - exotic number types
             return False
-    try:  # pandas.NA / pandas.NaT without importing pandas
-        return type(value).__name__ in {"NAType", "NaTType"}
-    except Exception:  # pragma: no cover
-        return False
+    return type(value).__name__ in {"NAType", "NaTType"}  # pandas.NA / NaT, without pandas
 
 
 def _positions(idx, limit=10) -> str:
@@ -41,20 +45,8 @@ def _positions(idx, limit=10) -> str:
     return f"[{shown}{', ...' if len(idx) > limit else ''}] ({len(idx)} in total)"
 
 
-def validate_texts(X, *, name="X"):
-    """Validate texts or text pairs.
-
-    Parameters
-    ----------
-    X : list, tuple, numpy array, pandas Series or DataFrame
-        Either a sequence of strings, or a sequence of ``(text, text_pair)`` pairs (a 2-column array or
-        DataFrame, or a list of 2-tuples/lists).
-
-    Returns
-    -------
-    texts : list of str or list of tuple of (str, str)
-    is_pair : bool
-    """
+def _rows(X, name):
+    """The rows of X as a list (strings, or tuples for text pairs)."""
     if isinstance(X, (str, bytes)):
         raise TypeError(
             f"{name} must be a list-like of strings (or of string pairs), got a single string. "
@@ -62,65 +54,60 @@ def validate_texts(X, *, name="X"):
         )
     if hasattr(X, "iloc") and hasattr(X, "columns"):  # pandas DataFrame
         if X.shape[1] == 1:
-            rows = X.iloc[:, 0].tolist()
-        elif X.shape[1] == 2:
-            rows = [tuple(r) for r in X.itertuples(index=False, name=None)]
-        else:
-            raise ValueError(
-                f"{name} is a DataFrame with {X.shape[1]} columns; pass one text column, or two columns "
-                "for text pairs (e.g. premise and hypothesis)."
-            )
-    elif hasattr(X, "tolist") and hasattr(X, "ndim"):  # numpy array or pandas Series
+            return X.iloc[:, 0].tolist()
+        if X.shape[1] == 2:
+            return [tuple(r) for r in X.itertuples(index=False, name=None)]
+        raise ValueError(
+            f"{name} is a DataFrame with {X.shape[1]} columns; pass one text column, or two columns "
+            "for text pairs (e.g. premise and hypothesis)."
+        )
+    if hasattr(X, "tolist") and hasattr(X, "ndim"):  # numpy array or pandas Series
         if X.ndim == 1:
-            rows = X.tolist()
-        elif X.ndim == 2 and X.shape[1] in (1, 2):
-            rows = [r[0] for r in X.tolist()] if X.shape[1] == 1 else [tuple(r) for r in X.tolist()]
-        else:
-            raise ValueError(
-                f"{name} has shape {X.shape}; expected (n_samples,) texts or (n_samples, 2) text pairs."
-            )
-    else:
-        try:
-            rows = list(X)
-        except TypeError:
-            raise TypeError(
-                f"{name} must be a list-like of strings (or of string pairs), got "
-                f"{type(X).__name__}."
-            ) from None
+            return X.tolist()
+        if X.ndim == 2 and X.shape[1] in (1, 2):
+            return [r[0] for r in X.tolist()] if X.shape[1] == 1 else [tuple(r) for r in X.tolist()]
+        raise ValueError(
+            f"{name} has shape {X.shape}; expected (n_samples,) texts or (n_samples, 2) text pairs."
+        )
+    try:
+        return list(X)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a list-like of strings (or of string pairs), got {type(X).__name__}."
+        ) from None
 
-    if len(rows) == 0:
-        raise ValueError(f"{name} is empty: at least one text is needed.")
 
-    is_pair = isinstance(rows[0], (tuple, list, np.ndarray))
-    missing, empty, wrong_type = [], [], []
-    out = []
-    for i, row in enumerate(rows):
-        if is_pair:
-            if not isinstance(row, (tuple, list, np.ndarray)) or len(row) != 2:
-                raise TypeError(
-                    f"{name} mixes single texts and text pairs (position {i} is "
-                    f"{type(row).__name__}); pass either only strings or only (text, text_pair) pairs."
-                )
-            parts = tuple(row)
-        else:
-            if isinstance(row, (tuple, list, np.ndarray)):
-                raise TypeError(
-                    f"{name} mixes single texts and text pairs (position {i} is a "
-                    f"{type(row).__name__}); pass either only strings or only (text, text_pair) pairs."
-                )
-            parts = (row,)
-        for part in parts:
-            if _is_missing(part):
-                missing.append(i)
-                break
-            if not isinstance(part, str):
-                wrong_type.append((i, type(part).__name__))
-                break
-            if not part.strip():
-                empty.append(i)
-                break
-        out.append(tuple(str(p) for p in parts) if is_pair else parts[0])
+_SEQUENCES = (tuple, list, np.ndarray)
 
+
+def _row_parts(row, i, is_pair, name):
+    """The texts of one row: (text,) or (text, text_pair)."""
+    if is_pair and (not isinstance(row, _SEQUENCES) or len(row) != 2):
+        raise TypeError(
+            f"{name} mixes single texts and text pairs (position {i} is "
+            f"{type(row).__name__}); pass either only strings or only (text, text_pair) pairs."
+        )
+    if not is_pair and isinstance(row, _SEQUENCES):
+        raise TypeError(
+            f"{name} mixes single texts and text pairs (position {i} is a "
+            f"{type(row).__name__}); pass either only strings or only (text, text_pair) pairs."
+        )
+    return tuple(row) if is_pair else (row,)
+
+
+def _problem(parts):
+    """What is wrong with the texts of one row: "missing", a type name, "empty" or None."""
+    for part in parts:
+        if is_missing(part):
+            return "missing"
+        if not isinstance(part, str):
+            return type(part).__name__
+        if not part.strip():
+            return "empty"
+    return None
+
+
+def _raise_problems(missing, wrong_type, empty, name):
     if missing:
         raise ValueError(
             f"{name} contains missing values (None/NaN) at positions {_positions(missing)}. Drop those "
@@ -137,7 +124,84 @@ def validate_texts(X, *, name="X"):
             f"{name} contains empty or whitespace-only strings at positions {_positions(empty)}. A "
             "language model cannot classify an empty text: drop those rows or fill them in."
         )
+
+
+def validate_texts(X, *, name="X"):
+    """Validate texts or text pairs.
+
+    Parameters
+    ----------
+    X : list, tuple, numpy array, pandas Series or DataFrame
+        Either a sequence of strings, or a sequence of ``(text, text_pair)`` pairs (a 2-column array or
+        DataFrame, or a list of 2-tuples/lists).
+
+    Returns
+    -------
+    texts : list of str or list of tuple of (str, str)
+    is_pair : bool
+    """
+    rows = _rows(X, name)
+    if len(rows) == 0:
+        raise ValueError(f"{name} is empty: at least one text is needed.")
+    is_pair = isinstance(rows[0], _SEQUENCES)
+    missing, empty, wrong_type = [], [], []
+    out = []
+    for i, row in enumerate(rows):
+        parts = _row_parts(row, i, is_pair, name)
+        problem = _problem(parts)
+        if problem == "missing":
+            missing.append(i)
+        elif problem == "empty":
+            empty.append(i)
+        elif problem is not None:
+            wrong_type.append((i, problem))
+        out.append(tuple(str(p) for p in parts) if is_pair else parts[0])
+    _raise_problems(missing, wrong_type, empty, name)
     return out, is_pair
+
+
+def validate_labels(y, n):
+    """Validate the labels of ``n`` texts; returns a 1-d array."""
+    if y is None:
+        raise ValueError("y is required: AdaMoLEClassifier is a supervised classifier.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise ValueError(
+            f"y must be 1-dimensional (one label per text), got shape {y.shape}. Multi-label and "
+            "multi-output targets are not supported."
+        )
+    if len(y) != n:
+        raise ValueError(f"X has {n} texts but y has {len(y)} labels; they must match.")
+    if y.dtype == object:
+        missing = [i for i, v in enumerate(y) if is_missing(v)]
+        if missing:
+            raise ValueError(f"y contains missing labels (None/NaN) at positions {missing[:10]}.")
+    elif y.dtype.kind == "f" and np.isnan(y).any():
+        raise ValueError("y contains NaN labels.")
+    check_classification_targets(y)
+    if type_of_target(y) not in ("binary", "multiclass"):
+        raise ValueError(f"Unsupported target type {type_of_target(y)!r}.")
+    return y
+
+
+def check_classes(y, classes=None, *, partial=False):
+    """The sorted classes of a first fit: ``np.unique(y)``, or of ``classes`` (``partial_fit``)."""
+    found = np.unique(y if classes is None else np.asarray(classes))
+    if len(found) < 2:
+        hint = (
+            ". Pass classes=[...] with every class on the first call to partial_fit."
+            if partial
+            else f" ({found[0]!r}). Check y, or the split that produced it."
+        )
+        raise ValueError(
+            f"AdaMoLEClassifier requires 2 or more distinct classes; got 1 class {hint}"
+        )
+    unseen = np.setdiff1d(np.unique(y), found)
+    if len(unseen):
+        raise ValueError(f"y contains labels {unseen.tolist()!r} missing from classes.")
+    return found
 
 
 @dataclass
@@ -166,7 +230,7 @@ def encode_for_classifier(tokenizer, texts, is_pair, max_length) -> EncodedTexts
         args = ([a for a, _ in texts], [b for _, b in texts])
     else:
         args = (list(texts),)
-    kwargs = dict(truncation=True, padding=False, return_attention_mask=False)
+    kwargs = {"truncation": True, "padding": False, "return_attention_mask": False}
     # One extra token tells truncated sequences apart from sequences of exactly max_length.
     probe = tokenizer(*args, max_length=max_length + 1, **kwargs)
     n_truncated = sum(len(ids) > max_length for ids in probe["input_ids"])
@@ -277,3 +341,15 @@ def iter_batches(n, batch_size, *, order=None):
     order = np.arange(n) if order is None else np.asarray(order)
     for start in range(0, n, batch_size):
         yield order[start : start + batch_size]
+
+
+def to_device(batch, device, supports):
+    """Torch tensors on ``device``; drops the optional inputs the model's forward lacks."""
+    import torch
+
+    out = {}
+    for k, v in batch.items():
+        if k in ("token_type_ids", "position_ids") and k not in supports:
+            continue
+        out[k] = torch.from_numpy(v).to(device, non_blocking=True)
+    return out

@@ -1,204 +1,111 @@
-"""Loading the base model and the two heads of :class:`AdaMoLEClassifier`.
+"""The two heads of :class:`AdaMoLEClassifier`, as small strategy objects. Private module.
 
-Private module.
+A head knows how texts are encoded for it, how the class logits come out of the model and which
+loss trains it; the estimator and the trainer only call these methods (no ``head_ ==`` branches
+elsewhere).
 
-* ``head="classifier"``: ``AutoModelForSequenceClassification``; the new head is trained and saved with the
-  adapters (peft ``SEQ_CLS`` puts it in ``modules_to_save``). Decoders without a pad token get the EOS
-  token as pad, set on the tokenizer **and** on the model config (transformers #34055).
-* ``head="lm"``: ``AutoModelForCausalLM`` scored as the AdaMoLE paper does: a multiple-choice prompt
-  ending in ``"Answer:"``; the class scores are the next-token logits of the answer letters (or label
-  words). Only the answer token is a training target (the prompt is masked from the loss).
+* :class:`ClassifierHead` (``head="classifier"``): ``AutoModelForSequenceClassification``; the new
+  head is trained and saved with the adapters (peft ``SEQ_CLS`` puts it in ``modules_to_save``).
+* :class:`LMHead` (``head="lm"``): ``AutoModelForCausalLM`` scored as the AdaMoLE paper does: a
+  multiple-choice prompt ending in ``"Answer:"``; the class scores are the next-token logits of the
+  answer letters (or label words). Only the answer token is a training target (the prompt is
+  masked from the loss).
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import os
 from dataclasses import dataclass
 
+from . import _data
+
 __all__ = [
+    "ClassifierHead",
+    "LMHead",
     "PromptTemplate",
     "answer_token_ids",
-    "forward_supports",
-    "load_backbone",
-    "load_config",
-    "load_tokenizer",
-    "quiet_transformers",
-    "resolve_head",
+    "make_head",
+    "make_template",
 ]
 
-_LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
+
+class ClassifierHead:
+    """A sequence-classification head: the model's logits are the class logits."""
+
+    name = "classifier"
+    task_type = "SEQ_CLS"  # peft task type: the head is trained and saved with the adapters
+    left_pad = False
+
+    def encode(self, tokenizer, texts, is_pair, max_length) -> _data.EncodedTexts:
+        """Token ids of ``texts`` (the tokenizer adds its special tokens)."""
+        return _data.encode_for_classifier(tokenizer, texts, is_pair, max_length)
+
+    def forward(self, model, batch, supports):
+        """The model's output logits for a batch (here: over the classes)."""
+        return model(**batch).logits
+
+    def class_logits(self, logits):
+        """Class logits from the output of :meth:`forward`."""
+        return logits
+
+    def loss(self, logits, y):
+        """Cross-entropy of the output of :meth:`forward` against class indices ``y``."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), y)
 
 
-@contextlib.contextmanager
-def quiet_transformers(verbose):
-    """Silence transformers' load reports and progress bars while loading (restored afterwards)."""
-    if verbose and verbose >= 2:
-        yield
-        return
-    from transformers.utils import logging as hf_logging
+class LMHead:
+    """The paper's scorer: next-token logits of the answer tokens after a multiple-choice prompt.
 
-    old_level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    if bars:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(old_level)
-        if bars:
-            hf_logging.enable_progress_bar()
+    Parameters
+    ----------
+    template : PromptTemplate
+        The prompt.
+    answer_token_ids : list of int
+        Token scored for each class, in ``classes_`` order.
+    """
 
+    name = "lm"
+    task_type = "CAUSAL_LM"
+    left_pad = True  # the scored position is the last one of every row
 
-def _looks_local(path: str) -> bool:
-    return path.startswith(_LOCAL_PREFIXES) or os.path.isabs(path) or path.count("/") > 1
+    def __init__(self, template, answer_token_ids):
+        self.template = template
+        self.answer_token_ids = list(answer_token_ids)
 
+    def encode(self, tokenizer, texts, is_pair, max_length) -> _data.EncodedTexts:
+        """Token ids of the prompts of ``texts`` (truncation only cuts the texts)."""
+        return _data.encode_for_lm(tokenizer, texts, is_pair, max_length, self.template)
 
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
+    def forward(self, model, batch, supports):
+        """Logits over the vocabulary at the last position."""
+        kwargs = dict(batch)
+        if "logits_to_keep" in supports:
+            kwargs["logits_to_keep"] = 1
+        return model(**kwargs).logits[:, -1, :]
 
-        if constants.HF_HUB_OFFLINE:
-            return True
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        pass
-    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {
-        "1",
-        "ON",
-        "YES",
-        "TRUE",
-    } or os.environ.get("TRANSFORMERS_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"}
+    def class_logits(self, logits):
+        """The vocabulary logits of the answer tokens."""
+        return logits[:, self.answer_token_ids]
 
+    def loss(self, logits, y):
+        """Causal-LM loss on the answer token only (over the whole vocabulary)."""
+        import torch.nn.functional as F
 
-def resolve_base_model(base_model) -> str:
-    """Return a loadable string: an existing local directory (absolute) or a hub id."""
-    if base_model is None:
-        raise ValueError(
-            "base_model is required: pass a Hugging Face hub id (e.g. "
-            "'sentence-transformers/all-MiniLM-L6-v2') or the path of a local model directory."
-        )
-    path = os.path.expanduser(os.fspath(base_model))
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    if os.path.exists(path):
-        raise ValueError(
-            f"base_model={base_model!r} is a file, not a model directory. Pass the directory that "
-            "holds config.json and the weights."
-        )
-    if _looks_local(path):
-        raise ValueError(
-            f"base_model={base_model!r} does not exist: no such local directory. Check the path (it is "
-            f"resolved relative to the current directory {os.getcwd()!r})."
-        )
-    return path
+        targets = y.new_tensor(self.answer_token_ids)[y]
+        return F.cross_entropy(logits.float(), targets)
 
 
-def _load_error(base_model, what, exc):
-    where = (
-        "it is not a local directory, and the Hugging Face Hub is switched off (HF_HUB_OFFLINE/"
-        "TRANSFORMERS_OFFLINE), so it can only come from the local cache, where it is not"
-        if _offline()
-        else "it is not a local directory, and it could not be fetched from the Hugging Face Hub or the "
-        "local cache (no network, a typo in the id, or a gated/private model)"
-    )
-    return ValueError(
-        f"Could not load the {what} of base_model={base_model!r}: {where}. Pass the path of a local "
-        f"model directory instead. Original error: {type(exc).__name__}: {exc}"
-    )
-
-
-def load_config(base_model):
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(base_model)
-    except (OSError, ValueError) as exc:
-        if os.path.isdir(base_model):
-            raise ValueError(
-                f"base_model={base_model!r} is a directory but not a transformers model (no usable "
-                f"config.json): {exc}"
-            ) from exc
-        raise _load_error(base_model, "configuration", exc) from exc
-
-
-def load_tokenizer(base_model, *, head):
-    """Load the tokenizer; give it a pad token if it has none (EOS, as most decoders need)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(base_model)
-    except (OSError, ValueError) as exc:
-        if os.path.isdir(base_model):
-            raise ValueError(
-                f"base_model={base_model!r} has no usable tokenizer (tokenizer.json / "
-                f"tokenizer_config.json): {exc}"
-            ) from exc
-        raise _load_error(base_model, "tokenizer", exc) from exc
-    if tok.pad_token_id is None:
-        if tok.eos_token_id is None:
-            raise ValueError(
-                f"The tokenizer of base_model={base_model!r} has neither a pad token nor an EOS token, "
-                "so batches cannot be padded. Set one and save the tokenizer again, e.g. "
-                "`tok.add_special_tokens({'pad_token': '<pad>'}); tok.save_pretrained(path)` (and "
-                "resize the model's embeddings), or set `tok.pad_token = <an existing token>`."
-            )
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def _is_causal_lm(config) -> bool:
-    archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs)
-
-
-def resolve_head(head, config) -> str:
-    """``"auto"``: ``"lm"`` for causal decoders (the paper's scorer), ``"classifier"`` otherwise."""
-    if head == "auto":
-        return "lm" if _is_causal_lm(config) else "classifier"
-    if head == "lm" and getattr(config, "is_encoder_decoder", False):
-        raise ValueError(
-            "head='lm' needs a decoder-only causal language model; this base model is an "
-            "encoder-decoder. Use head='classifier'."
-        )
-    return head
-
-
-def load_backbone(base_model, *, head, n_classes, torch_dtype, pad_token_id):
-    """Load the transformers model for ``head`` with a freshly initialised head where needed."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    try:
-        if head == "classifier":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base_model,
-                num_labels=n_classes,
-                dtype=torch_dtype,
-                ignore_mismatched_sizes=True,
-            )
-            model.config.pad_token_id = pad_token_id
-        else:
-            model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch_dtype)
-            if model.config.pad_token_id is None:
-                model.config.pad_token_id = pad_token_id
-    except ValueError as exc:
-        msg = str(exc)
-        if "Unrecognized configuration class" in msg or "not supported" in msg.lower():
-            kind = (
-                "sequence classification" if head == "classifier" else "causal language modelling"
-            )
-            other = "lm" if head == "classifier" else "classifier"
-            raise ValueError(
-                f"head={head!r}: transformers has no {kind} class for base_model={base_model!r} "
-                f"({msg.splitlines()[0][:200]}). Try head={other!r}."
-            ) from exc
-        raise
-    except OSError as exc:
-        raise _load_error(base_model, "weights", exc) from exc
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False
-    return model
+def make_head(
+    name, *, classes=None, label_words=None, is_pair=False, tokenizer=None, token_ids=None
+):
+    """Build the head ``name``; the lm head needs ``classes`` and ``tokenizer`` or ``token_ids``."""
+    if name == "classifier":
+        return ClassifierHead()
+    template = make_template(classes, label_words, is_pair)
+    if token_ids is None:
+        token_ids = answer_token_ids(tokenizer, template)
+    return LMHead(template, token_ids)
 
 
 @dataclass(frozen=True)
@@ -289,13 +196,3 @@ def answer_token_ids(tokenizer, template: PromptTemplate) -> list:
             "Pass label_words whose first tokens differ, or leave label_words=None (letters A, B, ...)."
         )
     return ids
-
-
-def forward_supports(model) -> set:
-    """Names of the optional keyword arguments the base model's forward accepts."""
-    base = model
-    for attr in ("get_base_model",):
-        if hasattr(base, attr):
-            base = base.get_base_model()
-    params = inspect.signature(base.forward).parameters
-    return {n for n in ("position_ids", "logits_to_keep", "token_type_ids") if n in params}

@@ -1,16 +1,14 @@
 """The AdaMoLE layer: a peft LoRA layer holding a mixture of LoRA experts.
 
-Math (spec ``shared/specs/adamole.md`` §1.2-1.4, §9), per token x of an adapted ``nn.Linear``::
-
-    p   = softmax(W_g x)                        # [N], float32
-    tau = tau_max * sigmoid(W_tau x + b_tau)    # adaptive routing only
-    a   = p - tau;  m = a >= 0                  # active experts
-    w   = a * m / sum(a * m)                    # 0 for every expert when none is active
-    y   = W0 x + sum_i w_i * (alpha / r) * B_i A_i dropout(x)
+Per token x of an adapted ``nn.Linear``: ``y = W0 x + sum_i w_i * (alpha / r) * B_i A_i
+dropout(x)``, with the routing weights ``w`` of :func:`sparsekit.adamole._routing.route` (the
+routing equations, the load-balancing loss and the statistics all live in ``_routing.py``).
 
 The experts are stacked (``lora_A``: ``[N*r, d_in]``, ``lora_B``: ``[d_out, N*r]``), so the
 default "dense" form is two GEMMs, ``h = x A^T`` and ``y += (h * w) B^T``, with no per-expert Python
 loop and no host sync; it equals the per-expert sum exactly because inactive experts have weight 0.
+The "gathered" form computes the experts on the active (token, expert) pairs only, with grouped
+GEMMs (``_SegmentMatmul``).
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from ._config import AdaMoLEConfig
+from ._routing import route as _route
 
 _NULL_CONTEXT = contextlib.nullcontext()
 
@@ -46,10 +45,9 @@ class _SegmentMatmul(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w, offs, counts, capacity):
+    def forward(ctx, x, w, offs, counts):
         ctx.save_for_backward(x, w, offs, counts)
-        ctx.capacity = capacity
-        return _segment_mm(x, w, offs, counts, capacity)
+        return _segment_mm(x, w, offs, counts)
 
     @staticmethod
     def backward(ctx, grad):
@@ -57,10 +55,10 @@ class _SegmentMatmul(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _segment_mm(grad, w.transpose(1, 2), offs, counts, ctx.capacity)
+            grad_x = _segment_mm(grad, w.transpose(1, 2), offs, counts)
         if ctx.needs_input_grad[1]:
-            grad_w = _segment_wgrad(x, grad, offs, counts, ctx.capacity, w.shape[0])
-        return grad_x, grad_w, None, None, None
+            grad_w = _segment_wgrad(x, grad, offs, counts, w.shape[0])
+        return grad_x, grad_w, None, None
 
 
 def _padded_index(counts, offs, total):
@@ -73,25 +71,25 @@ def _padded_index(counts, offs, total):
     return group, pos
 
 
-def _segment_mm(x, w, offs, counts, capacity):
+def _segment_mm(x, w, offs, counts):
     try:
         return torch._grouped_mm(x, w, offs=offs)
     except (AttributeError, RuntimeError, NotImplementedError):
         pass
     group, pos = _padded_index(counts, offs, x.shape[0])
-    capacity = capacity or int(counts.max())  # a host sync, in this fallback only
+    capacity = int(counts.max())  # a host sync, in this fallback only
     buf = x.new_zeros(w.shape[0], capacity, x.shape[1])
     buf[group, pos] = x
     return torch.bmm(buf, w)[group, pos]
 
 
-def _segment_wgrad(x, grad, offs, counts, capacity, n_groups):
+def _segment_wgrad(x, grad, offs, counts, n_groups):
     try:
         return torch._grouped_mm(x.t(), grad, offs=offs)
     except (AttributeError, RuntimeError, NotImplementedError):
         pass
     group, pos = _padded_index(counts, offs, x.shape[0])
-    capacity = capacity or int(counts.max())
+    capacity = int(counts.max())
     bx = x.new_zeros(n_groups, capacity, x.shape[1])
     bg = grad.new_zeros(n_groups, capacity, grad.shape[1])
     bx[group, pos] = x
@@ -139,9 +137,11 @@ class AdaMoLELinear(nn.Module, LoraLayer):
 
     Notes
     -----
-    The auxiliary load-balancing loss and routing statistics are not stored on the module:
-    they are handed to the collector installed by :func:`~sparsekit.adamole.collect_aux_loss`
-    for the forward passes made inside that context (and skipped during checkpoint recomputes).
+    The auxiliary load-balancing loss is not stored on the module: each routed forward pass
+    made inside :func:`~sparsekit.adamole.collect_aux_loss` hands its routing to the collector
+    (:meth:`sparsekit.adamole.AuxLoss.record`; skipped during checkpoint recomputes), which
+    returns the statistics increment that the layer adds to its own on-device accumulators
+    (read by :func:`~sparsekit.adamole.routing_statistics`).
     """
 
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_gate", "lora_threshold")
@@ -189,7 +189,21 @@ class AdaMoLELinear(nn.Module, LoraLayer):
 
     # ------------------------------------------------------------------ construction
     def update_layer(self, adapter_name, r, lora_alpha, config, **kwargs) -> None:
-        """Create (or replace) the experts and router of ``adapter_name``."""
+        """Create (or replace) the experts and router of ``adapter_name``.
+
+        Parameters
+        ----------
+        adapter_name : str
+            The adapter to create.
+        r : int
+            Rank of each expert.
+        lora_alpha : float
+            LoRA alpha; the expert scaling is ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA).
+        config : AdaMoLEConfig
+            The adapter configuration.
+        **kwargs
+            Passed on by peft and ignored.
+        """
         if not isinstance(config, AdaMoLEConfig):
             raise TypeError(
                 f"AdaMoLELinear needs an AdaMoLEConfig; got {type(config).__name__}. All adapters "
@@ -225,7 +239,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             self.lora_gate[adapter_name] = nn.Linear(d_in, n, bias=False)
             if config.routing == "adaptive":
                 self.lora_threshold[adapter_name] = nn.Linear(d_in, 1)
-        self._routing_accumulators.pop(adapter_name, None)
+        self.reset_routing_statistics(adapter_name)
         self.reset_lora_parameters(adapter_name, config.init_lora_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
@@ -237,6 +251,13 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         useful for tests). The stacked A has fan-in ``d_in``, so every expert gets the same
         bound as a separately initialised ``[r, d_in]`` matrix. Gate and threshold keep
         ``nn.Linear``'s default init (the threshold bias makes tau start near tau_max / 2).
+
+        Parameters
+        ----------
+        adapter_name : str
+            The adapter to initialise.
+        init_lora_weights : bool or "gaussian"
+            The peft option: True (kaiming-uniform A), "gaussian" or False (see above).
         """
         if init_lora_weights is False or adapter_name not in self.lora_A:
             return
@@ -257,7 +278,18 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             )
 
     def get_delta_weight(self, adapter) -> torch.Tensor:
-        """Weight update of a router-less adapter (plain LoRA): ``B @ A * scaling``."""
+        """Weight update of a router-less adapter (plain LoRA): ``B @ A * scaling``.
+
+        Parameters
+        ----------
+        adapter : str
+            A router-less adapter (``num_experts=1`` with ``routing="dense"``).
+
+        Returns
+        -------
+        torch.Tensor
+            The ``[d_out, d_in]`` update, in the dtype of ``lora_B``.
+        """
         self._check_mergeable(adapter)
         weight_a = self.lora_A[adapter].weight
         weight_b = self.lora_B[adapter].weight
@@ -267,7 +299,15 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         return ((weight_b @ weight_a) * self.scaling[adapter]).to(dtype)
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-        """Merge router-less adapters into the base weight; raise for mixtures."""
+        """Merge router-less adapters into the base weight; raise for mixtures.
+
+        Parameters
+        ----------
+        safe_merge : bool, default=False
+            Check the merged weights for NaNs before writing them.
+        adapter_names : list of str or None, default=None
+            Adapters to merge; None merges the active ones.
+        """
         from peft.tuners.tuners_utils import check_adapters_to_merge
 
         adapter_names = check_adapters_to_merge(self, adapter_names)
@@ -297,6 +337,62 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             adapter = self.merged_adapters.pop()
             if adapter in self.lora_A:
                 base.weight.data -= self.get_delta_weight(adapter).to(base.weight.dtype)
+
+    # ------------------------------------------------------------------ routing collector
+    def attach_collector(self, collector):
+        """Install the aux-loss collector used by the next forward passes.
+
+        Parameters
+        ----------
+        collector : AuxLoss or None
+            The collector of :func:`~sparsekit.adamole.collect_aux_loss`; None collects nothing.
+
+        Returns
+        -------
+        AuxLoss or None
+            The collector installed before (to restore it afterwards).
+        """
+        previous, self._adamole_collector = self._adamole_collector, collector
+        return previous
+
+    def add_routing_statistics(self, adapter, increment):
+        """Add a statistics increment to the adapter's on-device accumulator.
+
+        Parameters
+        ----------
+        adapter : str
+            The adapter whose routing the increment describes.
+        increment : torch.Tensor
+            The vector returned by :meth:`sparsekit.adamole.AuxLoss.record`.
+        """
+        acc = self._routing_accumulators.get(adapter)
+        if acc is None or acc.shape != increment.shape or acc.device != increment.device:
+            self._routing_accumulators[adapter] = increment
+        else:
+            acc.add_(increment)
+
+    def routing_accumulators(self) -> dict:
+        """The on-device statistics accumulators, per adapter.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            A copy of the mapping adapter -> accumulator (layout in ``_routing.py``).
+        """
+        return dict(self._routing_accumulators)
+
+    def reset_routing_statistics(self, adapter=None):
+        """Clear routing statistics.
+
+        Parameters
+        ----------
+        adapter : str or None, default=None
+            The adapter whose accumulator is cleared; None clears all.
+        """
+        if adapter is None:
+            self._routing_accumulators.clear()
+        else:
+            self._routing_accumulators.pop(adapter, None)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -369,7 +465,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
                 gate_logits = F.linear(xf, gate_w.float())
                 if thr is not None:
                     thr_logits = F.linear(xf, thr.weight.float(), thr.bias.float())
-        weights, mask, score, tau = _route(
+        decision = _route(
             gate_logits.float(),
             routing,
             n_experts,
@@ -381,23 +477,29 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         # ---- experts
         if self.expert_compute[adapter] == "gathered":
             out = self._gathered_experts(
-                x, dropout, lora_a, lora_b, weights, mask, scaling, n_experts, rank, out
+                x, dropout, lora_a, lora_b, decision, scaling, n_experts, rank, out
             )
         else:
             if h is None:
                 h = F.linear(dropout(x), lora_a)  # [T, N*r]
-            h = (h.unflatten(1, (n_experts, rank)) * weights.to(h.dtype).unsqueeze(-1)).flatten(1)
+            weights = decision.weights.to(h.dtype).unsqueeze(-1)
+            h = (h.unflatten(1, (n_experts, rank)) * weights).flatten(1)
             out = torch.addmm(out.to(h.dtype), h, lora_b.t(), alpha=scaling)  # out + s*h B^T
 
         if collector is not None:
-            collector._record(self, adapter, routing, n_experts, mask, score, tau)
+            increment = collector.record(
+                decision, n_experts=n_experts, reduction=self.aux_loss_reduction[adapter]
+            )
+            if increment is not None:
+                self.add_routing_statistics(adapter, increment)
         return out
 
     def _gathered_experts(
-        self, x, dropout, lora_a, lora_b, weights, mask, scaling, n_experts, rank, out
+        self, x, dropout, lora_a, lora_b, decision, scaling, n_experts, rank, out
     ):
-        """Experts on the active (token, expert) pairs only (spec §9.2): one host sync."""
-        pairs = mask.t().nonzero()  # [K, 2] (expert, token), sorted by expert; syncs once
+        """Experts on the active (token, expert) pairs only: one host sync."""
+        weights = decision.weights
+        pairs = decision.mask.t().nonzero()  # [K, 2] (expert, token), sorted by expert; syncs once
         n_pairs = pairs.shape[0]
         out = out.to(lora_a.dtype)
         if n_pairs == 0:
@@ -405,54 +507,13 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         expert_idx, token_idx = pairs[:, 0], pairs[:, 1]
         counts = torch.bincount(expert_idx, minlength=n_experts)
         offs = counts.cumsum(0).to(torch.int32)
-        capacity = None  # the padded fallback (no grouped GEMM) sizes its buffers itself
         xg = dropout(x)[token_idx]  # [K, d_in]
         a3 = lora_a.unflatten(0, (n_experts, rank)).transpose(1, 2)  # [N, d_in, r]
         b3 = lora_b.unflatten(1, (n_experts, rank)).permute(1, 2, 0)  # [N, r, d_out]
-        hg = _SegmentMatmul.apply(xg, a3, offs, counts, capacity)  # [K, r]
+        hg = _SegmentMatmul.apply(xg, a3, offs, counts)  # [K, r]
         wg = (weights[token_idx, expert_idx] * scaling).to(hg.dtype)
-        og = _SegmentMatmul.apply(hg * wg.unsqueeze(-1), b3, offs, counts, capacity)
+        og = _SegmentMatmul.apply(hg * wg.unsqueeze(-1), b3, offs, counts)
         return out.index_add(0, token_idx, og)
 
     def __repr__(self) -> str:
         return "adamole." + super().__repr__()
-
-
-def _route(logits, routing, n_experts, tau_max, top_k, threshold_logits=None):
-    """Routing weights from float32 router logits.
-
-    ``logits`` are the gate logits ``[T, N]``; for adaptive routing ``threshold_logits``
-    ``[T, 1]`` are the threshold-net outputs (if None, they are the last column of ``logits``).
-
-    Returns ``(weights [T, N], mask [T, N] bool, score [T, N], tau)`` where ``score`` is the
-    per-expert score used by the load-balancing loss (``p - tau`` for adaptive routing, ``p``
-    otherwise) and ``tau`` is the per-token threshold ``[T, 1]`` (adaptive), a float (fixed
-    threshold) or None.
-    """
-    if routing == "adaptive":
-        if threshold_logits is None:
-            logits, threshold_logits = logits[:, :n_experts], logits[:, n_experts:]
-        probs = torch.softmax(logits, dim=-1)
-        tau = torch.sigmoid(threshold_logits) * tau_max  # [T, 1]
-        score = probs - tau
-        mask = score >= 0
-        weights = torch.where(mask, score, 0.0)
-    elif routing == "threshold":
-        probs = torch.softmax(logits, dim=-1)
-        tau = tau_max
-        score = probs
-        mask = probs >= tau_max
-        weights = torch.where(mask, probs, 0.0)
-    elif routing == "topk":
-        probs = torch.softmax(logits, dim=-1)
-        top_vals, top_idx = torch.topk(probs, top_k, dim=-1)
-        mask = torch.zeros_like(probs, dtype=torch.bool).scatter(1, top_idx, True)
-        top_vals = top_vals / top_vals.sum(-1, keepdim=True)
-        return torch.zeros_like(probs).scatter(1, top_idx, top_vals), mask, probs, None
-    else:  # dense
-        probs = torch.softmax(logits, dim=-1)
-        mask = torch.ones_like(probs, dtype=torch.bool)
-        return probs, mask, probs, None
-    total = weights.sum(-1, keepdim=True)
-    weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
-    return weights, mask, score, tau

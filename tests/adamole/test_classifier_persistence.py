@@ -19,17 +19,16 @@ from sklearn.preprocessing import FunctionTransformer
 
 from sparsekit.adamole import AdaMoLEClassifier
 
-FAST = dict(
-    num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32
-)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+FAST = {
+    "num_experts": 4,
+    "expert_rank": 2,
+    "learning_rate": 1e-2,
+    "warmup": 0,
+    "batch_size": 16,
+    "max_length": 32,
+}
 
 
 def _est(path, **kw):
@@ -166,7 +165,7 @@ def test_save_pretrained_float_labels(clf_bert_dir, sentiment_data, tmp_path):
 
 
 def test_pipeline_and_grid_search_over_num_experts(clf_bert_dir, sentiment_data):
-    X, y, Xt, yt = sentiment_data
+    X, y, Xt, _yt = sentiment_data
     pipe = Pipeline(
         [
             ("lower", FunctionTransformer(_lowercase)),

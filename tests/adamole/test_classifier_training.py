@@ -13,40 +13,17 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from sparsekit.adamole import AdaMoLEClassifier
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # fast settings for the tiny models: these learn the trivially separable task in a few epochs
-FAST = dict(
-    num_experts=4, expert_rank=2, learning_rate=1e-2, warmup=0, batch_size=16, max_length=32
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny models gain nothing from threads, and the CI cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class _Recorder:
-    """A deep-copyable callback that records its calls and can stop training."""
-
-    def __init__(self, stop_after=None):
-        self.stop_after = stop_after
-        self.calls = []
-
-    def on_train_begin(self, est, logs):
-        self.calls.append(("begin", logs["n_samples"]))
-
-    def on_batch_end(self, est, logs):
-        self.calls.append(("batch", logs["epoch"]))
-
-    def on_epoch_end(self, est, logs):
-        self.calls.append(("epoch", logs["epoch"]))
-        return self.stop_after is not None and logs["epoch"] >= self.stop_after
-
-    def on_train_end(self, est, logs):
-        self.calls.append(("end", logs["n_iter"]))
+FAST = {
+    "num_experts": 4,
+    "expert_rank": 2,
+    "learning_rate": 1e-2,
+    "warmup": 0,
+    "batch_size": 16,
+    "max_length": 32,
+}
 
 
 def _est(path, **kw):
@@ -166,7 +143,7 @@ def test_determinism_and_no_global_rng_side_effects(clf_bert_dir, sentiment_data
 
 def test_gradient_accumulation_matches_larger_batch(clf_bert_dir, sentiment_data):
     X, y, Xt, _ = sentiment_data
-    kw = dict(num_epochs=2, lora_dropout=0.0, aux_loss_coef=0.0)
+    kw = {"num_epochs": 2, "lora_dropout": 0.0, "aux_loss_coef": 0.0}
     big = _est(clf_bert_dir, batch_size=16, **kw).fit(X, y)
     acc = _est(clf_bert_dir, batch_size=8, gradient_accumulation_steps=2, **kw).fit(X, y)
     assert big.n_steps_ == acc.n_steps_ == 12
@@ -243,9 +220,9 @@ def test_early_stopping_on_validation_split(clf_bert_dir, sentiment_data):
     assert est.history_[0]["n_samples"] == 72  # 25 % of 96 held out
 
 
-def test_callbacks_are_called_and_can_stop(clf_bert_dir, sentiment_data):
+def test_callbacks_are_called_and_can_stop(clf_bert_dir, sentiment_data, recorder_cls):
     X, y, _, _ = sentiment_data
-    cb = _Recorder(stop_after=2)
+    cb = recorder_cls(stop_after=2)
     est = _est(clf_bert_dir, num_epochs=5, callbacks=[cb]).fit(X, y)
     # clone deep-copies the callbacks; fit uses the estimator's own list
     assert est.n_iter_ == 2

@@ -1,4 +1,4 @@
-"""AdaMoLELinear against a per-expert loop reference written from the spec's pseudo-code.
+"""AdaMoLELinear against a per-expert loop reference (the routing of sparsekit/adamole/_routing.py).
 
 Tolerances: float32 layer vs float64 reference: ``rtol=1e-4, atol=1e-5`` on outputs and on the
 gradient of every parameter (and of the input). bfloat16 layer (all weights and inputs bf16) vs
@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-from sparsekit.adamole import AdaMoLEConfig, AdaMoLELinear  # noqa: E402
-from sparsekit.adamole._layer import _route  # noqa: E402
+from sparsekit.adamole import AdaMoLEConfig, AdaMoLELinear
+from sparsekit.adamole._layer import _route
 
 ROUTINGS = ["adaptive", "topk", "threshold", "dense"]
 D_IN, D_OUT, N, R = 24, 20, 4, 3
@@ -24,7 +24,7 @@ D_IN, D_OUT, N, R = 24, 20, 4, 3
 
 # ----------------------------------------------------------------------------- reference
 def loop_reference(x, P, *, routing, n_experts, rank, scaling, tau_max, top_k):
-    """Official-style AdaMoLE/MoLE forward (spec §1.2, §1.7): a Python loop over experts, each
+    """Official-style AdaMoLE/MoLE forward (zefang-liu/AdaMoLE): a Python loop over experts, each
     gathering its active tokens with ``nonzero``. ``P`` holds plain tensors: W0, b0, A [N*r, d],
     B [d_out, N*r], Wg [N, d], Wt [1, d], bt [1]."""
     y = x @ P["W0"].T + P["b0"]
@@ -82,7 +82,7 @@ _NAMES = {
 
 
 def make_layer(dtype=torch.float32, seed=0, gate_std=0.5, **cfg):
-    kwargs = dict(num_experts=N, r=R, lora_alpha=6, init_lora_weights=False)
+    kwargs = {"num_experts": N, "r": R, "lora_alpha": 6, "init_lora_weights": False}
     kwargs.update(cfg)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -214,7 +214,7 @@ def _reference_split_inputs(layer, x, x_experts, P):
         m = p >= layer.tau_max[a]
         w = torch.where(m, p, torch.zeros_like(p))
     else:
-        vals, idx = torch.topk(p, layer.top_k[a], -1)
+        _vals, idx = torch.topk(p, layer.top_k[a], -1)
         m = torch.zeros_like(p, dtype=torch.bool).scatter(1, idx, True)
         w = torch.where(m, p, torch.zeros_like(p))
     tot = w.sum(-1, keepdim=True)
@@ -406,18 +406,18 @@ def test_layer_rejects_plain_lora_config():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(routing="softmax"), "routing"),
-        (dict(num_experts=0), "num_experts"),
-        (dict(r=0), "'r'"),
-        (dict(routing="topk", top_k=9, num_experts=8), "top_k"),
-        (dict(routing="topk", top_k=0), "top_k"),
-        (dict(max_threshold=1.5), "max_threshold"),
-        (dict(max_threshold=0.0), "max_threshold"),
-        (dict(aux_loss_reduction="max"), "aux_loss_reduction"),
-        (dict(expert_compute="sparse"), "expert_compute"),
-        (dict(use_dora=True), "use_dora"),
-        (dict(lora_bias=True), "lora_bias"),
-        (dict(init_lora_weights="pissa"), "init_lora_weights"),
+        ({"routing": "softmax"}, "routing"),
+        ({"num_experts": 0}, "num_experts"),
+        ({"r": 0}, "'r'"),
+        ({"routing": "topk", "top_k": 9, "num_experts": 8}, "top_k"),
+        ({"routing": "topk", "top_k": 0}, "top_k"),
+        ({"max_threshold": 1.5}, "max_threshold"),
+        ({"max_threshold": 0.0}, "max_threshold"),
+        ({"aux_loss_reduction": "max"}, "aux_loss_reduction"),
+        ({"expert_compute": "sparse"}, "expert_compute"),
+        ({"use_dora": True}, "use_dora"),
+        ({"lora_bias": True}, "lora_bias"),
+        ({"init_lora_weights": "pissa"}, "init_lora_weights"),
     ],
 )
 def test_config_validation(kwargs, match):

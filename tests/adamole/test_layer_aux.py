@@ -1,4 +1,4 @@
-"""Auxiliary load-balancing loss (spec §1.4, §9.3) and routing statistics."""
+"""Auxiliary load-balancing loss and routing statistics (sparsekit/adamole/_routing.py)."""
 
 import math
 
@@ -7,9 +7,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-from sparsekit.adamole import (  # noqa: E402
+from sparsekit.adamole import (
     AdaMoLEConfig,
     AdaMoLELinear,
     collect_aux_loss,
@@ -71,14 +71,16 @@ def test_aux_loss_excludes_padding():
 
 def test_attention_mask_of_the_wrong_size_raises():
     layer = hand_made_layer()
-    with pytest.raises(ValueError, match="attention_mask has 2 entries"):
-        with collect_aux_loss(layer, attention_mask=torch.ones(1, 2)):
-            layer(HAND_X)
+    with (
+        pytest.raises(ValueError, match="attention_mask has 2 entries"),
+        collect_aux_loss(layer, attention_mask=torch.ones(1, 2)),
+    ):
+        layer(HAND_X)
 
 
 def test_aux_loss_has_gradient_that_raises_the_threshold():
     """In training the aux loss has a gradient for the gate and the threshold net; its gradient
-    on the threshold bias is negative (descent raises tau, spec §1.5)."""
+    on the threshold bias is negative (descent raises tau, see _routing.py)."""
     layer = hand_made_layer()
     with collect_aux_loss(layer) as aux:
         layer(HAND_X)
@@ -145,9 +147,8 @@ def test_sum_and_mean_reduction():
     with collect_aux_loss(model) as aux_cfg:
         model(HAND_X)
     torch.testing.assert_close(aux_cfg.loss, aux_mean.loss)
-    with pytest.raises(ValueError, match="reduction"):
-        with collect_aux_loss(model, reduction="max"):
-            pass
+    with pytest.raises(ValueError, match="reduction"), collect_aux_loss(model, reduction="max"):
+        pass
 
 
 @pytest.mark.parametrize("routing", ["topk", "threshold", "dense"])

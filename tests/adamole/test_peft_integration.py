@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from torch import nn  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
 
-from sparsekit.adamole import (  # noqa: E402
+from sparsekit.adamole import (
     AdaMoLEConfig,
     AdaMoLELinear,
     collect_aux_loss,
@@ -139,7 +139,7 @@ def test_seq_cls_head_is_trainable_and_counted(tiny_bert_factory):
 
 
 def test_paper_parameter_count_per_module():
-    """Spec §1.6: 8x4 + gate + threshold on a 4096-wide projection = 299,009 parameters."""
+    """8x4 + gate + threshold on a 4096-wide projection = 299,009 parameters (the paper's count)."""
     layer = AdaMoLELinear(
         nn.Linear(4096, 4096, device="meta"), "default", config=AdaMoLEConfig(num_experts=8, r=4)
     )
@@ -187,8 +187,8 @@ def test_single_expert_equals_peft_lora(tiny_llama_factory, token_batch):
     lora_grads = {n: p.grad for n, p in lora.named_parameters() if p.requires_grad}
     ada_grads = {n: p.grad for n, p in ada.named_parameters() if p.requires_grad}
     assert lora_grads.keys() == ada_grads.keys()
-    for name in lora_grads:
-        torch.testing.assert_close(ada_grads[name], lora_grads[name], rtol=1e-5, atol=1e-7)
+    for name, grad in lora_grads.items():
+        torch.testing.assert_close(ada_grads[name], grad, rtol=1e-5, atol=1e-7)
     with collect_aux_loss(ada) as aux:
         ada(input_ids=ids)
     assert len(aux) == 0 and aux.loss.item() == 0.0  # no router, no balancing loss

@@ -1,4 +1,8 @@
-"""Readable numpy references for the numba kernels of sparsekit.sbl (one per kernel)."""
+"""Readable numpy references for the numba kernels of sparsekit.sbl (one per kernel).
+
+Named like the kernel without a leading underscore or an ``_inplace`` suffix
+(``tests/sbl/test_kernel_registry.py`` checks that every kernel has one).
+"""
 
 import numpy as np
 

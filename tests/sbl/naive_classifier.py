@@ -1,4 +1,8 @@
-"""Readable numpy/scipy references for the numba kernels in ``sparsekit/sbl/_classifier_kernels.py``."""
+"""Readable numpy/scipy references for the numba kernels in ``sparsekit/sbl/_classifier_kernels.py``.
+
+One function per kernel, named like the kernel without a leading underscore or an ``_inplace``
+suffix (``tests/sbl/test_kernel_registry.py`` checks that every kernel has one).
+"""
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -48,3 +52,26 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter=100, gtol=1e-12):
     H = Phi.T @ (Phi * (sw * p * (1 - p))[:, None]) + np.diag(lam)
     _sign, logdet = np.linalg.slogdet(H)
     return w, bernoulli_loss(z, t, sw), np.linalg.inv(H), logdet
+
+
+def bernoulli_terms(z, t, sw):
+    """p = sigma(z), r = sw (p - t), b = sw p (1 - p) and the weighted negative log-likelihood."""
+    p = expit(z)
+    return p, sw * (p - t), sw * p * (1.0 - p), bernoulli_loss(z, t, sw)
+
+
+def matvec(Phi, w):
+    return Phi @ w
+
+
+def rmatvec(Phi, r):
+    return Phi.T @ r
+
+
+def weighted_gram(Phi, b):
+    return Phi.T @ (b[:, None] * Phi)
+
+
+def laplace_precision(Phi, b, lam):
+    """Cholesky factor of H = Phi' diag(b) Phi + diag(lam) (lower, zero upper triangle)."""
+    return np.linalg.cholesky(weighted_gram(Phi, b) + np.diag(lam))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from sparsekit.sbl import _classifier_kernels as CK
 from sparsekit.sbl._classifier_kernels import (
     cholesky_inverse,
     cholesky_lower_inplace,
@@ -71,3 +72,80 @@ def test_laplace_newton_matches_reference(seed, separable):
     assert_allclose(S, S_ref, rtol=1e-6, atol=1e-10)
     assert_allclose(logdet, logdet_ref, rtol=1e-9)
     assert np.all(w0 == 0)  # the starting point is not modified
+
+
+def _basis(n, m, seed):
+    rng = np.random.default_rng(seed)
+    return np.ascontiguousarray(rng.normal(size=(n, m))), rng
+
+
+def test_bernoulli_terms_and_loss_match_reference():
+    """Including |z| = 40, where a naive log(1 + exp(z)) overflows or loses all digits."""
+    rng = np.random.default_rng(10)
+    z = np.concatenate([rng.normal(scale=3, size=50), [-40.0, 40.0, 0.0]])
+    t = (rng.random(z.size) < 0.5).astype(float)
+    sw = rng.uniform(0.5, 2, z.size)
+    p, r, b = np.empty(z.size), np.empty(z.size), np.empty(z.size)
+    loss = CK._bernoulli_terms(z, t, sw, p, r, b)
+    ref_p, ref_r, ref_b, ref_loss = naive.bernoulli_terms(z, t, sw)
+    assert_allclose(p, ref_p, rtol=1e-14, atol=1e-300)
+    assert_allclose(r, ref_r, rtol=1e-13, atol=1e-300)
+    assert_allclose(b, ref_b, rtol=1e-12, atol=1e-300)
+    assert_allclose(loss, ref_loss, rtol=1e-13)
+    assert_allclose(CK._bernoulli_loss(z, t, sw), naive.bernoulli_loss(z, t, sw), rtol=1e-13)
+
+
+@pytest.mark.parametrize("use_blas", [False, True], ids=["loops", "blas"])
+def test_products_match_reference_in_both_branches(use_blas):
+    Phi, rng = _basis(41, 9, 11)
+    w, r, b = rng.normal(size=9), rng.normal(size=41), rng.uniform(0, 2, 41)
+    assert_allclose(CK._matvec(Phi, w, use_blas), naive.matvec(Phi, w), rtol=1e-12, atol=1e-12)
+    assert_allclose(CK._rmatvec(Phi, r, use_blas), naive.rmatvec(Phi, r), rtol=1e-12, atol=1e-12)
+    G = CK.weighted_gram(Phi, b, use_blas)
+    assert_allclose(G, naive.weighted_gram(Phi, b), rtol=1e-12, atol=1e-12)
+    assert_allclose(G, G.T, rtol=0, atol=1e-12)
+
+
+def test_laplace_precision_matches_reference_cholesky():
+    Phi, rng = _basis(30, 6, 12)
+    b, lam = rng.uniform(0.01, 0.25, 30), rng.uniform(0.1, 2, 6)
+    for use_blas in (False, True):
+        H = np.empty((6, 6))
+        jitter = CK._laplace_precision(Phi, b, lam, H, use_blas)
+        assert jitter == 0.0
+        assert_allclose(H, naive.laplace_precision(Phi, b, lam), rtol=1e-11, atol=1e-12)
+
+
+def test_laplace_precision_adds_jitter_to_a_singular_matrix():
+    """Two equal columns and a slightly negative precision: H is indefinite, so the kernel
+    factorises H + jitter I with the smallest jitter of its ladder that works."""
+    Phi, _ = _basis(20, 3, 13)
+    Phi[:, 2] = Phi[:, 1]
+    b, lam = np.ones(20), np.array([0.0, 0.0, -1e-9])
+    H = np.empty((3, 3))
+    jitter = CK._laplace_precision(Phi, b, lam, H, False)
+    assert jitter > 0.0
+    assert_allclose(H, naive.laplace_precision(Phi, b, lam + jitter), rtol=1e-8, atol=1e-10)
+
+
+def test_laplace_newton_blas_branch_matches_reference():
+    """A basis large enough for the BLAS products (n m^2 > BLAS_MIN_WORK) gives the same mode,
+    covariance and log-determinant as the numpy reference."""
+    n, m = 2100, 100
+    assert n * m * m > CK.BLAS_MIN_WORK
+    Phi, rng = _basis(n, m, 14)
+    Phi[:, 0] = 1.0
+    w_true = np.zeros(m)
+    w_true[1:6] = rng.normal(size=5)
+    t = (rng.random(n) < 1 / (1 + np.exp(-Phi @ w_true))).astype(float)
+    sw, lam = np.ones(n), rng.uniform(0.5, 3.0, m)
+    w0 = np.zeros(m)
+    w, loss, S, logdet, status = laplace_newton_bernoulli(
+        Phi, t, sw, w0, lam, 50, 1e-10, 1e-12, 1e-4
+    )
+    assert status == 0
+    w_ref, loss_ref, S_ref, logdet_ref = naive.laplace_newton_bernoulli(Phi, t, sw, w0, lam)
+    assert_allclose(w, w_ref, rtol=1e-7, atol=1e-9)
+    assert_allclose(loss, loss_ref, rtol=1e-10)
+    assert_allclose(S, S_ref, rtol=1e-6, atol=1e-10)
+    assert_allclose(logdet, logdet_ref, rtol=1e-10)

@@ -1,0 +1,408 @@
+"""AdaMoLE routing: the routing equations, the load-balancing loss and the routing statistics.
+
+Everything that turns router outputs into numbers lives here; :mod:`._layer` only computes the
+router logits and the experts. Per token x of an adapted ``nn.Linear`` with N experts::
+
+    p   = softmax(W_g x)                        # [N], float32
+    tau = tau_max * sigmoid(W_tau x + b_tau)    # adaptive routing only
+    a   = p - tau;  m = a >= 0                  # active experts
+    w   = a * m / sum(a * m)                    # 0 for every expert when none is active
+
+``routing="threshold"`` uses the fixed ``tau = tau_max`` and ``w = p * m / sum(p * m)``;
+``"topk"`` keeps the k largest ``p`` (renormalised); ``"dense"`` uses ``w = p``.
+
+Load-balancing loss of one adapted module (AdaMoLE, Liu & Luo 2024, after the Switch
+Transformer's)::
+
+    L_mod = N * sum_i f_i * P_i
+
+with ``f_i`` the share of (non-padding) tokens that activate expert i and ``P_i`` the mean
+routing score of expert i (``p - tau`` for adaptive routing, ``p`` otherwise).
+
+Interface between a layer and the collector
+-------------------------------------------
+Inside :func:`collect_aux_loss` every AdaMoLE layer holds the active :class:`AuxLoss`
+(installed with ``layer.attach_collector``). For each routed forward pass the layer calls
+:meth:`AuxLoss.record` with its :class:`Routing`; the collector keeps the loss term and returns
+the layer's statistics increment (or None), which the layer adds to its own accumulators
+(``layer.add_routing_statistics``). :func:`routing_statistics` reads and resets those
+accumulators through ``layer.routing_accumulators`` and ``layer.reset_routing_statistics``.
+The collector never writes into a layer, and a layer never writes into the collector except
+through ``record``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AuxLoss",
+    "Routing",
+    "collect_aux_loss",
+    "route",
+    "routing_statistics",
+    "statistics_increment",
+]
+
+# Layout of a statistics increment / accumulator: these five sums, then the per-expert load.
+_STAT_FIELDS = ("tokens", "active", "zero", "tau_sum", "tau_sq")
+
+
+class Routing(NamedTuple):
+    """The routing decision of one forward pass of one adapter (T tokens, N experts)."""
+
+    weights: torch.Tensor  # [T, N] mixture weights, 0 for inactive experts
+    mask: torch.Tensor  # [T, N] bool, active experts
+    score: torch.Tensor  # [T, N] score of the load-balancing loss
+    tau: torch.Tensor | float | None  # [T, 1] (adaptive), the fixed threshold, or None
+
+
+def route(logits, routing, n_experts, tau_max, top_k, threshold_logits=None) -> Routing:
+    """Routing weights from float32 router logits.
+
+    ``logits`` are the gate logits ``[T, N]``; for adaptive routing ``threshold_logits``
+    ``[T, 1]`` are the threshold-net outputs (if None, they are the last column of ``logits``).
+
+    Returns a :class:`Routing` ``(weights, mask, score, tau)`` where ``score`` is the per-expert
+    score used by the load-balancing loss (``p - tau`` for adaptive routing, ``p`` otherwise)
+    and ``tau`` is the per-token threshold ``[T, 1]`` (adaptive), a float (fixed threshold) or
+    None.
+    """
+    if routing == "adaptive":
+        if threshold_logits is None:
+            logits, threshold_logits = logits[:, :n_experts], logits[:, n_experts:]
+        probs = torch.softmax(logits, dim=-1)
+        tau = torch.sigmoid(threshold_logits) * tau_max  # [T, 1]
+        score = probs - tau
+        mask = score >= 0
+        weights = torch.where(mask, score, 0.0)
+    elif routing == "threshold":
+        probs = torch.softmax(logits, dim=-1)
+        tau = tau_max
+        score = probs
+        mask = probs >= tau_max
+        weights = torch.where(mask, probs, 0.0)
+    elif routing == "topk":
+        probs = torch.softmax(logits, dim=-1)
+        top_vals, top_idx = torch.topk(probs, top_k, dim=-1)
+        mask = torch.zeros_like(probs, dtype=torch.bool).scatter(1, top_idx, True)
+        top_vals = top_vals / top_vals.sum(-1, keepdim=True)
+        return Routing(torch.zeros_like(probs).scatter(1, top_idx, top_vals), mask, probs, None)
+    elif routing == "dense":
+        probs = torch.softmax(logits, dim=-1)
+        mask = torch.ones_like(probs, dtype=torch.bool)
+        return Routing(probs, mask, probs, None)
+    else:
+        raise ValueError(
+            f"routing must be 'adaptive', 'topk', 'threshold' or 'dense'; got {routing!r}."
+        )
+    total = weights.sum(-1, keepdim=True)
+    weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
+    return Routing(weights, mask, score, tau)
+
+
+def statistics_increment(decision: Routing, valid=None) -> torch.Tensor:
+    """Routing statistics of one forward pass as one on-device vector (no host sync).
+
+    ``[tokens, active experts, tokens with no expert, sum tau, sum tau^2, load_1..load_N]``,
+    each summed over the tokens where ``valid`` (float ``[T]``, 1 = real token) is 1.
+    """
+    mask, tau = decision.mask, decision.tau
+    with torch.no_grad():
+        device = mask.device
+        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        fmask = mask.to(acc_dtype)
+        n_active = fmask.sum(-1)
+        zero = (n_active == 0).to(acc_dtype)
+        tau_t = tau.detach().reshape(-1).to(acc_dtype) if isinstance(tau, torch.Tensor) else None
+        if valid is None:
+            count = fmask.new_full((), mask.shape[0])
+            load = fmask.sum(0)
+            active, zeros = n_active.sum(), zero.sum()
+            if tau_t is not None:
+                tau_sum, tau_sq = tau_t.sum(), (tau_t * tau_t).sum()
+        else:
+            v = valid.to(acc_dtype)
+            count = v.sum()
+            load = v @ fmask
+            active, zeros = v @ n_active, v @ zero
+            if tau_t is not None:
+                tau_sum, tau_sq = v @ tau_t, v @ (tau_t * tau_t)
+        if tau_t is None:
+            fixed = float(tau) if tau is not None else 0.0
+            tau_sum, tau_sq = count * fixed, count * (fixed * fixed)
+        return torch.cat([torch.stack([count, active, zeros, tau_sum, tau_sq]), load])
+
+
+def _keep(tensor):
+    return tensor
+
+
+class AuxLoss:
+    """Load-balancing losses of the AdaMoLE layers run inside :func:`collect_aux_loss`.
+
+    Parameters
+    ----------
+    attention_mask : tensor-like of shape (batch, seq_len), default=None
+        1 for real tokens, 0 for padding; padding is left out of the loss and the statistics.
+    statistics : bool, default=True
+        Whether :meth:`record` returns routing-statistics increments.
+    reduction : {"sum", "mean"} or None, default=None
+        Overrides each adapter's ``aux_loss_reduction``.
+    device : torch.device or None, default=None
+        Device of the zero loss returned when no layer recorded anything.
+
+    Attributes
+    ----------
+    terms : list of torch.Tensor
+        One 0-dim float32 tensor per (adapted module, adapter, forward pass), in call order:
+        ``L_mod = N * sum_i f_i * P_i`` over non-padding tokens (see the module docstring).
+    statistics : bool
+        Whether routing statistics are collected.
+    reduction : str or None
+        The reduction override.
+    """
+
+    def __init__(self, attention_mask=None, statistics=True, reduction=None, device=None):
+        self.statistics = statistics
+        self.reduction = reduction
+        self.terms: list[torch.Tensor] = []
+        self._reductions: list[str] = []
+        self._device = device
+        self._mask = None
+        self._mask_by_device: dict[torch.device, torch.Tensor] = {}
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask)
+            if mask.dim() == 0:
+                raise ValueError("attention_mask must have one entry per token, e.g. [batch, seq].")
+            self._mask = mask.reshape(-1) != 0
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The reduced auxiliary loss (0-dim float32 tensor, with grad in training).
+
+        ``"sum"`` adds the module terms (paper parity), ``"mean"`` averages them; it is 0.0 if no
+        AdaMoLE layer with a router ran in the context. Not multiplied by any coefficient.
+        """
+        if not self.terms:
+            return torch.zeros((), dtype=torch.float32, device=self._device)
+        device = self.terms[0].device
+        groups: dict[str, list[torch.Tensor]] = {}
+        for term, red in zip(self.terms, self._reductions):
+            groups.setdefault(self.reduction or red, []).append(term.to(device))
+        total = None
+        for red, terms in groups.items():
+            stacked = torch.stack(terms)
+            value = stacked.sum() if red == "sum" else stacked.mean()
+            total = value if total is None else total + value
+        return total
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def _valid(self, n_tokens, device):
+        if self._mask is None:
+            return None
+        if self._mask.numel() != n_tokens:
+            raise ValueError(
+                f"attention_mask has {self._mask.numel()} entries but an AdaMoLE layer received "
+                f"{n_tokens} tokens; pass the attention_mask of exactly the batch given to the "
+                "model (shape [batch, seq_len])."
+            )
+        valid = self._mask_by_device.get(device)
+        if valid is None:
+            valid = self._mask.to(device=device, dtype=torch.float32)
+            self._mask_by_device[device] = valid
+        return valid
+
+    def record(self, decision: Routing, *, n_experts: int, reduction: str):
+        """Add the load-balancing term of one routed forward pass.
+
+        Called by an AdaMoLE layer for each adapter with a router.
+
+        Parameters
+        ----------
+        decision : Routing
+            The routing of the pass (T tokens).
+        n_experts : int
+            Number of experts N of the adapter.
+        reduction : {"sum", "mean"}
+            The adapter's ``aux_loss_reduction`` (unless overridden by ``self.reduction``).
+
+        Returns
+        -------
+        torch.Tensor or None
+            The statistics increment of the pass (see :func:`statistics_increment`) for the
+            layer to accumulate, or None when ``statistics=False``.
+        """
+        mask, score = decision.mask, decision.score
+        valid = self._valid(mask.shape[0], score.device)
+        # The identity hooks keep what the aux loss saves for backward out of a surrounding
+        # non-reentrant checkpoint: its recompute (which skips this method) must save exactly
+        # the tensors the checkpointed forward saved.
+        with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            fmask = mask.to(score.dtype)
+            if valid is None:
+                frac = fmask.mean(0)
+                prob = score.mean(0)
+            else:
+                denom = valid.sum().clamp_min(1.0)
+                frac = (valid @ fmask) / denom
+                prob = (valid @ score) / denom
+            self.terms.append(n_experts * (frac @ prob))
+        self._reductions.append(reduction)
+        if not self.statistics:
+            return None
+        return statistics_increment(decision, valid)
+
+
+def _routed_layers(model: nn.Module):
+    from ._layer import AdaMoLELinear  # the layer module imports this one
+
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, AdaMoLELinear)]
+
+
+@contextmanager
+def collect_aux_loss(
+    model: nn.Module, attention_mask=None, *, statistics: bool = True, reduction: str | None = None
+) -> Iterator[AuxLoss]:
+    """Collect the AdaMoLE load-balancing loss of the forward passes run inside the context.
+
+    Usage::
+
+        with collect_aux_loss(peft_model, attention_mask=batch["attention_mask"]) as aux:
+            out = peft_model(**batch)
+        loss = out.loss + coef * aux.loss
+
+    The loss of each adapted module is computed from that forward's routing (f_i the share of
+    tokens activating expert i, P_i the mean score, ``p - tau`` for adaptive routing and ``p``
+    otherwise, ``L = N * sum_i f_i * P_i``; see :mod:`sparsekit.adamole._routing`) over the
+    tokens where ``attention_mask`` is non-zero, and reduced over modules with the adapter's
+    ``aux_loss_reduction``. Nothing is stored on the modules, so the value is fresh under
+    ``torch.no_grad`` and correct with DDP and non-reentrant gradient checkpointing (recomputes
+    in the backward pass are ignored). With reentrant checkpointing the first forward runs
+    without grad, so the loss has no gradient: use
+    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model holding AdaMoLE layers (a PeftModel, possibly wrapped in DDP).
+    attention_mask : tensor-like of shape (batch, seq_len), default=None
+        1 for real tokens, 0 for padding. Padding is excluded from the loss and statistics.
+    statistics : bool, default=True
+        Also accumulate routing statistics on device (read with :func:`routing_statistics`).
+    reduction : {"sum", "mean"} or None, default=None
+        Overrides the configured ``aux_loss_reduction``.
+
+    Yields
+    ------
+    AuxLoss
+        ``aux.loss`` is a 0-dim tensor (0.0 if no router ran), not multiplied by a coefficient.
+    """
+    if reduction not in (None, "sum", "mean"):
+        raise ValueError(f"reduction must be None, 'sum' or 'mean'; got {reduction!r}.")
+    layers = [m for _, m in _routed_layers(model)]
+    device = None
+    for param in model.parameters():
+        device = param.device
+        break
+    collector = AuxLoss(attention_mask, statistics=statistics, reduction=reduction, device=device)
+    previous = [layer.attach_collector(collector) for layer in layers]
+    try:
+        yield collector
+    finally:
+        for layer, prev in zip(layers, previous):
+            layer.attach_collector(prev)
+
+
+def _short_name(name: str) -> str:
+    for prefix in ("module.", "base_model.model."):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def _module_summary(vec, has_tau):
+    count, active, zeros, t_sum, t_sq = vec[: len(_STAT_FIELDS)]
+    t_mean = t_sum / count if has_tau else math.nan
+    t_std = math.sqrt(max(t_sq / count - t_mean * t_mean, 0.0)) if has_tau else math.nan
+    return {
+        "mean_active_experts": active / count,
+        "zero_expert_fraction": zeros / count,
+        "tau_mean": t_mean,
+        "tau_std": t_std,
+        "expert_load": [v / count for v in vec[len(_STAT_FIELDS) :]],
+        "tokens": int(count),
+    }
+
+
+def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
+    """Routing statistics accumulated inside :func:`collect_aux_loss` since the last reset.
+
+    The on-device accumulators of every AdaMoLE layer are read with one device-to-host copy.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model holding AdaMoLE layers.
+    reset : bool, default=True
+        Clear the accumulators after reading.
+
+    Returns
+    -------
+    dict
+        ``{}`` if no (non-padding) token was routed. Otherwise plain Python values:
+        ``mean_active_experts`` (mean over modules of the mean number of active experts per
+        token), ``zero_expert_fraction`` (share of tokens with no active expert),
+        ``tau_mean``/``tau_std`` (threshold over all tokens and modules; NaN for top-k and dense
+        routing, which have none), ``expert_load`` (mean over modules of the share of tokens
+        activating each expert) and ``per_module`` (the same per module, keyed by module name).
+    """
+    items = []
+    for name, layer in _routed_layers(model):
+        accumulators = layer.routing_accumulators()
+        for adapter, acc in accumulators.items():
+            key = _short_name(name) if len(accumulators) == 1 else f"{_short_name(name)}[{adapter}]"
+            items.append((key, layer, adapter, acc))
+    if not items:
+        return {}
+    device = items[0][3].device
+    flat = torch.cat([acc.to(device) for *_, acc in items]).cpu().tolist()  # the one sync
+    if reset:
+        for _, layer, adapter, _ in items:
+            layer.reset_routing_statistics(adapter)
+
+    per_module = {}
+    loads = []
+    tau_n = tau_s = tau_s2 = 0.0
+    offset = 0
+    for key, layer, adapter, acc in items:
+        vec = flat[offset : offset + acc.numel()]
+        offset += acc.numel()
+        if vec[0] <= 0:
+            continue
+        has_tau = layer.routing[adapter] in ("adaptive", "threshold")
+        per_module[key] = _module_summary(vec, has_tau)
+        loads.append(per_module[key]["expert_load"])
+        if has_tau:
+            tau_n, tau_s, tau_s2 = tau_n + vec[0], tau_s + vec[3], tau_s2 + vec[4]
+    if not per_module:
+        return {}
+    n_mod = len(per_module)
+    width = max(len(load) for load in loads)
+    same = [load for load in loads if len(load) == width]
+    pooled_mean = tau_s / tau_n if tau_n else math.nan
+    return {
+        "mean_active_experts": sum(m["mean_active_experts"] for m in per_module.values()) / n_mod,
+        "zero_expert_fraction": sum(m["zero_expert_fraction"] for m in per_module.values()) / n_mod,
+        "tau_mean": pooled_mean,
+        "tau_std": (math.sqrt(max(tau_s2 / tau_n - pooled_mean**2, 0.0)) if tau_n else math.nan),
+        "expert_load": [sum(col) / len(same) for col in zip(*same)],
+        "per_module": per_module,
+    }

@@ -1,0 +1,38 @@
+"""Fixtures shared by the SBL and AdaMoLE tests. Nothing here imports torch at collection time."""
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+_HELPERS = "sparsekit_test_helpers"
+
+
+def _helpers():
+    """``tests/helpers.py``, imported once under a fixed module name (so its classes pickle)."""
+    if _HELPERS not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            _HELPERS, pathlib.Path(__file__).with_name("helpers.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_HELPERS] = module
+        spec.loader.exec_module(module)
+    return sys.modules[_HELPERS]
+
+
+@pytest.fixture(scope="session")
+def recorder_cls():
+    """The :class:`tests.helpers.Recorder` callback class."""
+    return _helpers().Recorder
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread: the tiny models gain nothing from threads,
+    and the CI cores are shared. Restores the previous setting afterwards."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

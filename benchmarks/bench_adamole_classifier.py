@@ -188,8 +188,10 @@ def main():
         )
     )
     lines = [
-        f"MiniLM-L6, {N} Rotten Tomatoes sentences, max_length {MAX_LEN}, batch {BATCH}, "
-        f"{args.threads} thread(s), median of {args.repeats}",
+        (
+            f"MiniLM-L6, {N} Rotten Tomatoes sentences, max_length {MAX_LEN}, batch {BATCH}, "
+            f"{args.threads} thread(s), median of {args.repeats}"
+        ),
         "",
         "| arm | train epoch (s) | predict (s) | train / peft LoRA | predict / peft LoRA |",
         "|---|---|---|---|---|",

@@ -449,10 +449,12 @@ def markdown(rows, meta):
         "",
         f"{meta['environment']}",
         "",
-        'Times are medians over the repeats of one forward+backward step; "wall" is '
-        'wall-clock time, "CPU" the process CPU time (less sensitive to other processes on a '
-        "shared machine; equal to wall time when the process is alone on its core). Ratios are "
-        "taken between arms measured in this run.",
+        (
+            'Times are medians over the repeats of one forward+backward step; "wall" is '
+            'wall-clock time, "CPU" the process CPU time (less sensitive to other processes on a '
+            "shared machine; equal to wall time when the process is alone on its core). Ratios are "
+            "taken between arms measured in this run."
+        ),
         "",
         *lines,
         "",

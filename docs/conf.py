@@ -9,6 +9,7 @@ The gallery scripts in ``examples/gallery`` run during the build (sphinx-gallery
 """
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_examples/*.md5"]
-templates_path = []
+templates_path = ["_templates"]
 
 autosummary_generate = True
 autodoc_default_options = {"members": True, "inherited-members": False}
@@ -69,6 +70,8 @@ html_show_sourcelink = False
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples" / "gallery"),
     "gallery_dirs": "auto_examples",
+    "doc_module": ("sparsekit",),
+    "backreferences_dir": "gen_modules/backreferences",
     "filename_pattern": r"/plot_",
     "plot_gallery": "False" if os.environ.get("SPARSEKIT_DOCS_NO_GALLERY") else "True",
     "download_all_examples": False,
@@ -79,3 +82,17 @@ sphinx_gallery_conf = {
     "image_scrapers": ("matplotlib",),
     "reset_modules": ("matplotlib",),
 }
+
+
+_SHAPE_NAME = re.compile(r"\(([A-Za-z][A-Za-z0-9_]*_),\)")
+
+
+def _escape_shape_names(app, what, name, obj, options, lines):
+    # Docstrings say ``shape (n_features_in_,)`` in type lines, where reST reads ``word_`` as a
+    # hyperlink reference; render the underscore literally instead.
+    for i, line in enumerate(lines):
+        lines[i] = _SHAPE_NAME.sub(lambda m: f"({m.group(1)[:-1]}\\_,)", line)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _escape_shape_names)

@@ -75,6 +75,10 @@ modules = list(per_token[0])
 grid = np.array([[stats[m]["mean_active_experts"] for stats in per_token] for m in modules])
 short = [m.split("encoder.")[-1].replace("attention.", "").replace("layer.", "L") for m in modules]
 
+# %%
+# Left: active experts per token and layer. Right: the threshold and the number of active experts
+# over training (one point per epoch, from ``history_``).
+epochs = [h["epoch"] for h in clf.history_]
 fig, axes = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [3, 2]})
 im = axes[0].imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=clf.num_experts)
 axes[0].set_xticks(range(len(tokens)), tokens, rotation=60, fontsize=8)
@@ -82,9 +86,6 @@ axes[0].set_yticks(range(len(modules)), short, fontsize=6)
 axes[0].set_title("active experts per layer and token", fontsize=10)
 fig.colorbar(im, ax=axes[0], label="active experts (of 8)")
 
-# %%
-# Threshold and active experts over training (one point per epoch, from ``history_``).
-epochs = [h["epoch"] for h in clf.history_]
 ax = axes[1]
 ax.plot(epochs, [h["tau_mean"] / tau_max for h in clf.history_], "o-", label="mean τ / τ_max")
 ax.set_xlabel("epoch")

@@ -1,6 +1,6 @@
 """
 AdaMoLE training curves from ``history_``, against plain LoRA
-============================================================
+=============================================================
 
 Two :class:`~sparsekit.AdaMoLEClassifier` fits on the same Rotten Tomatoes sentences and MiniLM:
 AdaMoLE with eight rank-4 experts, and plain LoRA (``num_experts=1, routing="dense"`` is exactly
@@ -80,8 +80,8 @@ for i, (name, (clf, losses)) in enumerate(fitted.items()):
     axes[1].plot(epochs, [h["valid_loss"] for h in clf.history_], "o-", color=f"C{i}")
     axes[2].plot(epochs, [h["valid_accuracy"] for h in clf.history_], "o-", color=f"C{i}")
 axes[0].set(xlabel="batch", ylabel="training loss", title="training loss per batch")
-axes[1].set(xlabel="epoch", ylabel="loss", title="validation loss")
-axes[2].set(xlabel="epoch", ylabel="accuracy", title="validation accuracy")
+axes[1].set(xlabel="epoch", ylabel="loss", title="validation loss", xticks=epochs)
+axes[2].set(xlabel="epoch", ylabel="accuracy", title="validation accuracy", xticks=epochs)
 axes[0].legend(fontsize=8)
 fig.tight_layout()
 plt.show()

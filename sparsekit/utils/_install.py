@@ -29,6 +29,7 @@ def pip_install_hint(extra: str | None = None) -> str:
 
     Examples
     --------
+    >>> from sparsekit.utils._install import pip_install_hint
     >>> pip_install_hint("adamole")
     'pip install "sparsekit-learn[adamole]"'
     >>> pip_install_hint()

@@ -103,7 +103,7 @@ def test_public_names():
     assert set(sparsekit.__all__) >= {"DQNSBLRegressor", "DQNSBLClassifier", "EvidenceWarning"}
     assert sparsekit.EvidenceWarning is EvidenceWarning
     with pytest.raises(AttributeError):
-        sparsekit.NoSuchThing  # noqa: B018
+        _ = sparsekit.NoSuchThing
 
 
 def test_distribution_name_and_extras():

@@ -50,6 +50,26 @@ t0 = time.perf_counter()
 import numpy as np
 import sparsekit
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
+from numba.core import event
+
+compile_s, started = {}, {}
+
+
+class Timer(event.Listener):
+    # Wall time of each compilation of a sparsekit kernel (including the kernels it calls).
+    def on_start(self, ev):
+        started[id(ev.data["dispatcher"])] = time.perf_counter()
+
+    def on_end(self, ev):
+        d = ev.data["dispatcher"]
+        name = getattr(getattr(d, "py_func", None), "__qualname__", "")
+        module = getattr(getattr(d, "py_func", None), "__module__", "") or ""
+        if module.startswith("sparsekit"):
+            key = module.rsplit(".", 1)[-1] + "." + name
+            compile_s[key] = compile_s.get(key, 0.0) + time.perf_counter() - started[id(d)]
+
+
+event.register("numba:compile", Timer())
 t1 = time.perf_counter()
 rng = np.random.default_rng(0)
 X = rng.normal(size=(300, 10))
@@ -61,7 +81,7 @@ est.fit(X, y)
 t2 = time.perf_counter()
 eval(sys.argv[1]).fit(X, y)
 t3 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "fit": t2 - t1, "refit": t3 - t2, "file": sparsekit.__file__}))
+print(json.dumps({"import": t1 - t0, "fit": t2 - t1, "refit": t3 - t2, "compile": compile_s}))
 """
 
 
@@ -169,6 +189,23 @@ def main():
         shutil.rmtree(cwd, ignore_errors=True)
     load_after = os.getloadavg()[0]
 
+    # What dominates a cold first fit: compile time per kernel (medians over the cold runs;
+    # a kernel's time includes the kernels it calls and compiles on the way).
+    breakdown = []
+    for label, runs in raw.items():
+        kernels = sorted({k for r in runs["cold"] for k in r["compile"]})
+        per = {
+            k: statistics.median(r["compile"].get(k, 0.0) for r in runs["cold"]) for k in kernels
+        }
+        top = sorted(per.items(), key=lambda kv: -kv[1])[:4]
+        breakdown.append(
+            {
+                "estimator": label,
+                "kernels": len(kernels),
+                "top": ", ".join(f"{k} {v:.1f} s" for k, v in top),
+            }
+        )
+
     columns = [
         ("estimator", "estimator (defaults)"),
         ("problem", "problem"),
@@ -203,10 +240,24 @@ def main():
             "",
             markdown_table(rows, columns),
             "",
+            (
+                "Compilation per kernel in the cold runs (wall seconds, median; a kernel's time "
+                "includes the kernels it calls and compiles first, so the numbers nest):"
+            ),
+            "",
+            markdown_table(
+                breakdown,
+                [
+                    ("estimator", "estimator"),
+                    ("kernels", "kernels compiled"),
+                    ("top", "slowest to compile"),
+                ],
+            ),
+            "",
             f"Environment: {json.dumps(environment())}",
         ]
     )
-    write_results("first_run", md, {"meta": meta, "rows": rows, "raw": raw})
+    write_results("first_run", md, {"meta": meta, "rows": rows, "compile": breakdown, "raw": raw})
     print(md)
 
 

@@ -89,6 +89,7 @@ fig.colorbar(im, ax=axes[0], label="active experts (of 8)")
 ax = axes[1]
 ax.plot(epochs, [h["tau_mean"] / tau_max for h in clf.history_], "o-", label="mean τ / τ_max")
 ax.set_xlabel("epoch")
+ax.set_xticks(epochs)
 ax.set_ylabel("mean τ / τ_max")
 ax.set_ylim(0, 1)
 ax2 = ax.twinx()

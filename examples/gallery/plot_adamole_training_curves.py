@@ -70,7 +70,9 @@ for name, params in arms.items():
     )
 
 # %%
-# Batch losses (smoothed over 4 batches) and the per-epoch validation records.
+# Batch losses (smoothed over 4 batches) and the per-epoch validation records. The loss a callback
+# sees is the optimised one, task loss plus ``aux_loss_coef`` times the load-balancing loss, so
+# AdaMoLE's curve starts higher; ``history_[i]["train_loss"]`` is the task loss alone.
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
 for i, (name, (clf, losses)) in enumerate(fitted.items()):
     smooth = np.convolve(losses, np.ones(4) / 4, mode="valid")

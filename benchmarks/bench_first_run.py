@@ -98,8 +98,20 @@ def make_venv(where: Path, env) -> tuple[Path, float]:
     t0 = time.perf_counter()
     run([sys.executable, "-m", "venv", str(where)], env)
     py = where / "bin" / "python"
-    run([str(py), "-m", "pip", "install", "--quiet", str(ROOT)], env, timeout=1800)
+    install(py, env)
     return py, time.perf_counter() - t0
+
+
+def install(py: Path, env, *extra):
+    """``pip install .`` into the venv, removing the build folders it leaves in the checkout."""
+    leftovers = [ROOT / "build", ROOT / "sparsekit_learn.egg-info"]
+    existed = {p for p in leftovers if p.exists()}
+    try:
+        run([str(py), "-m", "pip", "install", "--quiet", *extra, str(ROOT)], env, timeout=1800)
+    finally:
+        for p in leftovers:
+            if p not in existed:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def clear_numba_cache(package_dir: Path):
@@ -137,19 +149,7 @@ def main():
     load_before = os.getloadavg()[0]
     if (venv / "bin" / "python").exists():
         py, install_s = venv / "bin" / "python", float("nan")
-        run(
-            [
-                str(py),
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--force-reinstall",
-                str(ROOT),
-            ],
-            env,
-        )
+        install(py, env, "--no-deps", "--force-reinstall")
     else:
         py, install_s = make_venv(venv, env)
     print(f"venv ready in {install_s:.0f} s: {py}", flush=True)

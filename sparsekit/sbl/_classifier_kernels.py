@@ -9,13 +9,14 @@ has a numpy reference in ``tests/sbl/naive_classifier.py``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from ..utils._numba import jit
 
 BLAS_MIN_WORK = 2e7  # n * m^2 above which the weighted Gram matrix goes to BLAS
 
 
-@numba.njit(cache=True)
+@jit
 def cholesky_lower_inplace(H):
     """Overwrite the lower triangle of the symmetric ``H`` with its Cholesky factor L.
 
@@ -41,7 +42,7 @@ def cholesky_lower_inplace(H):
     return True
 
 
-@numba.njit(cache=True)
+@jit
 def cholesky_solve(L, b):
     """Solve ``L L' x = b`` for a lower-triangular L."""
     m = L.shape[0]
@@ -60,7 +61,7 @@ def cholesky_solve(L, b):
     return x
 
 
-@numba.njit(cache=True)
+@jit
 def cholesky_inverse(L):
     """``(L L')^-1`` from a lower-triangular L (via ``L^-1``)."""
     m = L.shape[0]
@@ -84,7 +85,7 @@ def cholesky_inverse(L):
     return S
 
 
-@numba.njit(cache=True)
+@jit
 def _bernoulli_terms(z, t, sw, p, r, b):
     """Fill p = sigma(z), r = sw (p - t), b = sw p (1 - p); return the negative log-likelihood."""
     loss = 0.0
@@ -105,7 +106,7 @@ def _bernoulli_terms(z, t, sw, p, r, b):
     return loss
 
 
-@numba.njit(cache=True)
+@jit
 def _bernoulli_loss(z, t, sw):
     loss = 0.0
     for i in range(z.shape[0]):
@@ -118,7 +119,7 @@ def _bernoulli_loss(z, t, sw):
     return loss
 
 
-@numba.njit(cache=True)
+@jit
 def _matvec(Phi, w, use_blas):
     if use_blas:
         return np.dot(Phi, w)
@@ -132,7 +133,7 @@ def _matvec(Phi, w, use_blas):
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def _rmatvec(Phi, r, use_blas):
     if use_blas:
         return np.dot(Phi.T, r)
@@ -145,7 +146,7 @@ def _rmatvec(Phi, r, use_blas):
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def weighted_gram(Phi, b, use_blas):
     """``Phi' diag(b) Phi`` for a C-contiguous Phi: BLAS for large products, else plain loops.
 
@@ -172,7 +173,7 @@ def weighted_gram(Phi, b, use_blas):
     return G
 
 
-@numba.njit(cache=True)
+@jit
 def _laplace_precision(Phi, b, lam, H, use_blas):
     """H = Phi' diag(b) Phi + diag(lam), factorised in place; jitter is added if needed."""
     m = Phi.shape[1]
@@ -193,7 +194,7 @@ def _laplace_precision(Phi, b, lam, H, use_blas):
     return -1.0
 
 
-@numba.njit(cache=True)
+@jit
 def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1):
     """Exact Laplace step of one binary problem: damped Newton to the posterior mode.
 

@@ -11,15 +11,16 @@ kernel's dependencies, delete ``sparsekit/sbl/__pycache__``.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
+
+from ..utils._numba import jit
 
 MACKAY = 0
 EM = 1
 
 
-@numba.njit(parallel=True, cache=True)
+@jit(parallel=True)
 def weighted_column_moments(Phi, sw):
     """Weighted mean and weighted sum of squared deviations of each column of ``Phi``.
 
@@ -46,7 +47,7 @@ def weighted_column_moments(Phi, sw):
     return mean, ssd
 
 
-@numba.njit(parallel=True, cache=True)
+@jit(parallel=True)
 def center_scale_inplace(Phi, offset, inv_scale):
     """``Phi[:, j] = (Phi[:, j] - offset[j]) * inv_scale[j]`` in place, without a temporary."""
     n, m = Phi.shape
@@ -57,7 +58,7 @@ def center_scale_inplace(Phi, offset, inv_scale):
             Phi[i, j] = (Phi[i, j] - o) * s
 
 
-@numba.njit(parallel=True, cache=True)
+@jit(parallel=True)
 def weighted_sq_column_norms(Phi, b):
     """Curvature diagonal of the data term: ``(Phi * Phi).T @ b`` in one pass, no n-by-m temporary."""
     n, m = Phi.shape
@@ -71,7 +72,7 @@ def weighted_sq_column_norms(Phi, b):
     return out
 
 
-@numba.njit(cache=True)
+@jit
 def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floor, alpha_floor):
     """Re-estimate the weight precisions from the posterior mean and the covariance diagonal.
 
@@ -101,13 +102,12 @@ def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floo
             a = np.inf
         else:
             a = num / den
-        if a < alpha_floor:
-            a = alpha_floor
+        a = max(a, alpha_floor)
         alpha_new[j] = a
     return alpha_new, gamma
 
 
-@numba.njit(cache=True)
+@jit
 def compact_columns_inplace(Phi, keep):
     """Move the columns listed in ``keep`` (strictly increasing) to the front of ``Phi``, in order.
 
@@ -122,7 +122,7 @@ def compact_columns_inplace(Phi, keep):
                 Phi[i, k] = Phi[i, src]
 
 
-@numba.njit(cache=True)
+@jit
 def dbfgs_update(d, s, y, d_min, d_max, eps):
     """Diagonal of a BFGS update of ``diag(d)`` with the pair (s, y), clipped to [d_min, d_max].
 
@@ -150,7 +150,7 @@ def dbfgs_update(d, s, y, d_min, d_max, eps):
     return True
 
 
-@numba.njit(cache=True)
+@jit
 def psb_update(d, s, y, d_min, d_max, eps):
     """Weak-secant least-change diagonal update (Zhu, Nazareth & Wolkowicz 1999), clipped.
 

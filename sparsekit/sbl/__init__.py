@@ -3,4 +3,4 @@
 from ._classifier import DQNSBLClassifier
 from ._regressor import DQNSBLRegressor
 
-__all__ = ["DQNSBLRegressor", "DQNSBLClassifier"]
+__all__ = ["DQNSBLClassifier", "DQNSBLRegressor"]

@@ -173,8 +173,8 @@ def test_csr_equals_dense():
     np.testing.assert_allclose(
         sparse.predict(sp.csr_matrix(X[:5])), dense.predict(X[:5]), rtol=1e-8
     )
-    m1, s1 = sparse.predict(sp.csr_matrix(X[:5]), return_std=True)
-    m2, s2 = dense.predict(X[:5], return_std=True)
+    _, s1 = sparse.predict(sp.csr_matrix(X[:5]), return_std=True)
+    _, s2 = dense.predict(X[:5], return_std=True)
     np.testing.assert_allclose(s1, s2, rtol=1e-8)
 
 
@@ -278,7 +278,7 @@ def test_return_std_is_sensible():
     X = rng.uniform(-1, 1, size=(200, 3))
     y = X @ np.array([1.0, -2.0, 0.5]) + 0.2 * rng.normal(size=200)
     reg = DQNSBLRegressor().fit(X, y)
-    mean, std = reg.predict(np.array([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]]), return_std=True)
+    _, std = reg.predict(np.array([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]]), return_std=True)
     assert std[0] == pytest.approx(1 / np.sqrt(reg.alpha_), rel=0.05)  # at the data centre
     assert std[1] > std[0]  # far from the data the weight uncertainty shows
     assert 1 / np.sqrt(reg.alpha_) == pytest.approx(0.2, rel=0.15)

@@ -59,11 +59,6 @@ def test_sbl_works_without_torch_and_adamole_error_is_clear():
     assert "[adamole]" in out.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pending: sparsekit/adamole/__init__.py (issue 13) still prints the old distribution "
-    "name; remove this marker once its message uses sparsekit.utils._install.pip_install_hint",
-)
 def test_adamole_error_names_the_distribution():
     out = _run(BLOCK_TORCH + "import sparsekit.adamole\n")
     assert "ImportError" in out.stderr
@@ -133,7 +128,6 @@ def _expand(extras, name):
 
 def test_no_message_points_to_the_unrelated_sparsekit_distribution():
     # `pip install sparsekit[...]` installs someone else's project.
-    pending = {"sparsekit/adamole/__init__.py"}  # issue 13 owns it; the lead fixes it after merge
     offenders = []
     paths = [
         *ROOT.glob("sparsekit/**/*.py"),
@@ -146,8 +140,6 @@ def test_no_message_points_to_the_unrelated_sparsekit_distribution():
         if any(part in ("_build", "auto_examples", "generated") for part in path.parts):
             continue
         rel = path.relative_to(ROOT).as_posix()
-        if rel in pending:
-            continue
         text = path.read_text()
         if '"sparsekit[' in text or "install sparsekit[" in text or "install sparsekit " in text:
             offenders.append(rel)

@@ -1,15 +1,17 @@
 """AdaMoLE: adaptive mixture of LoRA experts, plugged into peft, and a scikit-learn text classifier.
 
-Needs the ``adamole`` extra::
+Needs the ``adamole`` extra, with torch installed first in the build you want::
 
-    pip install torch==2.13.0          # the CPU wheel; a looser pin can pull a multi-GB CUDA build
-    pip install "sparsekit[adamole]"
+    pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu   # CPU build
+    pip install "sparsekit-learn[adamole]"
 
 Names are resolved lazily (PEP 562), so importing this package costs nothing until a name is used.
 """
 
 import importlib
 import importlib.util
+
+from ..utils._install import TORCH_CPU, pip_install_hint
 
 
 def _missing_dependencies():
@@ -26,9 +28,9 @@ def _missing_dependencies():
 _MISSING = _missing_dependencies()
 if _MISSING:
     raise ImportError(
-        f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install the "
-        "'adamole' extra: `pip install torch==2.13.0` first (CPU wheel), then "
-        '`pip install "sparsekit[adamole]"`.'
+        f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install torch "
+        f"first, pinned, in the build you want (CPU: `{TORCH_CPU}`; CUDA on Linux: "
+        f"`pip install torch==2.13.0`), then the 'adamole' extra: `{pip_install_hint('adamole')}`."
     )
 
 _LAZY = {

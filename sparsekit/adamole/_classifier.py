@@ -9,6 +9,7 @@ live in their own modules: the heads in ``_heads.py``, model loading and adapter
 from __future__ import annotations
 
 import os
+import sys
 from numbers import Integral, Real
 from typing import ClassVar
 
@@ -115,8 +116,10 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         Seeds the adapter and head initialisation, dropout, shuffling and the validation split.
         Only local generators are used (``torch.random.fork_rng``), so the global torch/numpy RNGs
         are left untouched. With an int, two fits on CPU give identical predictions.
-    verbose : int, default=0
+    verbose : int or "auto", default="auto"
         0: silent; 1: progress bars and one line per epoch; 2: also transformers' own load messages.
+        ``"auto"`` is 1 when standard error is a terminal and 0 otherwise (logs, CI, notebooks
+        that capture stderr stay clean).
 
     Attributes
     ----------
@@ -202,7 +205,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         "callbacks": [list, tuple, None],
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
     }
 
     def __init__(
@@ -236,7 +239,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         callbacks=None,
         warm_start=False,
         random_state=None,
-        verbose=0,
+        verbose="auto",
     ):
         self.base_model = base_model
         self.num_experts = num_experts
@@ -277,6 +280,13 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         tags.target_tags.required = True
         tags.classifier_tags.poor_score = True
         return tags
+
+    def _verbosity(self):
+        """``verbose`` with ``"auto"`` resolved: 1 when stderr is a terminal, else 0."""
+        if self.verbose == "auto":
+            isatty = getattr(sys.stderr, "isatty", None)
+            return 1 if isatty is not None and isatty() else 0
+        return self.verbose
 
     def __sklearn_is_fitted__(self):
         d = self.__dict__
@@ -404,7 +414,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self.dtype_ = _device.resolve_dtype(self.dtype, self.device_)
         _trainer.check_callbacks(self.callbacks)
         self.pair_input_ = bool(is_pair)
-        with _loading.quiet_transformers(self.verbose):
+        with _loading.quiet_transformers(self._verbosity()):
             built = _loading.build_model(self, classes, is_pair, init_seed=self._seeds()[0])
         tokenizer, model, strategy = built.tokenizer, built.model, built.strategy
         self.head_ = strategy.name
@@ -495,7 +505,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         texts, is_pair = _data.validate_texts(X)
         self._check_pair_input(is_pair)
         strategy = self._head_strategy()
-        with _loading.quiet_transformers(self.verbose):
+        with _loading.quiet_transformers(self._verbosity()):
             encoded = self._encode(texts, strategy)
         return self._predict_logits(encoded, strategy)
 

@@ -52,7 +52,7 @@ class PersistenceMixin:
 
     def _adapter_files_from_model(self):
         with tempfile.TemporaryDirectory() as tmp:
-            with _loading.quiet_transformers(self.verbose):
+            with _loading.quiet_transformers(self._verbosity()):
                 self._model.save_pretrained(tmp, safe_serialization=True)
             files = {}
             for name in _ADAPTER_FILES:
@@ -72,7 +72,7 @@ class PersistenceMixin:
         from ._model import load_adamole_model
 
         files = self._adapter_files
-        with _loading.quiet_transformers(self.verbose):
+        with _loading.quiet_transformers(self._verbosity()):
             tokenizer = _loading.load_tokenizer(self.base_model_)
             with _device.local_torch_rng(0, self.device_):
                 backbone = _loading.load_backbone(

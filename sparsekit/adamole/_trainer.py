@@ -234,7 +234,7 @@ class Trainer:
         """Train ``n_epochs`` epochs (fewer if a callback or early stopping stops training)."""
         est = self.est
         init_seed, shuffle_seed, split_seed = est._seeds()
-        with _loading_quiet(est.verbose):
+        with _loading_quiet(est._verbosity()):
             enc_train, y_train, enc_valid, y_valid = self._prepare_data(
                 texts, y_enc, use_early_stopping, split_seed
             )
@@ -279,7 +279,9 @@ class Trainer:
         order = np.random.RandomState((shuffle_seed + epoch) % (2**32)).permutation(n)
         sums = _EpochSums(self.device)
         batches = list(_data.iter_batches(n, est.batch_size, order=order))
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not est.verbose)
+        bar = tqdm(
+            total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not est._verbosity()
+        )
         try:
             for b, idx in enumerate(batches):
                 loss = self._batch_step(b, len(batches), enc_train, y_train, idx, sums, epoch)
@@ -379,7 +381,7 @@ class Trainer:
         est.n_iter_ = record["epoch"]
         est.history_.append(record)
         est.expert_usage_ = stats
-        if est.verbose:
+        if est._verbosity():
             tqdm.write(format_record(record))
         stop = call_callbacks(est.callbacks, "on_epoch_end", est, dict(record))
         if early is not None:

@@ -1,5 +1,6 @@
 """AdaMoLEClassifier: training behaviour on tiny offline models (BERT-like and Llama-like)."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -336,6 +337,18 @@ def test_verbose_controls_output(clf_bert_dir, sentiment_data, capsys):
     _est(clf_bert_dir, num_epochs=1, verbose=1).fit(X, y)
     out = capsys.readouterr()
     assert "epoch 1 | loss" in out.out + out.err
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_verbose_auto_follows_the_terminal(clf_bert_dir, sentiment_data, capsys, monkeypatch, tty):
+    """The default ``verbose="auto"`` reports epochs on a terminal and stays silent otherwise."""
+    X, y, _, _ = sentiment_data
+    est = _est(clf_bert_dir, num_epochs=1)
+    assert est.get_params()["verbose"] == "auto"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+    est.fit(X, y)
+    out = capsys.readouterr()
+    assert ("epoch 1 | loss" in out.out + out.err) is tty
 
 
 def test_dense_single_expert_is_plain_lora(clf_bert_dir, sentiment_data):

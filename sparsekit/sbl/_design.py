@@ -120,6 +120,14 @@ class DesignMatrix:
             return Xa
         return self._Phi[:, : self.n_active]
 
+    def column(self, j):
+        """Active column ``j`` of Phi (intercept column excluded) as a float64 vector of length n."""
+        if self.sparse:
+            c = np.asarray(self._B_act[:, [j]].toarray(), dtype=np.float64).ravel()
+            act = self.active[j]
+            return (c - self.offset[act]) * self.inv_scale[act]
+        return np.asarray(self._Phi[:, j], dtype=np.float64)
+
     # ------------------------------------------------------------------ products
     def _split(self, w):
         if self.intercept_column:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -11,11 +12,12 @@ from sklearn.base import RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
+from ..exceptions import EmptyModelWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._design import DesignMatrix
 from ._features import training_basis
-from ._regression_solver import PathState, dqn_path, exact_path
+from ._regression_solver import PathState, constructive_path, dqn_path, exact_path
 
 
 class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
@@ -160,7 +162,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     >>> y_mean, y_std = reg.predict(X[:2], return_std=True)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **BaseDQNSBL._parameter_constraints,
         "inner_tol": [Interval(Real, 0, None, closed="neither")],
         "alpha_1": [Interval(Real, 0, None, closed="left")],
@@ -260,31 +262,45 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             # hyperpriors do not depend on the units of y (as they do in ARDRegression).
             y_scale = np.sqrt(var_t)
             t = t / y_scale
-            state = self._initial_state(design, 1.0, warm)
-            params = dict(
-                max_iter=self.max_iter,
-                tol=self.tol,
-                n_iter_no_change=self.n_iter_no_change,
-                inner_max_iter=self.inner_max_iter,
-                inner_tol=self.inner_tol,
-                exact_switch=self.exact_switch,
-                threshold_lambda=self.threshold_lambda,
-                alpha_1=self.alpha_1,
-                alpha_2=self.alpha_2,
-                lambda_1=self.lambda_1,
-                lambda_2=self.lambda_2,
-                update=self.update,
-                fix_noise=self.fix_noise,
-                compute_score=self.compute_score,
-                var_t=1.0,
-            )
+            constructive = self.solver == "dqn" and _wide(design, sw)
+            if constructive:
+                state, init = self._constructive_state(design, warm)
+            else:
+                state = self._initial_state(design, 1.0, warm)
+            params = {
+                "max_iter": self.max_iter,
+                "tol": self.tol,
+                "n_iter_no_change": self.n_iter_no_change,
+                "inner_max_iter": self.inner_max_iter,
+                "inner_tol": self.inner_tol,
+                "exact_switch": self.exact_switch,
+                "threshold_lambda": self.threshold_lambda,
+                "alpha_1": self.alpha_1,
+                "alpha_2": self.alpha_2,
+                "lambda_1": self.lambda_1,
+                "lambda_2": self.lambda_2,
+                "update": self.update,
+                "fix_noise": self.fix_noise,
+                "compute_score": self.compute_score,
+                "var_t": 1.0,
+            }
             on_iter = self._print_progress if self.verbose else None
-            if self.solver == "exact":
+            if constructive:
+                constructive_path(design, t, sw, state, params=params, init=init, on_iter=on_iter)
+            elif self.solver == "exact":
                 exact_path(design, t, sw, state, params=params, ard_stop=True, on_iter=on_iter)
             else:
                 outcome = dqn_path(design, t, sw, state, params=params, on_iter=on_iter)
                 if outcome == "switch":
                     exact_path(design, t, sw, state, params=params, ard_stop=False, on_iter=on_iter)
+            if design.n_active == 0:
+                warnings.warn(
+                    "DQNSBLRegressor pruned every basis function although y varies, so it "
+                    "predicts the mean of y everywhere: no feature explained y better than noise "
+                    "under the evidence. If that is unexpected, check the features' scales and "
+                    "the kernel parameters, or lower threshold_lambda.",
+                    EmptyModelWarning,
+                )
             if not state.converged:
                 warnings.warn(
                     f"DQNSBLRegressor did not converge in max_iter={self.max_iter} iterations; "
@@ -315,9 +331,21 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         beta = 1.0 / (var_t + np.finfo(np.float64).eps)
         return PathState(lam=np.ones(design.n_active), mu=np.zeros(design.n_active), beta=beta)
 
+    def _constructive_state(self, design, warm):
+        """Initial state of the constructive path: an empty model (the path picks its first
+        basis) or, when warm-starting, the previous model with its precisions."""
+        init = None
+        beta = 1.0 if self.fix_noise else 1.0 / 0.1**2  # SparseBayes: noise std 0.1 std(y)
+        if warm is not None and warm["lam"].shape[0] == design.n_basis:
+            lam_act = warm["lam"][design.active]
+            pos = np.flatnonzero(np.isfinite(lam_act) & (lam_act < self.threshold_lambda))
+            init = (pos, lam_act[pos])
+            beta = warm["beta"]
+        return PathState(lam=np.zeros(0), mu=np.zeros(0), beta=beta), init
+
     def _print_progress(self, phase, state, design, sse):
         print(
-            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({phase}): active={design.n_active} "
+            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({phase}): active={len(state.mu)} "
             f"noise precision={state.beta:.4g} sse={sse:.4g}"
         )
 
@@ -405,6 +433,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                     var = (D * D) @ self.sigma_.astype(np.float64)
             y_std = np.sqrt(var + 1.0 / self.alpha_).astype(X.dtype, copy=False)
         return y_mean, y_std
+
+
+def _wide(design, sw):
+    """Whether the candidate bases can interpolate the targets (at least half as many as samples
+    with positive weight): then the diagonal phase cannot work and the constructive path runs."""
+    return design.n_active >= 0.5 * np.count_nonzero(sw)
 
 
 def _dot(Phi, w):

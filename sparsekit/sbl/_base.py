@@ -67,10 +67,10 @@ class BaseDQNSBL(BaseEstimator):
             self, X, reset=False, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
         )
 
-    def _resolve_gamma(self, X):
+    def _resolve_gamma(self, X, sample_weight=None):
         if self.kernel is None or self.kernel == "precomputed" or callable(self.kernel):
             return self.gamma if not isinstance(self.gamma, str) else None
-        return resolve_gamma(self.gamma, X)
+        return resolve_gamma(self.gamma, X, sample_weight)
 
     # ------------------------------------------------------------------ basis bookkeeping
     def _store_basis(self, X, design):

@@ -304,9 +304,16 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         self._likelihood = likelihood
         dtype = X.dtype
         with limit_threads(self.n_jobs):
-            self._gamma = self._resolve_gamma(X)
-            B, own = training_basis(self, X, self._gamma)
-            design = DesignMatrix(B, sw, center=False, intercept_column=self.fit_intercept, own=own)
+            self._gamma = self._resolve_gamma(X, sw)
+            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            design = DesignMatrix(
+                B,
+                sw,
+                center=False,
+                intercept_column=self.fit_intercept,
+                own=own,
+                column_index=column_index,
+            )
             del B
             state = self._initial_state(design, T.shape[1], likelihood, warm)
             params = {

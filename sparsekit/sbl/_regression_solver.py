@@ -124,6 +124,8 @@ def dqn_path(design, t, sw, state, *, params, on_iter=None):
     while state.n_iter < params["max_iter"]:
         if design.n_active == 0:
             state.converged = True
+            state.mu = np.zeros(0)
+            state.sigma_diag = np.zeros(0)
             return "empty"
         if design.n_active <= params["exact_switch"]:
             return "switch"

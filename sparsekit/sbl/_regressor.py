@@ -16,8 +16,8 @@ from ..exceptions import EmptyModelWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._design import DesignMatrix
-from ._features import training_basis
-from ._regression_solver import PathState, constructive_path, dqn_path, exact_path
+from ._features import distinct_rows, training_basis
+from ._regression_solver import BETA_MAX_FACTOR, PathState, constructive_path, dqn_path, exact_path
 
 
 class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
@@ -245,24 +245,37 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         X, y, sw = self._validate_training_data(X, y, sample_weight, y_numeric=True)
         dtype = X.dtype
         with limit_threads(self.n_jobs):
-            self._gamma = self._resolve_gamma(X)
-            B, own = training_basis(self, X, self._gamma)
-            design = DesignMatrix(B, sw, center=True, intercept_column=False, own=own)
+            self._gamma = self._resolve_gamma(X, sw)
+            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            design = DesignMatrix(
+                B, sw, center=True, intercept_column=False, own=own, column_index=column_index
+            )
             W = design.weight_sum
             y64 = np.asarray(y, dtype=np.float64)
-            y_offset = float(sw @ y64) / W
-            t = y64 - y_offset
-            var_t = float(sw @ (t * t)) / W
-            if var_t <= np.finfo(np.float64).eps * max(1.0, y_offset**2) or design.n_active == 0:
-                # Constant target (or no informative basis): nothing to explain.
+            # Standardise y without overflow: work on y / max|y| first (y may be ~1e300).
+            y_max = float(np.max(np.abs(y64)))
+            ys = y64 / y_max if y_max > 0.0 else y64
+            wn = sw / W
+            off_s = float(wn @ ys)
+            t = ys - off_s
+            var_s = float(wn @ (t * t))
+            y_offset = off_s * y_max if y_max > 0.0 else 0.0
+            if var_s <= np.finfo(np.float64).eps * max(1.0, off_s**2) or design.n_active == 0:
+                # Constant target (or no informative basis): nothing to explain. The noise
+                # precision is the largest allowed on the scale of y (the residual is zero),
+                # so predictive standard deviations scale with y.
+                y_scale = abs(y_offset) if y_offset != 0.0 else 1.0
+                if var_s > 0.0:
+                    y_scale = np.sqrt(var_s) * y_max
                 state = self._initial_state(design, 1.0, None)
-                self._finish_trivial(design, state, y_offset, 1.0, dtype, X)
+                state.beta = 1.0 if var_s > 0.0 else BETA_MAX_FACTOR
+                self._finish_trivial(design, state, y_offset, y_scale, dtype, X)
                 return self
             # Work on the standardised target, so that precisions, the pruning threshold and the
             # hyperpriors do not depend on the units of y (as they do in ARDRegression).
-            y_scale = np.sqrt(var_t)
-            t = t / y_scale
-            constructive = self.solver == "dqn" and _wide(design, sw)
+            y_scale = np.sqrt(var_s) * y_max
+            t = t / np.sqrt(var_s)
+            constructive = self.solver == "dqn" and _wide(design, X, sw, column_index)
             if constructive:
                 state, init = self._constructive_state(design, warm)
             else:
@@ -369,8 +382,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         coef_rel, shift = design.unscale(state.mu * y_scale)
         s = design.inv_scale[design.active] * y_scale
         self.lambda_ = lam_full
-        self.alpha_ = float(state.beta) / y_scale**2
-        self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore"):
+            # Out of float64's range only when the units of X or y are extreme (then inf or 0).
+            self.alpha_ = float(state.beta) / y_scale**2
+            self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)
         self.intercept_ = float(y_offset + shift)
         if self.kernel is None:
             coef = np.zeros(M, dtype=dtype)
@@ -383,8 +398,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             if hasattr(self, "coef_"):
                 del self.coef_
         self._coef_rel = coef_rel
-        # Full posterior covariance of the relevant weights in original units, when it exists.
-        self._sigma_full = None if state.sigma_full is None else state.sigma_full * np.outer(s, s)
+        # Posterior covariance (full when it exists) on the standardised scale, for return_std.
+        self._sigma_full = state.sigma_full
+        self._sigma_std = state.sigma_diag.copy()
+        self._std_scale = design.inv_scale[design.active].copy()
+        self._y_scale = float(y_scale)
+        self._beta_std = float(state.beta)
         self.n_iter_ = int(state.n_iter)
         # Log evidence of y in its own units: that of y / y_scale minus W log(y_scale).
         self.scores_ = [v - design.weight_sum * np.log(y_scale) for v in state.scores]
@@ -426,19 +445,28 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 var = np.zeros(X.shape[0])
             else:
                 D = Phi.toarray() if sp.issparse(Phi) else np.asarray(Phi, dtype=np.float64)
-                D = D - self._basis_offset
+                D = (D - self._basis_offset) * self._std_scale  # the solver's unit-RMS basis
                 if self._sigma_full is not None:
                     var = np.einsum("ij,ij->i", D @ self._sigma_full, D)
                 else:
-                    var = (D * D) @ self.sigma_.astype(np.float64)
-            y_std = np.sqrt(var + 1.0 / self.alpha_).astype(X.dtype, copy=False)
+                    var = (D * D) @ self._sigma_std
+            y_std = self._y_scale * np.sqrt(var + 1.0 / self._beta_std)
+            y_std = y_std.astype(X.dtype, copy=False)
         return y_mean, y_std
 
 
-def _wide(design, sw):
-    """Whether the candidate bases can interpolate the targets (at least half as many as samples
-    with positive weight): then the diagonal phase cannot work and the constructive path runs."""
-    return design.n_active >= 0.5 * np.count_nonzero(sw)
+def _wide(design, X, sw, column_index):
+    """Whether the candidate bases can come close to interpolating the targets: at least half as
+    many as distinct samples with positive weight (the rank bound of the basis; counting
+    distinct rows makes the choice the same for k copies of a row as for a weight of k). Then
+    the diagonal phase cannot work and the constructive path runs."""
+    if column_index is not None:
+        n_distinct = column_index[0].shape[0]
+    elif design.n_active < 0.5 * np.count_nonzero(sw):
+        return False
+    else:
+        n_distinct = distinct_rows(X, sw).shape[0]
+    return design.n_active >= 0.5 * n_distinct
 
 
 def _dot(Phi, w):

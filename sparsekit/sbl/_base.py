@@ -36,7 +36,11 @@ class BaseDQNSBL(BaseEstimator):
         "threshold_lambda": [Interval(Real, 0, None, closed="neither")],
         "compute_score": ["boolean"],
         "warm_start": ["boolean"],
-        "n_jobs": [Integral, None],
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "verbose": ["verbose"],
     }
 

@@ -215,15 +215,14 @@ class DesignMatrix:
         b = np.asarray(b, dtype=np.float64)
         if self.sparse:
             act = self.active
-            Xa = self._B_act
-            o = self.offset[act]
+            s = self.inv_scale[act]
+            # Scale the columns first, so that products cannot overflow whatever the units.
+            Xa = sp.csc_matrix(self._B_act @ sp.diags(s))
+            o = self.offset[act] * s
             XtbX = np.asarray((Xa.T @ Xa.multiply(b[:, None]).tocsc()).toarray(), dtype=np.float64)
             xb = np.asarray(Xa.T @ b).ravel()
             G = XtbX - np.outer(o, xb) - np.outer(xb, o) + b.sum() * np.outer(o, o)
-            s = self.inv_scale[act]
-            G *= s[:, None]
-            G *= s[None, :]
-            cross = (xb - o * b.sum()) * s
+            cross = xb - o * b.sum()
         else:
             Phi = self._Phi[:, : self.n_active]
             Pb = np.asarray(Phi * b[:, None].astype(Phi.dtype), dtype=Phi.dtype)

@@ -47,7 +47,11 @@ class PathState:
         self.phit_t = None  # Phi' S t over the active set
 
 
-def _noise_update(W, gamma_sum, sse, alpha_1, alpha_2, beta_max):
+def _noise_update(W, gamma_sum, sse, alpha_1, alpha_2, beta_max, capped=True):
+    """Noise precision (Tipping 2001 eq. 18 with a Gamma hyperprior). ``capped`` bounds it (and
+    sum(gamma)) as SparseBayes does; ARDRegression's loop (``capped=False``) does not."""
+    if not capped:
+        return (W - gamma_sum + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
     g = min(gamma_sum, GAMMA_SUM_CAP * W)
     beta = (W - g + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
     return min(beta, beta_max)
@@ -203,8 +207,10 @@ def _posterior(G, beta, lam, Phit_t):
 def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
     """Full-covariance SBL regression, in ARDRegression's loop order.
 
-    ``ard_stop=True`` uses ARDRegression's convergence test (sum |d mu| < tol); otherwise the
-    relative coefficient rule of :func:`dqn_path`.
+    ``ard_stop=True`` is ``solver="exact"``: ARDRegression's convergence test (sum |d mu| < tol)
+    and its uncapped noise update, so the iterates are ARDRegression's. Otherwise (the exact
+    finish of the "dqn" solver) the relative coefficient rule of :func:`dqn_path` and the
+    SparseBayes caps on the noise precision.
     """
     W = design.weight_sum
     beta_max = BETA_MAX_FACTOR / params["var_t"]
@@ -231,7 +237,13 @@ def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
         )
         if not params["fix_noise"]:
             state.beta = _noise_update(
-                W, float(gamma.sum()), sse, params["alpha_1"], params["alpha_2"], beta_max
+                W,
+                float(gamma.sum()),
+                sse,
+                params["alpha_1"],
+                params["alpha_2"],
+                beta_max,
+                capped=not ard_stop,
             )
         state.n_iter += 1
         keep = lam_new < params["threshold_lambda"]

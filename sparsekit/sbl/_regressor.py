@@ -260,15 +260,18 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             t = ys - off_s
             var_s = float(wn @ (t * t))
             y_offset = off_s * y_max if y_max > 0.0 else 0.0
-            if var_s <= np.finfo(np.float64).eps * max(1.0, off_s**2) or design.n_active == 0:
-                # Constant target (or no informative basis): nothing to explain. The noise
-                # precision is the largest allowed on the scale of y (the residual is zero),
-                # so predictive standard deviations scale with y.
-                y_scale = abs(y_offset) if y_offset != 0.0 else 1.0
-                if var_s > 0.0:
-                    y_scale = np.sqrt(var_s) * y_max
+            constant = var_s <= np.finfo(np.float64).eps * max(1.0, off_s**2)
+            if constant or design.n_active == 0:
+                # Nothing to explain. For a constant target the residual is zero and the noise
+                # precision the largest allowed on the scale of y (the predictive standard
+                # deviation is 1e-3 |y|); with no informative basis the noise is var(y).
                 state = self._initial_state(design, 1.0, None)
-                state.beta = 1.0 if var_s > 0.0 else BETA_MAX_FACTOR
+                if constant:
+                    y_scale = abs(y_offset) if y_offset != 0.0 else 1.0
+                    state.beta = BETA_MAX_FACTOR
+                else:
+                    y_scale = np.sqrt(var_s) * y_max
+                    state.beta = 1.0
                 self._finish_trivial(design, state, y_offset, y_scale, dtype, X)
                 return self
             # Work on the standardised target, so that precisions, the pruning threshold and the
@@ -382,7 +385,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         coef_rel, shift = design.unscale(state.mu * y_scale)
         s = design.inv_scale[design.active] * y_scale
         self.lambda_ = lam_full
-        with np.errstate(over="ignore", under="ignore"):
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
             # Out of float64's range only when the units of X or y are extreme (then inf or 0).
             self.alpha_ = float(state.beta) / y_scale**2
             self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)

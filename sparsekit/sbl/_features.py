@@ -53,11 +53,18 @@ def distinct_rows(X, sample_weight):
             seen.setdefault((Xc.indices[a:b].tobytes(), Xc.data[a:b].tobytes()), r)
         first = np.fromiter(seen.values(), dtype=np.intp, count=len(seen))
     else:
+        # One row at a time, keyed by a hash of its bytes (memory O(n), not a copy of X); rows
+        # with equal hashes are compared in full. + 0.0 turns -0.0 into 0.0.
         A = np.asarray(X)
-        seen = {}
-        for r, i in enumerate(pos):  # one row at a time: no copy of X
-            seen.setdefault((A[i] + 0.0).tobytes(), r)  # + 0.0 turns -0.0 into 0.0
-        first = np.fromiter(seen.values(), dtype=np.intp, count=len(seen))
+        buckets = {}
+        first = []
+        for r, i in enumerate(pos):
+            row = A[i] + 0.0
+            same = buckets.setdefault(hash(row.tobytes()), [])
+            if not any(np.array_equal(row, A[pos[q]] + 0.0) for q in same):
+                same.append(r)
+                first.append(r)
+        first = np.asarray(first, dtype=np.intp)
     return pos[np.sort(first)]
 
 

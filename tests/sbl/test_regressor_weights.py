@@ -43,3 +43,23 @@ def test_zero_weight_sample_gets_no_basis_function():
         # Finite, moderate weights (the zero-weight column used to be scaled by ~1e14).
         assert np.max(np.abs(a.dual_coef_)) < 1e3
         np.testing.assert_allclose(a.dual_coef_, b.dual_coef_, rtol=1e-6, atol=1e-9)
+
+
+def test_distinct_rows_dense_and_sparse():
+    import scipy.sparse as sp
+
+    from sparsekit.sbl._features import distinct_rows
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(12, 4))
+    X[5] = X[3]
+    X[9] = X[3]
+    X[7] = 0.0
+    X[8] = -0.0  # equal to row 7
+    sw = np.ones(12)
+    sw[0] = 0.0
+    expected = [1, 2, 3, 4, 6, 7, 10, 11]
+    np.testing.assert_array_equal(distinct_rows(X, sw), expected)
+    np.testing.assert_array_equal(distinct_rows(sp.csr_matrix(X), sw), expected)
+    sw[3] = 0.0  # the first positive-weight copy represents the others
+    np.testing.assert_array_equal(distinct_rows(X, sw), [1, 2, 4, 5, 6, 7, 10, 11])

@@ -37,6 +37,14 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     diagonal approximation. ``solver="exact"`` runs ARDRegression's iteration (same order, initial
     values and hyperpriors) with a full covariance, for small problems and as a reference.
 
+    When the linear basis has at least half as many features as distinct samples (p >> n, sparse
+    recovery), the diagonal phase cannot work (its first solve interpolates the targets), and
+    ``solver="dqn"`` runs Tipping & Faul's constructive fast marginal likelihood instead: it
+    starts from one feature and, per iteration, adds, re-estimates or deletes the one basis that
+    raises the evidence most (a pruned feature returns whenever its quality exceeds its
+    sparsity), keeping the full covariance of the small model by rank-one updates: O(M m) work
+    per iteration and O(M m) memory for m relevant features, never M-by-M.
+
     Parameters
     ----------
     kernel : {None, "linear", "rbf", "poly", "sigmoid", "cosine", "laplacian", "chi2", \
@@ -61,7 +69,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Precision re-estimation: MacKay's fixed point ``(gamma + 2 lambda_1) / (w^2 + 2 lambda_2)``
         or the EM update ``(1 + 2 lambda_1) / (w^2 + Sigma_jj + 2 lambda_2)``.
     max_iter : int, default=300
-        Maximum number of hyperparameter updates (both phases together).
+        Maximum number of hyperparameter updates (both phases together; on the constructive
+        path, one added, re-estimated or deleted basis per update).
     tol : float, default=1e-3
         Convergence tolerance. "dqn": stop when ``max|d w| <= tol * max|w|`` with an unchanged
         active set for ``n_iter_no_change`` consecutive iterations. "exact": ARDRegression's test,
@@ -75,6 +84,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     exact_switch : int, default=0
         With ``solver="dqn"``, switch to exact iterations once at most this many bases remain
         (0 disables the exact finish, so no matrix larger than the data is ever allocated).
+        Not used by the constructive path (p >> n), whose covariance is already exact.
     threshold_lambda : float, default=1e4
         Bases whose precision exceeds this are pruned. Precisions are measured on columns scaled
         to unit root mean square and on the target scaled to unit variance, so the threshold

@@ -121,3 +121,17 @@ def test_rank_one_updates_match_full_recomputation(monkeypatch):
     assert a.n_iter_ == b.n_iter_
     np.testing.assert_array_equal(a.relevance_, b.relevance_)
     np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-12)
+
+
+def test_warm_start_resumes_the_constructive_path():
+    X, y, _, _, support = _wide_problem(100, 400, 6, seed=9)
+    cold = DQNSBLRegressor().fit(X, y)
+    warm = DQNSBLRegressor(warm_start=True, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm.fit(X, y)
+    assert warm.n_iter_ == 3 and 0 < warm.relevance_.size <= 4
+    warm.set_params(max_iter=300).fit(X, y)  # starts from the bases found so far
+    np.testing.assert_array_equal(warm.relevance_, np.sort(support))
+    assert warm.n_iter_ < cold.n_iter_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-9)

@@ -18,6 +18,7 @@ Writes benchmarks/results/sbl_regression.md and .json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 import warnings
@@ -30,7 +31,6 @@ from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import itertools
 
 from _common import environment, markdown_table, peak_memory_mib, timed, write_results
 
@@ -79,8 +79,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes only")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sizes", type=int, nargs="*", help="M values to run (default: all)")
     args = ap.parse_args(argv)
     sizes = [250, 500, 1000] if args.quick else [250, 500, 1000, 2000, 4000, 8000]
+    sizes = args.sizes or sizes
     big = 4000 if args.quick else 20000
     n_train, n_test = 2000, 500
     rows = []
@@ -143,11 +145,13 @@ def main(argv=None):
     md = [
         "# DQNSBLRegressor vs ARDRegression (n_train=2000, n_test=500, 12 true features)",
         "",
-        (
-            f"Command: `python benchmarks/bench_regression.py{' --quick' if args.quick else ''}`; "
-            f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower than "
-            "20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit (data excluded)."
-        ),
+        "Command: `python benchmarks/bench_regression.py"
+        + (" --quick" if args.quick else "")
+        + (" --sizes " + " ".join(map(str, args.sizes)) if args.sizes else "")
+        + f" --repeats {args.repeats}`; "
+        + f"1 BLAS/numba thread; times are medians of {args.repeats} fits, except fits slower "
+        + "than 20 s, timed once (the traced fit). Peak MiB: tracemalloc peak during one fit "
+        + "(data excluded).",
         f"Environment: {env}",
         "",
         markdown_table(rows, cols),
@@ -158,8 +162,11 @@ def main(argv=None):
             f"{big_row['r2']:.4f}, true features in top-12: {big_row['support_found']}."
         ),
     ]
+    suffix = "_quick" if args.quick else ""
+    if args.sizes:
+        suffix += "_M" + "-".join(map(str, args.sizes))
     write_results(
-        "sbl_regression" + ("_quick" if args.quick else ""),
+        "sbl_regression" + suffix,
         "\n".join(md),
         {"environment": env, "rows": rows, "memory_check": big_row},
     )

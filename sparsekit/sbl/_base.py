@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,7 +21,7 @@ class BaseDQNSBL(BaseEstimator):
     Subclasses implement ``fit`` and the likelihood-specific solver.
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "kernel": [None, StrOptions(set(KERNELS)), callable],
         "gamma": [StrOptions({"scale"}), Interval(Real, 0, None, closed="neither"), None],
         "degree": [Interval(Real, 0, None, closed="left")],
@@ -36,7 +37,11 @@ class BaseDQNSBL(BaseEstimator):
         "threshold_lambda": [Interval(Real, 0, None, closed="neither")],
         "compute_score": ["boolean"],
         "warm_start": ["boolean"],
-        "n_jobs": [Integral, None],
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "verbose": ["verbose"],
     }
 
@@ -67,10 +72,10 @@ class BaseDQNSBL(BaseEstimator):
             self, X, reset=False, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
         )
 
-    def _resolve_gamma(self, X):
+    def _resolve_gamma(self, X, sample_weight=None):
         if self.kernel is None or self.kernel == "precomputed" or callable(self.kernel):
             return self.gamma if not isinstance(self.gamma, str) else None
-        return resolve_gamma(self.gamma, X)
+        return resolve_gamma(self.gamma, X, sample_weight)
 
     # ------------------------------------------------------------------ basis bookkeeping
     def _store_basis(self, X, design):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -193,7 +194,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     (2, 2)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **{k: v for k, v in BaseDQNSBL._parameter_constraints.items() if k != "compute_score"},
         "multi_class": [StrOptions({"ovr", "multinomial"})],
         "diag_update": [StrOptions({"dbfgs", "psb", "exact"})],
@@ -304,9 +305,16 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         self._likelihood = likelihood
         dtype = X.dtype
         with limit_threads(self.n_jobs):
-            self._gamma = self._resolve_gamma(X)
-            B, own = training_basis(self, X, self._gamma)
-            design = DesignMatrix(B, sw, center=False, intercept_column=self.fit_intercept, own=own)
+            self._gamma = self._resolve_gamma(X, sw)
+            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            design = DesignMatrix(
+                B,
+                sw,
+                center=False,
+                intercept_column=self.fit_intercept,
+                own=own,
+                column_index=column_index,
+            )
             del B
             state = self._initial_state(design, T.shape[1], likelihood, warm)
             params = {

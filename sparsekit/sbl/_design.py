@@ -42,6 +42,9 @@ def _sparse_column_moments(B, sw, weight_sum):
     return mean, ssd
 
 
+_BIG = 1e100
+
+
 class DesignMatrix:
     """Scaled (and optionally centred) basis with an active column set.
 
@@ -60,44 +63,66 @@ class DesignMatrix:
         Whether the dense ``B`` may be overwritten.
     """
 
-    def __init__(self, B, sample_weight, *, center, intercept_column, own=False):
-        self.n_samples, self.n_basis = B.shape
+    def __init__(self, B, sample_weight, *, center, intercept_column, own=False, column_index=None):
+        self.n_samples, n_cols = B.shape
         self.sparse = sp.issparse(B)
         self.intercept_column = bool(intercept_column)
+        # Column c of B is basis function column_index[c] out of n_basis (a kernel basis built
+        # from the distinct training samples with positive weight has fewer columns than
+        # samples; the others are never candidates).
+        if column_index is None:
+            column_index, self.n_basis = np.arange(n_cols), n_cols
+        else:
+            column_index, self.n_basis = np.asarray(column_index[0]), int(column_index[1])
         sw = np.asarray(sample_weight, dtype=np.float64)
         self.weight_sum = float(sw.sum())
         if self.sparse:
             self._B = sp.csc_matrix(B, dtype=B.dtype, copy=False)
             self._B.sum_duplicates()
-            mean, ssd = _sparse_column_moments(self._B, sw, self.weight_sum)
+            amax = np.asarray(abs(self._B).max(axis=0).toarray()).ravel().astype(np.float64)
         else:
             Phi = B if own and B.flags.f_contiguous else np.array(B, dtype=B.dtype, order="F")
-            mean, ssd = weighted_column_moments(Phi, sw)
-        spread = np.sqrt(ssd / self.weight_sum)
+            amax = np.maximum(Phi.max(axis=0), -Phi.min(axis=0)).astype(np.float64)
+        # Squares of entries beyond ~1e154 overflow and those below ~1e-154 underflow: compute
+        # the moments of such columns on a copy divided by their largest magnitude.
+        d = np.where((amax > _BIG) | ((amax < 1.0 / _BIG) & (amax > 0.0)), amax, 1.0)
+        if self.sparse:
+            Bm = self._B if np.all(d == 1.0) else self._B @ sp.diags(1.0 / d)
+            mean, ssd = _sparse_column_moments(sp.csc_matrix(Bm), sw, self.weight_sum)
+        else:
+            Bm = Phi if np.all(d == 1.0) else np.asfortranarray(Phi / d.astype(Phi.dtype))
+            mean, ssd = weighted_column_moments(Bm, sw)
+        del Bm
+        mean = mean * d
+        spread = np.sqrt(ssd / self.weight_sum) * d
         # A column carries no information when its spread is negligible next to its size; with an
         # intercept (explicit or by centring) a constant non-zero column is redundant too.
         size = np.abs(mean) + spread
         tiny = np.finfo(np.float64).tiny
         if center or intercept_column:
-            self.constant = ~(spread > 1e-10 * np.maximum(size, tiny))
+            constant = ~(spread > 1e-10 * np.maximum(size, tiny))
         else:
-            self.constant = ~(size > tiny)
-        if center:
-            offset = mean
-            rms = spread
-        else:
-            offset = np.zeros(self.n_basis)
-            rms = np.sqrt(spread**2 + mean**2)
-        inv_scale = np.zeros(self.n_basis)
-        inv_scale[~self.constant] = 1.0 / rms[~self.constant]
-        self.offset = offset
-        self.inv_scale = inv_scale
-        self.active = np.flatnonzero(~self.constant)
+            constant = ~(size > tiny)
+        # Columns too small (or too large) to scale to unit RMS in float64 are unusable too.
+        rms = spread if center else np.sqrt(spread**2 + mean**2)
+        with np.errstate(divide="ignore", over="ignore"):
+            constant |= ~np.isfinite(1.0 / rms) | ~np.isfinite(rms) | ~np.isfinite(mean)
+        offset = mean if center else np.zeros(n_cols)
+        inv_scale = np.zeros(n_cols)
+        inv_scale[~constant] = 1.0 / rms[~constant]
+        self.offset = np.zeros(self.n_basis)
+        self.offset[column_index] = offset
+        self.inv_scale = np.zeros(self.n_basis)
+        self.inv_scale[column_index] = inv_scale
+        pos = np.flatnonzero(~constant)
+        self.active = column_index[pos]
         if self.sparse:
-            self._B_act = self._B[:, self.active]
+            self._B_act = self._B[:, pos]
         else:
-            center_scale_inplace(Phi, offset.astype(Phi.dtype), inv_scale.astype(Phi.dtype))
-            compact_columns_inplace(Phi, self.active)
+            center_scale_inplace(
+                Phi, np.where(constant, 0.0, offset).astype(Phi.dtype), inv_scale.astype(Phi.dtype)
+            )
+            compact_columns_inplace(Phi, pos)
             self._Phi = Phi
 
     # ------------------------------------------------------------------ shape of the active set
@@ -119,6 +144,14 @@ class DesignMatrix:
             Xa *= self.inv_scale[self.active]
             return Xa
         return self._Phi[:, : self.n_active]
+
+    def column(self, j):
+        """Active column ``j`` of Phi (intercept column excluded) as a float64 vector of length n."""
+        if self.sparse:
+            c = np.asarray(self._B_act[:, [j]].toarray(), dtype=np.float64).ravel()
+            act = self.active[j]
+            return (c - self.offset[act]) * self.inv_scale[act]
+        return np.asarray(self._Phi[:, j], dtype=np.float64)
 
     # ------------------------------------------------------------------ products
     def _split(self, w):
@@ -182,15 +215,14 @@ class DesignMatrix:
         b = np.asarray(b, dtype=np.float64)
         if self.sparse:
             act = self.active
-            Xa = self._B_act
-            o = self.offset[act]
+            s = self.inv_scale[act]
+            # Scale the columns first, so that products cannot overflow whatever the units.
+            Xa = sp.csc_matrix(self._B_act @ sp.diags(s))
+            o = self.offset[act] * s
             XtbX = np.asarray((Xa.T @ Xa.multiply(b[:, None]).tocsc()).toarray(), dtype=np.float64)
             xb = np.asarray(Xa.T @ b).ravel()
             G = XtbX - np.outer(o, xb) - np.outer(xb, o) + b.sum() * np.outer(o, o)
-            s = self.inv_scale[act]
-            G *= s[:, None]
-            G *= s[None, :]
-            cross = (xb - o * b.sum()) * s
+            cross = xb - o * b.sum()
         else:
             Phi = self._Phi[:, : self.n_active]
             Pb = np.asarray(Phi * b[:, None].astype(Phi.dtype), dtype=Phi.dtype)

@@ -19,16 +19,53 @@ KERNELS = tuple(sorted(set(PAIRWISE_KERNEL_FUNCTIONS) | {"precomputed"}))
 _SYMMETRIC = set(PAIRWISE_KERNEL_FUNCTIONS)
 
 
-def resolve_gamma(gamma, X):
-    """Numeric gamma for the kernel: "scale" is 1 / (n_features * X.var()) as in SVC."""
+def resolve_gamma(gamma, X, sample_weight=None):
+    """Numeric gamma for the kernel: "scale" is 1 / (n_features * X.var()) as in SVC, with the
+    variance weighted by the sample weights (so a weight of k acts as k copies of a row)."""
     if isinstance(gamma, str):  # "scale"
+        n = X.shape[0]
+        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        w = w / (w.sum() * X.shape[1])
         if sp.issparse(X):
-            Xd = X.multiply(X).mean() - (X.mean()) ** 2
-            var = float(Xd)
+            Xc = sp.csr_matrix(X)
+            mean = float(w @ np.asarray(Xc.sum(axis=1)).ravel())
+            var = float(w @ np.asarray(Xc.multiply(Xc).sum(axis=1)).ravel()) - mean**2
         else:
-            var = float(np.asarray(X, dtype=np.float64).var())
+            Xd = np.asarray(X, dtype=np.float64)
+            mean = float(w @ Xd.sum(axis=1))
+            var = float(w @ ((Xd - mean) ** 2).sum(axis=1))
         return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
     return gamma
+
+
+def distinct_rows(X, sample_weight):
+    """Indices of the first occurrence of each distinct row of X among the rows with positive
+    weight, in increasing order."""
+    pos = np.flatnonzero(np.asarray(sample_weight) > 0)
+    if sp.issparse(X):
+        Xc = sp.csr_matrix(X[pos], copy=True)
+        Xc.sum_duplicates()
+        Xc.eliminate_zeros()
+        Xc.sort_indices()
+        seen = {}
+        for r in range(Xc.shape[0]):
+            a, b = Xc.indptr[r], Xc.indptr[r + 1]
+            seen.setdefault((Xc.indices[a:b].tobytes(), Xc.data[a:b].tobytes()), r)
+        first = np.fromiter(seen.values(), dtype=np.intp, count=len(seen))
+    else:
+        # One row at a time, keyed by a hash of its bytes (memory O(n), not a copy of X); rows
+        # with equal hashes are compared in full. + 0.0 turns -0.0 into 0.0.
+        A = np.asarray(X)
+        buckets = {}
+        first = []
+        for r, i in enumerate(pos):
+            row = A[i] + 0.0
+            same = buckets.setdefault(hash(row.tobytes()), [])
+            if not any(np.array_equal(row, A[pos[q]] + 0.0) for q in same):
+                same.append(r)
+                first.append(r)
+        first = np.asarray(first, dtype=np.intp)
+    return pos[np.sort(first)]
 
 
 def kernel_params(est, gamma_):
@@ -54,14 +91,20 @@ def compute_kernel(est, X, Y, gamma_):
     )
 
 
-def training_basis(est, X, gamma_):
-    """Basis on the training data and whether the caller owns (may overwrite) it.
+def training_basis(est, X, gamma_, sample_weight):
+    """Basis on the training data, whether the caller owns (may overwrite) it, and which basis
+    functions its columns are.
 
-    Returns ``(B, own)``. For the linear basis B is X itself (not owned). For kernels, B is the
-    n-by-n Gram matrix, returned Fortran-ordered without an extra copy where possible.
+    Returns ``(B, own, column_index)``. For the linear basis B is X itself (not owned) and
+    ``column_index`` is None. For kernels there is one basis function per training sample, but
+    only the distinct samples with positive weight get a column: B is ``K(X, X[idx])``,
+    Fortran-ordered, and ``column_index = (idx, n_samples)`` (None when every sample gets one).
+    Then k copies of a sample give the same basis as one copy of weight k, and a sample of
+    weight zero is as good as absent.
     """
     if est.kernel is None:
-        return X, False
+        return X, False, None
+    n = X.shape[0]
     if est.kernel == "precomputed":
         K = np.asarray(X.toarray() if sp.issparse(X) else X)
         if K.shape[0] != K.shape[1]:
@@ -69,8 +112,13 @@ def training_basis(est, X, gamma_):
                 "With kernel='precomputed', fit expects a square Gram matrix K(X_train, X_train); "
                 f"got shape {K.shape}."
             )
-        return K, False
-    K = compute_kernel(est, X, None, gamma_)
+        idx = distinct_rows(K, sample_weight)
+        if idx.shape[0] == n:
+            return K, False, None
+        return np.asfortranarray(K[:, idx]), True, (idx, n)
+    idx = distinct_rows(X, sample_weight)
+    full = idx.shape[0] == n
+    K = compute_kernel(est, X, None if full else X[idx], gamma_)
     if sp.issparse(K):
         K = K.toarray()
     if not np.all(np.isfinite(K)):
@@ -78,9 +126,10 @@ def training_basis(est, X, gamma_):
             "The kernel matrix contains NaN or infinity; check the kernel parameters "
             f"(kernel={est.kernel!r}, gamma={gamma_}, degree={est.degree}, coef0={est.coef0})."
         )
-    if isinstance(est.kernel, str) and est.kernel in _SYMMETRIC and K.flags.c_contiguous:
-        return K.T, True  # symmetric: the transpose is the same matrix, Fortran-ordered, no copy
-    return np.asfortranarray(K), True
+    column_index = None if full else (idx, n)
+    if full and isinstance(est.kernel, str) and est.kernel in _SYMMETRIC and K.flags.c_contiguous:
+        return K.T, True, None  # symmetric: the transpose is the same matrix, Fortran-ordered
+    return np.asfortranarray(K), True, column_index
 
 
 def prediction_basis(est, X, basis_vectors, relevance, gamma_):

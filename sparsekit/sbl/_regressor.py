@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Real
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -11,11 +12,12 @@ from sklearn.base import RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
+from ..exceptions import EmptyModelWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._design import DesignMatrix
-from ._features import training_basis
-from ._regression_solver import PathState, dqn_path, exact_path
+from ._features import distinct_rows, training_basis
+from ._regression_solver import BETA_MAX_FACTOR, PathState, constructive_path, dqn_path, exact_path
 
 
 class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
@@ -34,6 +36,14 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     most ``exact_switch`` bases remain, a few exact (Cholesky) iterations remove the bias of the
     diagonal approximation. ``solver="exact"`` runs ARDRegression's iteration (same order, initial
     values and hyperpriors) with a full covariance, for small problems and as a reference.
+
+    When the linear basis has at least half as many features as distinct samples (p >> n, sparse
+    recovery), the diagonal phase cannot work (its first solve interpolates the targets), and
+    ``solver="dqn"`` runs Tipping & Faul's constructive fast marginal likelihood instead: it
+    starts from one feature and, per iteration, adds, re-estimates or deletes the one basis that
+    raises the evidence most (a pruned feature returns whenever its quality exceeds its
+    sparsity), keeping the full covariance of the small model by rank-one updates: O(M m) work
+    per iteration and O(M m) memory for m relevant features, never M-by-M.
 
     Parameters
     ----------
@@ -59,7 +69,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Precision re-estimation: MacKay's fixed point ``(gamma + 2 lambda_1) / (w^2 + 2 lambda_2)``
         or the EM update ``(1 + 2 lambda_1) / (w^2 + Sigma_jj + 2 lambda_2)``.
     max_iter : int, default=300
-        Maximum number of hyperparameter updates (both phases together).
+        Maximum number of hyperparameter updates (both phases together; on the constructive
+        path, one added, re-estimated or deleted basis per update).
     tol : float, default=1e-3
         Convergence tolerance. "dqn": stop when ``max|d w| <= tol * max|w|`` with an unchanged
         active set for ``n_iter_no_change`` consecutive iterations. "exact": ARDRegression's test,
@@ -73,6 +84,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     exact_switch : int, default=0
         With ``solver="dqn"``, switch to exact iterations once at most this many bases remain
         (0 disables the exact finish, so no matrix larger than the data is ever allocated).
+        Not used by the constructive path (p >> n), whose covariance is already exact.
     threshold_lambda : float, default=1e4
         Bases whose precision exceeds this are pruned. Precisions are measured on columns scaled
         to unit root mean square and on the target scaled to unit variance, so the threshold
@@ -160,7 +172,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
     >>> y_mean, y_std = reg.predict(X[:2], return_std=True)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         **BaseDQNSBL._parameter_constraints,
         "inner_tol": [Interval(Real, 0, None, closed="neither")],
         "alpha_1": [Interval(Real, 0, None, closed="left")],
@@ -243,48 +255,78 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         X, y, sw = self._validate_training_data(X, y, sample_weight, y_numeric=True)
         dtype = X.dtype
         with limit_threads(self.n_jobs):
-            self._gamma = self._resolve_gamma(X)
-            B, own = training_basis(self, X, self._gamma)
-            design = DesignMatrix(B, sw, center=True, intercept_column=False, own=own)
+            self._gamma = self._resolve_gamma(X, sw)
+            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            design = DesignMatrix(
+                B, sw, center=True, intercept_column=False, own=own, column_index=column_index
+            )
             W = design.weight_sum
             y64 = np.asarray(y, dtype=np.float64)
-            y_offset = float(sw @ y64) / W
-            t = y64 - y_offset
-            var_t = float(sw @ (t * t)) / W
-            if var_t <= np.finfo(np.float64).eps * max(1.0, y_offset**2) or design.n_active == 0:
-                # Constant target (or no informative basis): nothing to explain.
+            # Standardise y without overflow: work on y / max|y| first (y may be ~1e300).
+            y_max = float(np.max(np.abs(y64)))
+            ys = y64 / y_max if y_max > 0.0 else y64
+            wn = sw / W
+            off_s = float(wn @ ys)
+            t = ys - off_s
+            var_s = float(wn @ (t * t))
+            y_offset = off_s * y_max if y_max > 0.0 else 0.0
+            constant = var_s <= np.finfo(np.float64).eps * max(1.0, off_s**2)
+            if constant or design.n_active == 0:
+                # Nothing to explain. For a constant target the residual is zero and the noise
+                # precision the largest allowed on the scale of y (the predictive standard
+                # deviation is 1e-3 |y|); with no informative basis the noise is var(y).
                 state = self._initial_state(design, 1.0, None)
-                self._finish_trivial(design, state, y_offset, 1.0, dtype, X)
+                if constant:
+                    y_scale = abs(y_offset) if y_offset != 0.0 else 1.0
+                    state.beta = BETA_MAX_FACTOR
+                else:
+                    y_scale = np.sqrt(var_s) * y_max
+                    state.beta = 1.0
+                self._finish_trivial(design, state, y_offset, y_scale, dtype, X)
                 return self
             # Work on the standardised target, so that precisions, the pruning threshold and the
             # hyperpriors do not depend on the units of y (as they do in ARDRegression).
-            y_scale = np.sqrt(var_t)
-            t = t / y_scale
-            state = self._initial_state(design, 1.0, warm)
-            params = dict(
-                max_iter=self.max_iter,
-                tol=self.tol,
-                n_iter_no_change=self.n_iter_no_change,
-                inner_max_iter=self.inner_max_iter,
-                inner_tol=self.inner_tol,
-                exact_switch=self.exact_switch,
-                threshold_lambda=self.threshold_lambda,
-                alpha_1=self.alpha_1,
-                alpha_2=self.alpha_2,
-                lambda_1=self.lambda_1,
-                lambda_2=self.lambda_2,
-                update=self.update,
-                fix_noise=self.fix_noise,
-                compute_score=self.compute_score,
-                var_t=1.0,
-            )
+            y_scale = np.sqrt(var_s) * y_max
+            t = t / np.sqrt(var_s)
+            constructive = self.solver == "dqn" and _wide(self, design, X, sw)
+            if constructive:
+                state, init = self._constructive_state(design, warm)
+            else:
+                state = self._initial_state(design, 1.0, warm)
+            params = {
+                "max_iter": self.max_iter,
+                "tol": self.tol,
+                "n_iter_no_change": self.n_iter_no_change,
+                "inner_max_iter": self.inner_max_iter,
+                "inner_tol": self.inner_tol,
+                "exact_switch": self.exact_switch,
+                "threshold_lambda": self.threshold_lambda,
+                "alpha_1": self.alpha_1,
+                "alpha_2": self.alpha_2,
+                "lambda_1": self.lambda_1,
+                "lambda_2": self.lambda_2,
+                "update": self.update,
+                "fix_noise": self.fix_noise,
+                "compute_score": self.compute_score,
+                "var_t": 1.0,
+            }
             on_iter = self._print_progress if self.verbose else None
-            if self.solver == "exact":
+            if constructive:
+                constructive_path(design, t, sw, state, params=params, init=init, on_iter=on_iter)
+            elif self.solver == "exact":
                 exact_path(design, t, sw, state, params=params, ard_stop=True, on_iter=on_iter)
             else:
                 outcome = dqn_path(design, t, sw, state, params=params, on_iter=on_iter)
                 if outcome == "switch":
                     exact_path(design, t, sw, state, params=params, ard_stop=False, on_iter=on_iter)
+            if design.n_active == 0:
+                warnings.warn(
+                    "DQNSBLRegressor pruned every basis function although y varies, so it "
+                    "predicts the mean of y everywhere: no feature explained y better than noise "
+                    "under the evidence. If that is unexpected, check the features' scales and "
+                    "the kernel parameters, or lower threshold_lambda.",
+                    EmptyModelWarning,
+                )
             if not state.converged:
                 warnings.warn(
                     f"DQNSBLRegressor did not converge in max_iter={self.max_iter} iterations; "
@@ -315,9 +357,21 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         beta = 1.0 / (var_t + np.finfo(np.float64).eps)
         return PathState(lam=np.ones(design.n_active), mu=np.zeros(design.n_active), beta=beta)
 
+    def _constructive_state(self, design, warm):
+        """Initial state of the constructive path: an empty model (the path picks its first
+        basis) or, when warm-starting, the previous model with its precisions."""
+        init = None
+        beta = 1.0 if self.fix_noise else 1.0 / 0.1**2  # SparseBayes: noise std 0.1 std(y)
+        if warm is not None and warm["lam"].shape[0] == design.n_basis:
+            lam_act = warm["lam"][design.active]
+            pos = np.flatnonzero(np.isfinite(lam_act) & (lam_act < self.threshold_lambda))
+            init = (pos, lam_act[pos])
+            beta = warm["beta"]
+        return PathState(lam=np.zeros(0), mu=np.zeros(0), beta=beta), init
+
     def _print_progress(self, phase, state, design, sse):
         print(
-            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({phase}): active={design.n_active} "
+            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({phase}): active={len(state.mu)} "
             f"noise precision={state.beta:.4g} sse={sse:.4g}"
         )
 
@@ -341,8 +395,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         coef_rel, shift = design.unscale(state.mu * y_scale)
         s = design.inv_scale[design.active] * y_scale
         self.lambda_ = lam_full
-        self.alpha_ = float(state.beta) / y_scale**2
-        self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)
+        with np.errstate(over="ignore", under="ignore", divide="ignore"):
+            # Out of float64's range only when the units of X or y are extreme (then inf or 0).
+            self.alpha_ = float(state.beta) / y_scale**2
+            self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)
         self.intercept_ = float(y_offset + shift)
         if self.kernel is None:
             coef = np.zeros(M, dtype=dtype)
@@ -355,8 +411,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             if hasattr(self, "coef_"):
                 del self.coef_
         self._coef_rel = coef_rel
-        # Full posterior covariance of the relevant weights in original units, when it exists.
-        self._sigma_full = None if state.sigma_full is None else state.sigma_full * np.outer(s, s)
+        # Posterior covariance (full when it exists) on the standardised scale, for return_std.
+        self._sigma_full = state.sigma_full
+        self._sigma_std = state.sigma_diag.copy()
+        self._std_scale = design.inv_scale[design.active].copy()
+        self._y_scale = float(y_scale)
+        self._beta_std = float(state.beta)
         self.n_iter_ = int(state.n_iter)
         # Log evidence of y in its own units: that of y / y_scale minus W log(y_scale).
         self.scores_ = [v - design.weight_sum * np.log(y_scale) for v in state.scores]
@@ -398,13 +458,29 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 var = np.zeros(X.shape[0])
             else:
                 D = Phi.toarray() if sp.issparse(Phi) else np.asarray(Phi, dtype=np.float64)
-                D = D - self._basis_offset
+                D = (D - self._basis_offset) * self._std_scale  # the solver's unit-RMS basis
                 if self._sigma_full is not None:
                     var = np.einsum("ij,ij->i", D @ self._sigma_full, D)
                 else:
-                    var = (D * D) @ self.sigma_.astype(np.float64)
-            y_std = np.sqrt(var + 1.0 / self.alpha_).astype(X.dtype, copy=False)
+                    var = (D * D) @ self._sigma_std
+            y_std = self._y_scale * np.sqrt(var + 1.0 / self._beta_std)
+            y_std = y_std.astype(X.dtype, copy=False)
         return y_mean, y_std
+
+
+def _wide(est, design, X, sw):
+    """Whether the constructive path runs instead of the diagonal phase: for the linear basis,
+    when the features can come close to interpolating the targets, i.e. there are at least half
+    as many as distinct samples with positive weight (the rank bound of the basis; counting
+    distinct rows makes the choice the same for k copies of a row as for a weight of k).
+
+    Kernel bases stay on the diagonal path: measured on Friedman #1 (n=481), the constructive
+    path reached a lower test MSE than fastrvm but needed thousands of single-basis iterations
+    and more relevance vectors (README, spec notes).
+    """
+    if est.kernel is not None or design.n_active < 0.5 * np.count_nonzero(sw):
+        return False
+    return design.n_active >= 0.5 * distinct_rows(X, sw).shape[0]
 
 
 def _dot(Phi, w):

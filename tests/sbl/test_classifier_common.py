@@ -11,17 +11,9 @@ CONFIGS = [
     DQNSBLClassifier(kernel="precomputed", exact_switch=0),
 ]
 
-_KERNEL_WEIGHTS = (
-    "A kernel basis has one column per training sample: repeating a sample adds a duplicate "
-    "basis column (with its own prior), which a weight of 2 does not, so the two models differ."
-)
-
 
 def _expected_failures(estimator):
     failures = {}
-    if estimator.kernel is not None:
-        failures["check_sample_weight_equivalence_on_dense_data"] = _KERNEL_WEIGHTS
-        failures["check_sample_weight_equivalence_on_sparse_data"] = _KERNEL_WEIGHTS
     if estimator.kernel == "precomputed":
         failures["check_decision_proba_consistency"] = (
             "The check fits on raw (80, 2) features without turning them into a Gram matrix "

@@ -1,0 +1,137 @@
+"""DQNSBLRegressor with more candidate bases than samples (p >> n, sparse recovery).
+
+The diagonal phase cannot work there (the first solve interpolates the targets); these tests pin
+the constructive path (Tipping & Faul's fast marginal likelihood with re-admission) that runs
+instead, its noise-precision schedule, and the warning for an empty model.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import r2_score
+
+from sparsekit import DQNSBLRegressor
+from sparsekit.exceptions import EmptyModelWarning
+from sparsekit.sbl._design import DesignMatrix
+from sparsekit.sbl._regression_solver import PathState, constructive_path
+
+
+def _wide_problem(n, M, k, seed, noise=0.05, n_test=300):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + n_test, M))
+    w = np.zeros(M)
+    support = rng.choice(M, k, replace=False)
+    w[support] = rng.choice([-1, 1], k) * rng.uniform(1, 2, k)
+    y = X @ w + noise * rng.normal(size=n + n_test)
+    return X[:n], y[:n], X[n:], y[n:], support
+
+
+@pytest.mark.parametrize(
+    ("n", "M", "k"), [(100, 300, 2), (100, 300, 10), (200, 1000, 10), (50, 5000, 2)]
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recovers_support_when_features_outnumber_samples(n, M, k, seed):
+    X, y, Xte, yte, support = _wide_problem(n, M, k, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converges, no empty model
+        reg = DQNSBLRegressor().fit(X, y)
+    big = np.flatnonzero(np.abs(reg.coef_) > 0.05)
+    np.testing.assert_array_equal(big, np.sort(support))
+    assert r2_score(yte, reg.predict(Xte)) >= 0.99
+    # The noise precision is estimated, not driven to its cap: within a factor 2 of 1/0.05^2.
+    assert 0.5 * 400 <= reg.alpha_ <= 2 * 400
+
+
+def test_sparse_csr_wide_problem():
+    rng = np.random.default_rng(5)
+    n, M, nnz = 2500, 20000, 250000
+    X = sp.csr_matrix(
+        (rng.normal(size=nnz), (rng.integers(0, n, nnz), rng.integers(0, M, nnz))), shape=(n, M)
+    )
+    w = np.zeros(M)
+    support = rng.choice(M, 10, replace=False)
+    w[support] = rng.choice([-1, 1], 10) * rng.uniform(1, 2, 10)
+    y = X @ w + 0.01 * rng.normal(size=n)
+    reg = DQNSBLRegressor().fit(X[:2000], y[:2000])
+    np.testing.assert_array_equal(np.flatnonzero(np.abs(reg.coef_) > 0.05), np.sort(support))
+    assert r2_score(y[2000:], reg.predict(X[2000:])) >= 0.99
+    dense = DQNSBLRegressor().fit(X[:2000].toarray(), y[:2000])
+    np.testing.assert_allclose(reg.coef_, dense.coef_, rtol=1e-6, atol=1e-9)
+
+
+def test_pruning_is_reversible():
+    """Started from a model made only of wrong bases, the constructive path deletes them and
+    re-admits the true ones (Q_i^2 > S_i), so no pruning decision is final."""
+    X, y, _, _, support = _wide_problem(100, 300, 3, seed=4)
+    t = (y - y.mean()) / y.std()
+    sw = np.ones(100)
+    design = DesignMatrix(X, sw, center=True, intercept_column=False)
+    wrong = np.setdiff1d(np.arange(10), support)[:5]
+    state = PathState(lam=np.zeros(0), mu=np.zeros(0), beta=100.0)
+    params = {
+        "max_iter": 300,
+        "tol": 1e-3,
+        "threshold_lambda": 1e4,
+        "alpha_1": 1e-6,
+        "alpha_2": 1e-6,
+        "fix_noise": False,
+        "var_t": 1.0,
+    }
+    constructive_path(design, t, sw, state, params=params, init=(wrong, np.ones(5)))
+    assert state.converged
+    np.testing.assert_array_equal(design.active, np.sort(support))
+    assert set(state.pruned_lam) == set(wrong.tolist())
+
+
+def test_weighted_wide_problem_equals_repeated_rows():
+    X, y, _, _, _ = _wide_problem(60, 400, 3, seed=2)
+    sw = np.ones(60)
+    sw[:10] = 3.0
+    Xr = np.vstack([X, X[:10], X[:10]])
+    yr = np.concatenate([y, y[:10], y[:10]])
+    a = DQNSBLRegressor().fit(X, y, sample_weight=sw)
+    b = DQNSBLRegressor().fit(Xr, yr)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-7, atol=1e-10)
+
+
+def test_empty_model_warns():
+    X, y, _, _, _ = _wide_problem(80, 200, 3, seed=0)
+    for reg in (DQNSBLRegressor(threshold_lambda=1e-3), DQNSBLRegressor(solver="exact")):
+        reg.set_params(threshold_lambda=1e-3)
+        with pytest.warns(EmptyModelWarning, match="pruned every basis"):
+            reg.fit(X, y)
+        assert reg.relevance_.size == 0
+        np.testing.assert_allclose(reg.predict(X[:3]), y.mean())
+    # Narrow problems take the diagonal path: the same warning.
+    with pytest.warns(EmptyModelWarning):
+        DQNSBLRegressor(threshold_lambda=1e-3).fit(X[:, :20], y)
+
+
+def test_rank_one_updates_match_full_recomputation(monkeypatch):
+    """Sigma, mu, S and Q follow each action by rank-one updates; recomputing them from scratch
+    after every action gives the same path and model."""
+    import sparsekit.sbl._regression_solver as solver
+
+    X, y, _, _, _ = _wide_problem(100, 400, 8, seed=7, noise=0.3)
+    a = DQNSBLRegressor().fit(X, y)
+    monkeypatch.setattr(solver, "_REFRESH", 1)
+    b = DQNSBLRegressor().fit(X, y)
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_array_equal(a.relevance_, b.relevance_)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-12)
+
+
+def test_warm_start_resumes_the_constructive_path():
+    X, y, _, _, support = _wide_problem(100, 400, 6, seed=9)
+    cold = DQNSBLRegressor().fit(X, y)
+    warm = DQNSBLRegressor(warm_start=True, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm.fit(X, y)
+    assert warm.n_iter_ == 3 and 0 < warm.relevance_.size <= 4
+    warm.set_params(max_iter=300).fit(X, y)  # starts from the bases found so far
+    np.testing.assert_array_equal(warm.relevance_, np.sort(support))
+    assert warm.n_iter_ < cold.n_iter_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-9)

@@ -15,9 +15,10 @@ from sklearn.utils._param_validation import Interval
 from ..exceptions import EmptyModelWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
+from ._constructive import constructive_path
 from ._design import DesignMatrix
 from ._features import distinct_rows, training_basis
-from ._regression_solver import BETA_MAX_FACTOR, PathState, constructive_path, dqn_path, exact_path
+from ._regression_solver import BETA_MAX_FACTOR, PathState, dqn_path, exact_path
 
 
 class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):

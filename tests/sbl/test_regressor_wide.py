@@ -14,8 +14,9 @@ from sklearn.metrics import r2_score
 
 from sparsekit import DQNSBLRegressor
 from sparsekit.exceptions import EmptyModelWarning
+from sparsekit.sbl._constructive import constructive_path
 from sparsekit.sbl._design import DesignMatrix
-from sparsekit.sbl._regression_solver import PathState, constructive_path
+from sparsekit.sbl._regression_solver import PathState
 
 
 def _wide_problem(n, M, k, seed, noise=0.05, n_test=300):
@@ -112,11 +113,11 @@ def test_empty_model_warns():
 def test_rank_one_updates_match_full_recomputation(monkeypatch):
     """Sigma, mu, S and Q follow each action by rank-one updates; recomputing them from scratch
     after every action gives the same path and model."""
-    import sparsekit.sbl._regression_solver as solver
+    import sparsekit.sbl._constructive as solver
 
     X, y, _, _, _ = _wide_problem(100, 400, 8, seed=7, noise=0.3)
     a = DQNSBLRegressor().fit(X, y)
-    monkeypatch.setattr(solver, "_REFRESH", 1)
+    monkeypatch.setattr(solver, "REFRESH", 1)
     b = DQNSBLRegressor().fit(X, y)
     assert a.n_iter_ == b.n_iter_
     np.testing.assert_array_equal(a.relevance_, b.relevance_)

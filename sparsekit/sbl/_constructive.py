@@ -1,0 +1,297 @@
+"""The constructive path: Tipping & Faul's fast marginal likelihood over every candidate column.
+
+Used by :class:`~sparsekit.DQNSBLRegressor` for the linear basis when the candidates can
+interpolate the targets (M >= n/2), the regime where the diagonal phase of
+:func:`._regression_solver.dqn_path` lets the noise precision explode. Notation as in
+:mod:`._regression_solver` (``lam`` weight precisions, ``beta`` noise precision, ``sw`` sample
+weights, ``W = sum(sw)``, Phi the scaled, centred basis).
+
+The model starts from one basis (or from a warm start) and each iteration takes the single action
+among "add a candidate", "re-estimate a precision" and "delete a basis" that raises the log
+marginal likelihood most (Tipping & Faul 2003, "Fast marginal likelihood maximisation for sparse
+Bayesian models"). For every candidate ``i``::
+
+    S_i = beta phi_i'S phi_i - beta^2 phi_i'S Phi_A Sigma Phi_A'S phi_i
+    Q_i = beta phi_i'S t     - beta^2 phi_i'S Phi_A Sigma Phi_A'S t
+
+with the full posterior covariance ``Sigma`` over the (small) model A; a basis outside the model
+is worth adding exactly when ``Q_i^2 > S_i``. Pruning is therefore never final, and a small model
+cannot interpolate the targets, so the noise precision stays honest when there are more
+candidates than samples. The noise precision is re-estimated only once the model has settled for
+the current one.
+
+``Sigma``, ``mu``, S and Q follow each action by rank-one formulas (O(M m) work; one pass over
+Phi, O(nnz), to add a basis) and are recomputed from scratch after each noise update and every
+``REFRESH`` actions. Memory is O(M m) for ``Phi' S Phi_A``; no M-by-M matrix is formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.linalg import solve_triangular
+
+from ._regression_solver import BETA_MAX_FACTOR, _cholesky, _noise_update, _posterior
+
+_EPS = np.finfo(np.float64).eps
+REFRESH = 50  # actions between full recomputations of Sigma, mu, S and Q
+GAIN_TOL = 1e-6  # log-evidence gain per unit of weight below which an action is noise
+
+
+def _basis_gain(a, s, q):
+    """Contribution of one basis with precision ``a`` to the log marginal likelihood, given its
+    sparsity and quality factors ``s``, ``q`` (Tipping & Faul 2003, eq. 6)."""
+    return 0.5 * (np.log(a) - np.log(a + s) + q * q / (a + s))
+
+
+class _Proposal:
+    """The best action of one iteration and the factors it was chosen from."""
+
+    def __init__(self, gain, lam_new, s, theta):
+        self.gain = gain  # [M] evidence gain of each candidate's best action
+        self.lam_new = lam_new  # [m] re-estimated precision of each model basis (inf: delete)
+        self.s = s  # [M] sparsity factors, the model's own contribution removed
+        self.theta = theta  # [M] q^2 - s, zero where the precision would pass the threshold
+        self.best = int(np.argmax(gain))
+        self.best_gain = float(gain[self.best])
+
+
+class FastMarginalLikelihood:
+    """The model (candidate indices and precisions) with its posterior and S, Q for all candidates.
+
+    Parameters
+    ----------
+    design : DesignMatrix
+        The scaled basis over all candidates; compacted to the model by :meth:`finish`.
+    sw : ndarray of shape (n_samples,)
+        Sample weights.
+    phit_t : ndarray of shape (M,)
+        ``Phi' S t`` for every candidate.
+    beta : float
+        Initial noise precision.
+    """
+
+    def __init__(self, design, sw, phit_t, beta):
+        self.design = design
+        self.sw = sw
+        self.p = phit_t
+        self.W = design.weight_sum
+        self.M = design.n_active
+        self.beta = beta
+        self.model = []  # candidate indices in the model, in order of addition
+        self.in_model = np.zeros(self.M, dtype=bool)
+        self.lam = np.empty(0)
+        self._C = np.empty((self.M, 16), order="F")  # Phi' S Phi_A, one column per model basis
+        self.Sigma = np.zeros((0, 0))
+        self.mu = np.zeros(0)
+        self.S = None  # None while a warm-start model is being built (no rank-one updates)
+        self.Q = None
+
+    @property
+    def C(self):
+        """``Phi' S Phi_A`` for the current model, shape (M, m)."""
+        return self._C[:, : len(self.model)]
+
+    def _index(self):
+        return np.asarray(self.model, dtype=np.intp)
+
+    def refresh(self):
+        """Recompute Sigma, mu, S and Q from scratch for the current model and noise precision."""
+        beta, C, idx = self.beta, self.C, self._index()
+        if not self.model:
+            self.Sigma, self.mu = np.zeros((0, 0)), np.zeros(0)
+            self.S, self.Q = np.full(self.M, beta * self.W), beta * self.p
+            return
+        G = np.ascontiguousarray(C[idx])
+        self.mu, self.Sigma, _ = _posterior(G, beta, self.lam, self.p[idx])
+        # With L L' = beta G + diag(lam): phi_i'S Phi_A Sigma Phi_A'S phi_i = |L^-1 C_i|^2.
+        V = solve_triangular(_cholesky(G, beta, self.lam), C.T, lower=True, check_finite=False)
+        self.S = beta * self.W - beta * beta * np.einsum("ij,ij->j", V, V)
+        self.Q = beta * self.p - beta * (C @ self.mu)
+
+    def start(self, init=None):
+        """Build the initial model: ``init = (candidate indices, precisions)``, or the candidate
+        best aligned with the target (SparseBayes' initialisation)."""
+        self.refresh()
+        if init is not None and len(init[0]) > 0:
+            self.S = self.Q = None  # add the whole model first, then compute everything once
+            for j, a in zip(*init):
+                self.add(int(j), float(a))
+        else:
+            j = int(np.argmax(np.abs(self.p)))
+            S, Q = self.beta * self.W, self.beta * self.p[j]
+            self.add(j, S * S / (Q * Q - S) if Q * Q > S else S)
+        self.refresh()
+
+    def add(self, j, a):
+        """Add candidate ``j`` with precision ``a`` (Tipping & Faul 2003, appendix)."""
+        m = len(self.model)
+        if m == self._C.shape[1]:
+            C2 = np.empty((self.M, 2 * m), order="F")
+            C2[:, :m] = self._C[:, :m]
+            self._C = C2
+        self._C[:, m] = self.design.rmatvec(self.sw * self.design.column(j))
+        if self.S is not None:
+            beta, C = self.beta, self._C[:, : m + 1]
+            s_jj = 1.0 / (a + self.S[j])
+            mu_j = s_jj * self.Q[j]
+            comm = beta * (self.Sigma @ C[self._index(), m])
+            e = beta * C[:, m] - beta * (C[:, :m] @ comm)
+            self.Sigma = np.block(
+                [[self.Sigma + s_jj * np.outer(comm, comm), -s_jj * comm[:, None]],
+                 [-s_jj * comm[None, :], np.array([[s_jj]])]]
+            )  # fmt: skip
+            self.mu = np.append(self.mu - mu_j * comm, mu_j)
+            self.S = self.S - s_jj * e * e
+            self.Q = self.Q - mu_j * e
+        self.model.append(j)
+        self.in_model[j] = True
+        self.lam = np.append(self.lam, a)
+
+    def change(self, k, a_new, pruned_lam):
+        """Set the precision of model basis ``k`` to ``a_new``; ``np.inf`` deletes it (its last
+        precision is recorded in ``pruned_lam`` under its original column index)."""
+        beta, lam, m = self.beta, self.lam, len(self.model)
+        sk = self.Sigma[:, k].copy()
+        inv_d = 0.0 if np.isinf(a_new) else 1.0 / (a_new - lam[k])
+        kappa = 1.0 / (sk[k] + inv_d)
+        mu_k = self.mu[k]
+        tmp = beta * (self.C @ sk)
+        self.Sigma = self.Sigma - kappa * np.outer(sk, sk)
+        self.mu = self.mu - kappa * mu_k * sk
+        self.S = self.S + kappa * tmp * tmp
+        self.Q = self.Q + kappa * mu_k * tmp
+        if not np.isinf(a_new):
+            lam[k] = a_new
+            return
+        self._C[:, k : m - 1] = self._C[:, k + 1 : m]
+        pruned_lam[int(self.design.active[self.model[k]])] = float(lam[k])
+        self.in_model[self.model[k]] = False
+        del self.model[k]
+        keep = np.arange(m) != k
+        self.Sigma = self.Sigma[np.ix_(keep, keep)]
+        self.mu = self.mu[keep]
+        self.lam = lam[keep]
+
+    def propose(self, threshold_lambda):
+        """Score every action; a precision above ``threshold_lambda`` counts as pruned."""
+        idx, lam = self._index(), self.lam
+        s, q = self.S.copy(), self.Q.copy()
+        # Remove each model basis' own contribution. lam - S_i = lam^2 Sigma_ii > 0 in exact
+        # arithmetic; keep it so under rounding.
+        den = np.maximum(lam - self.S[idx], _EPS * lam)
+        s[idx] = lam * self.S[idx] / den
+        q[idx] = lam * self.Q[idx] / den
+        theta = q * q - s
+        # A basis is worth having when Q^2 > S, at the precision s^2 / theta; as in the other
+        # solvers, one whose precision would exceed ``threshold_lambda`` counts as pruned.
+        over = theta * threshold_lambda <= s * s
+        theta[over] = 0.0
+        gain = np.full(self.M, -np.inf)
+        good = ~self.in_model & (theta > 0)
+        gain[good] = 0.5 * (theta[good] / s[good] + np.log(s[good] / (q[good] ** 2)))
+        s_in, q_in, th_in = s[idx], q[idx], theta[idx]
+        keep_in = th_in > 0
+        lam_new = np.where(keep_in, s_in * s_in / np.where(keep_in, th_in, 1.0), np.inf)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            g_old = _basis_gain(lam, s_in, q_in)
+            g_in = np.where(keep_in, _basis_gain(lam_new, s_in, q_in) - g_old, -g_old)
+        g_in = np.where(np.isnan(g_in), -np.inf, g_in)
+        # A basis in the model past the threshold is pruned first, whatever the evidence says.
+        gain[idx] = np.where(over[idx] & (q_in * q_in > s_in), np.inf, g_in)
+        return _Proposal(gain, lam_new, s, theta)
+
+    def take(self, prop, pruned_lam, *, small, tol):
+        """Carry out the proposal; True when the model has settled for the current noise.
+
+        Settled means: nothing gains more than ``small`` (the step is still taken when its gain
+        is positive), or the best move is a re-estimate by less than ``tol`` in log precision
+        with no candidate worth adding (correlated neighbours can trade a weight back and forth
+        for a long time).
+        """
+        best, lam_old = prop.best, self.lam.copy()
+        k = int(np.flatnonzero(self._index() == best)[0]) if self.in_model[best] else None
+        if prop.best_gain <= small:
+            settled = True
+            if prop.best_gain <= 0.0:
+                return settled
+        elif k is not None and np.isfinite(prop.lam_new[k]):
+            settled = abs(np.log(prop.lam_new[k] / lam_old[k])) < tol and not np.any(
+                prop.gain[~self.in_model] > small
+            )
+        else:
+            settled = False
+        if k is not None:
+            self.change(k, prop.lam_new[k], pruned_lam)
+        else:
+            self.add(best, prop.s[best] ** 2 / prop.theta[best])
+        return settled
+
+    def noise_statistics(self, tt):
+        """Weighted residual sum of squares and ``sum(gamma)`` of the current posterior."""
+        idx = self._index()
+        G = self.C[idx]
+        sse = max(tt - 2.0 * self.mu @ self.p[idx] + self.mu @ (G @ self.mu), 0.0)
+        gamma_sum = float(np.sum(np.clip(1.0 - self.lam * np.diag(self.Sigma), 0.0, 1.0)))
+        return sse, gamma_sum
+
+    def finish(self, state):
+        """Reduce the design to the model (increasing column order) and store its posterior."""
+        order = np.argsort(self.model) if self.model else np.zeros(0, dtype=np.intp)
+        self.design.compact(self.in_model)
+        state.beta = self.beta
+        if not self.model:
+            state.lam, state.mu = np.zeros(0), np.zeros(0)
+            state.sigma_full, state.sigma_diag = np.zeros((0, 0)), np.zeros(0)
+            return
+        idx = self._index()[order]
+        state.lam = self.lam[order]
+        G = np.ascontiguousarray(self._C[idx][:, order])
+        state.mu, state.sigma_full, _ = _posterior(G, self.beta, state.lam, self.p[idx])
+        state.sigma_diag = np.diag(state.sigma_full).copy()
+
+
+def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
+    """Run the constructive path on ``design`` from ``state`` (see the module docstring).
+
+    ``init = (candidate indices, precisions)`` warm-starts the model. Returns ``"converged"`` or
+    ``"max_iter"``; ``state`` holds the result and ``design`` is compacted to the model.
+    """
+    W = design.weight_sum
+    beta_max = BETA_MAX_FACTOR / params["var_t"]
+    tol = params["tol"]
+    fml = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), state.beta)
+    tt = float(sw @ (t * t))
+    fml.start(init)
+    since_refresh = 0
+    while fml.model and state.n_iter < params["max_iter"]:
+        if since_refresh >= REFRESH:
+            fml.refresh()
+            since_refresh = 0
+        prop = fml.propose(params["threshold_lambda"])
+        state.n_iter += 1
+        since_refresh += 1
+        # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
+        sse, gamma_sum = fml.noise_statistics(tt)
+        settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * W, tol=tol)
+        if on_iter is not None:
+            state.mu = fml.mu
+            on_iter("fast", state, design, sse)
+        if settled:
+            # Only now re-estimate the noise. Updating it after every action lets each added
+            # basis shrink the residual, raise beta and make the next noise basis look relevant,
+            # until beta reaches its cap.
+            beta_old = fml.beta
+            if not params["fix_noise"]:
+                fml.beta = _noise_update(
+                    W, gamma_sum, sse, params["alpha_1"], params["alpha_2"], beta_max
+                )
+            state.beta = fml.beta
+            if abs(np.log(fml.beta / beta_old)) < tol:
+                state.converged = True
+                break
+            fml.refresh()
+            since_refresh = 0
+    if not fml.model:
+        state.converged = True
+    fml.finish(state)
+    return "converged" if state.converged else "max_iter"

@@ -13,7 +13,7 @@ The distribution is called ``sparsekit-learn`` on PyPI; the import name is ``spa
 import importlib.util as _importlib_util
 
 from ._version import __version__
-from .exceptions import EvidenceWarning
+from .exceptions import EmptyModelWarning, EvidenceWarning
 from .sbl import DQNSBLClassifier, DQNSBLRegressor
 
 _LAZY = {"AdaMoLEClassifier": "sparsekit.adamole"}
@@ -32,7 +32,13 @@ def _adamole_available():
 
 # `from sparsekit import *` resolves every name in __all__: list the torch-based estimator only
 # where its dependencies are installed, so the SBL-only install can star-import.
-__all__ = ["DQNSBLClassifier", "DQNSBLRegressor", "EvidenceWarning", "__version__"]
+__all__ = [
+    "DQNSBLClassifier",
+    "DQNSBLRegressor",
+    "EmptyModelWarning",
+    "EvidenceWarning",
+    "__version__",
+]
 if _adamole_available():
     __all__ += ["AdaMoLEClassifier"]
 

@@ -93,10 +93,16 @@ def test_star_import_with_torch_includes_adamole():
 
 def test_public_names():
     import sparsekit
-    from sparsekit.exceptions import EvidenceWarning
+    from sparsekit.exceptions import EmptyModelWarning, EvidenceWarning
 
-    assert set(sparsekit.__all__) >= {"DQNSBLRegressor", "DQNSBLClassifier", "EvidenceWarning"}
+    assert set(sparsekit.__all__) >= {
+        "DQNSBLRegressor",
+        "DQNSBLClassifier",
+        "EmptyModelWarning",
+        "EvidenceWarning",
+    }
     assert sparsekit.EvidenceWarning is EvidenceWarning
+    assert sparsekit.EmptyModelWarning is EmptyModelWarning
     with pytest.raises(AttributeError):
         _ = sparsekit.NoSuchThing
 

@@ -151,7 +151,7 @@ def weighted_gram(Phi, b, use_blas):
     """``Phi' diag(b) Phi`` for a C-contiguous Phi: BLAS for large products, else plain loops.
 
     Small products stay out of BLAS on purpose: a multi-threaded BLAS on a busy machine costs
-    milliseconds per call on matrices this small (spec §7, P1).
+    milliseconds per call on matrices this small.
     """
     n, m = Phi.shape
     if use_blas:

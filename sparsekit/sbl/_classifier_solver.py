@@ -13,7 +13,7 @@ column of ones at coefficient index 0 when the design has one). Notation:
 
 Two solvers share one outer loop (:func:`fit_path`):
 
-- the DQN phase (spec §1.5): the mode by diagonal quasi-Newton steps ``p = -g / (D + lam)`` with an
+- the DQN phase (docs/algorithms/dqn_sbl.rst): the mode by diagonal quasi-Newton steps ``p = -g / (D + lam)`` with an
   Armijo search along ``z + eta Phi p`` (two passes over Phi per step, GEMMs for K columns), ``D``
   by the diagonal BFGS (or PSB, or exact-diagonal) update, warm-started across outer iterations,
   and ``Sigma_jj ~ 1 / (D_jj + lam_j)`` in the MacKay/EM update, so nothing m-by-m is formed;

@@ -29,7 +29,7 @@ _EPS = np.finfo(np.float64).eps
 GAMMA_FLOOR = 1e-12
 LAMBDA_FLOOR = 1e-12
 BETA_MAX_FACTOR = 1e6  # SparseBayes v2 CONTROLS.BetaMaxFactor
-GAMMA_SUM_CAP = 0.95  # sum(gamma) <= 0.95 W in the noise update (spec §7 P4)
+GAMMA_SUM_CAP = 0.95  # sum(gamma) <= 0.95 W in the diagonal noise update (W - sum(gamma) -> 0)
 
 
 class PathState:
@@ -117,7 +117,7 @@ def dqn_path(design, t, sw, state, *, params, on_iter=None):
     """Diagonal (O(m) per hyperparameter update) SBL regression path; see module docstring.
 
     Stops when, for ``n_iter_no_change`` consecutive iterations, the active set is unchanged and
-    ``max|d mu| <= tol * max|mu|`` (the coefficient rule of spec §7; the log-precision rule alone
+    ``max|d mu| <= tol * max|mu|`` (docs/algorithms/dqn_sbl.rst, "Stopping"; the log-precision rule alone
     never fires for a diagonal solver), or hands over to :func:`exact_path` as soon as at most
     ``exact_switch`` bases remain.
     """

@@ -25,7 +25,7 @@ def limit_threads(n_jobs: int | None):
     """Limit BLAS/OpenMP threads and numba threads inside the block, restoring them afterwards.
 
     Small matrix-vector products are slower with several BLAS threads when other processes hold the
-    cores (spec §7 P1), so the estimators expose ``n_jobs`` and route it here.
+    cores, so the estimators expose ``n_jobs`` and route it here.
     """
     n = effective_n_jobs(n_jobs)
     if n is None:

@@ -329,7 +329,10 @@ def summarise(parts):
     for part in parts:
         groups.setdefault((part["task"], part["budget"]), []).append(part)
     summary = {}
-    for (task, budget), ps in sorted(groups.items()):
+    order = {task: i for i, task in enumerate(TASKS)}
+    for (task, budget), ps in sorted(
+        groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
+    ):
         ps = sorted(ps, key=lambda p: p["seed"])
         arms = [a for a in ARMS if all(a in p["arms"] for p in ps)]
         seeds = [p["seed"] for p in ps]
@@ -398,7 +401,8 @@ def markdown(summary):
         "",
         "Written by `benchmarks/bench_adamole_study.py` (see its docstring for the arms). Accuracy on",
         "the test split, seeds = split seeds = `random_state`; paired differences against the best",
-        "LoRA arm (by mean) on the same seeds, t = mean / (sd / sqrt(n)), n - 1 degrees of freedom.",
+        "LoRA arm (by mean) on the same seeds, t = mean / (sd / sqrt(n)), n - 1 degrees of freedom",
+        "(with 3 seeds, |t| > 4.30 is significant at the two-sided 5 % level).",
     ]
     for s in summary.values():
         b = s["settings"]

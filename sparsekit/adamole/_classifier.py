@@ -56,6 +56,19 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         with ``num_experts=1`` is plain LoRA.
     top_k : int, default=2
         Active experts per token for ``routing="topk"``.
+    balance_score : {"adapted", "probs"}, default="adapted"
+        ``routing="adaptive"``: the routing score of the load-balancing loss, ``p - tau`` (the
+        paper's code, whose gradient pushes every threshold to ``max_threshold``) or the gate
+        probability ``p`` (Switch-style). See :class:`~sparsekit.adamole.AdaMoLEConfig`.
+    threshold_budget : float or None, default=None
+        ``routing="adaptive"`` only: target mean number of active experts per token, in [1,
+        num_experts]; a squared penalty on the gap between a smooth active count (averaged over
+        each batch's tokens) and this target joins the load-balancing loss, so the thresholds
+        cannot all drift to their cap. ``None``: no budget (the paper).
+    expert_init : {"lora", "orthogonal"}, default="lora"
+        ``"lora"``: B = 0 for every expert (the router gets no task gradient until the experts
+        have moved). ``"orthogonal"``: orthogonal A rows across experts and a tiny random B, so
+        experts differ from the first step.
     aux_loss_coef : float, default=1e-3
         Weight of the load-balancing loss added to the task loss (paper: 1e-3).
     target_modules : list of str, str or None, default=None
@@ -150,8 +163,8 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
     history_ : list of dict
         One dict per epoch: ``epoch``, ``train_loss`` (task loss), ``aux_loss`` (unweighted
         load-balancing loss), ``learning_rate``, ``n_samples``, ``duration_s``, the routing
-        statistics (``mean_active_experts``, ``zero_expert_fraction``, ``tau_mean``, ``tau_std``,
-        ``expert_load``) and, with early stopping, ``valid_loss`` and ``valid_accuracy``.
+        statistics (``mean_active_experts``, ``active_experts_std``, ``zero_expert_fraction``,
+        ``tau_mean``, ``tau_std``, ``tau_over_max``, ``near_cap_fraction``, ``expert_load``) and, with early stopping, ``valid_loss`` and ``valid_accuracy``.
     expert_usage_ : dict
         Routing statistics of the last training epoch (see
         :func:`sparsekit.adamole.routing_statistics`), including ``per_module``.
@@ -185,6 +198,9 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         "max_threshold": [Interval(Real, 0, 1, closed="right"), None],
         "routing": [StrOptions({"adaptive", "topk", "threshold", "dense"})],
         "top_k": [Interval(Integral, 1, None, closed="left")],
+        "balance_score": [StrOptions({"adapted", "probs"})],
+        "threshold_budget": [Interval(Real, 1, None, closed="left"), None],
+        "expert_init": [StrOptions({"lora", "orthogonal"})],
         "aux_loss_coef": [Interval(Real, 0, None, closed="left")],
         "target_modules": [list, tuple, str, None],
         "head": [StrOptions({"auto", "classifier", "lm"})],
@@ -219,6 +235,9 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         max_threshold=None,
         routing="adaptive",
         top_k=2,
+        balance_score="adapted",
+        threshold_budget=None,
+        expert_init="lora",
         aux_loss_coef=1e-3,
         target_modules=None,
         head="auto",
@@ -249,6 +268,9 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self.max_threshold = max_threshold
         self.routing = routing
         self.top_k = top_k
+        self.balance_score = balance_score
+        self.threshold_budget = threshold_budget
+        self.expert_init = expert_init
         self.aux_loss_coef = aux_loss_coef
         self.target_modules = target_modules
         self.head = head

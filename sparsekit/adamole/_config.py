@@ -7,10 +7,13 @@ from numbers import Integral, Real
 
 from peft import LoraConfig
 
+from ._routing import BALANCE_SCORES
+
 ROUTINGS = ("adaptive", "topk", "threshold", "dense")
 AUX_LOSS_REDUCTIONS = ("sum", "mean")
 EXPERT_COMPUTES = ("dense", "gathered")
 _SUPPORTED_INIT = (True, False, "gaussian")
+EXPERT_INITS = ("lora", "orthogonal")
 
 
 @dataclass
@@ -52,6 +55,26 @@ class AdaMoLEConfig(LoraConfig):
         How :func:`~sparsekit.adamole.collect_aux_loss` reduces the per-module load-balancing
         losses: ``"sum"`` over adapted modules (paper parity; the effective coefficient grows
         with the number of targets) or ``"mean"``.
+    balance_score : {"adapted", "probs"}, default="adapted"
+        Routing score ``P_i`` of the load-balancing loss for ``routing="adaptive"``:
+        ``"adapted"`` is ``p - tau`` (the paper's code; its gradient raises every threshold
+        towards ``tau_max``), ``"probs"`` is the gate probability ``p`` (Switch-style; the loss
+        then pushes tau only through the active fractions, which carry no gradient). The other
+        routings always use ``p``.
+    threshold_budget : float or None, default=None
+        ``routing="adaptive"`` only: a target for the mean number of active experts per token.
+        Adds ``(mean_t k_t - threshold_budget)^2`` to each module's load-balancing term, where
+        ``k_t = sum_i sigmoid((p_i - tau) / (tau_max / 10))`` is a smooth count of token t's
+        active experts, so the thresholds cannot all drift to ``tau_max``. Only the batch mean is
+        tied to the target; each token's count stays free. In [1, num_experts].
+    expert_init : {"lora", "orthogonal"}, default="lora"
+        ``"lora"``: every expert is a LoRA pair with B = 0 (see ``init_lora_weights``): all experts
+        output 0 at the start, so the gate gets no gradient from the task loss until the B's have
+        moved. ``"orthogonal"``: the stacked A has orthogonal rows (each expert reads its own
+        input subspace; row norms as kaiming-uniform's on average) and B is drawn from N(0, 1e-6),
+        so experts differ from the first step and the task loss reaches the gate at once (the
+        model's initial output moves by a negligible amount). Ignored with
+        ``init_lora_weights=False``.
     expert_compute : {"dense", "gathered"}, default="dense"
         ``"dense"``: masked dense form, two GEMMs over the stacked experts, no host sync (best
         when ``num_experts * r`` is small compared with the layer width). ``"gathered"``: only the
@@ -87,6 +110,17 @@ class AdaMoLEConfig(LoraConfig):
     )
     expert_compute: str = field(
         default="dense", metadata={"help": "'dense' masked experts or 'gathered' active pairs."}
+    )
+    balance_score: str = field(
+        default="adapted",
+        metadata={"help": "Score of the balance loss (adaptive routing): 'adapted' or 'probs'."},
+    )
+    threshold_budget: float | None = field(
+        default=None,
+        metadata={"help": "Target mean active experts per token (adaptive routing), or None."},
+    )
+    expert_init: str = field(
+        default="lora", metadata={"help": "'lora' (B = 0) or 'orthogonal' (distinct experts)."}
     )
 
     def __post_init__(self):
@@ -141,6 +175,7 @@ class AdaMoLEConfig(LoraConfig):
                 "The 'expert_compute' parameter of AdaMoLEConfig must be one of "
                 f"{EXPERT_COMPUTES}. Got {self.expert_compute!r} instead."
             )
+        self._validate_threshold_options()
         if self.init_lora_weights not in _SUPPORTED_INIT:
             raise ValueError(
                 "AdaMoLEConfig supports init_lora_weights in (True, False, 'gaussian'). "
@@ -166,6 +201,35 @@ class AdaMoLEConfig(LoraConfig):
                 "AdaMoLEConfig does not support rank_pattern/alpha_pattern: all adapted layers "
                 "share r, lora_alpha and num_experts."
             )
+
+    def _validate_threshold_options(self):
+        if self.balance_score not in BALANCE_SCORES:
+            raise ValueError(
+                "The 'balance_score' parameter of AdaMoLEConfig must be one of "
+                f"{BALANCE_SCORES}. Got {self.balance_score!r} instead."
+            )
+        if self.expert_init not in EXPERT_INITS:
+            raise ValueError(
+                "The 'expert_init' parameter of AdaMoLEConfig must be one of "
+                f"{EXPERT_INITS}. Got {self.expert_init!r} instead."
+            )
+        if self.threshold_budget is not None:
+            budget = self.threshold_budget
+            if (
+                isinstance(budget, bool)
+                or not isinstance(budget, Real)
+                or not 1 <= budget <= self.num_experts
+            ):
+                raise ValueError(
+                    "The 'threshold_budget' parameter of AdaMoLEConfig must be None or a number "
+                    f"of active experts in [1, num_experts={self.num_experts}]. Got {budget!r} "
+                    "instead."
+                )
+            if self.routing != "adaptive":
+                raise ValueError(
+                    f"threshold_budget={budget!r} needs routing='adaptive' (a learned threshold); "
+                    f"got routing={self.routing!r}. Leave threshold_budget=None."
+                )
 
     @property
     def resolved_max_threshold(self) -> float:

@@ -27,6 +27,7 @@ from ._config import AdaMoLEConfig
 from ._routing import route as _route
 
 _NULL_CONTEXT = contextlib.nullcontext()
+_ORTHOGONAL_B_STD = 1e-3  # expert_init="orthogonal": B ~ N(0, 1e-6)
 
 
 def _in_autograd_backward() -> bool:
@@ -152,6 +153,9 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         "tau_max",
         "expert_compute",
         "aux_loss_reduction",
+        "balance_score",
+        "threshold_budget",
+        "expert_init",
     )
 
     def __init__(self, base_layer, adapter_name, config, r=None, lora_alpha=None, **kwargs):
@@ -174,6 +178,9 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         self.tau_max: dict[str, float] = {}
         self.expert_compute: dict[str, str] = {}
         self.aux_loss_reduction: dict[str, str] = {}
+        self.balance_score: dict[str, str] = {}
+        self.threshold_budget: dict[str, float | None] = {}
+        self.expert_init: dict[str, str] = {}
         self.fan_in_fan_out = False
         # set by collect_aux_loss for the duration of its context; never part of the state dict
         self._adamole_collector = None
@@ -226,6 +233,9 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         self.tau_max[adapter_name] = config.resolved_max_threshold
         self.expert_compute[adapter_name] = config.expert_compute
         self.aux_loss_reduction[adapter_name] = config.aux_loss_reduction
+        self.balance_score[adapter_name] = config.balance_score
+        self.threshold_budget[adapter_name] = config.threshold_budget
+        self.expert_init[adapter_name] = config.expert_init
 
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.lora_dropout[adapter_name] = dropout
@@ -251,6 +261,10 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         useful for tests). The stacked A has fan-in ``d_in``, so every expert gets the same
         bound as a separately initialised ``[r, d_in]`` matrix. Gate and threshold keep
         ``nn.Linear``'s default init (the threshold bias makes tau start near tau_max / 2).
+        With the adapter's ``expert_init="orthogonal"`` (and ``init_lora_weights`` not False),
+        the stacked A gets orthogonal rows scaled to kaiming-uniform's expected row norm
+        ``1/sqrt(3)`` and B is drawn from N(0, 1e-6), which makes the experts distinct from the
+        first step.
 
         Parameters
         ----------
@@ -262,6 +276,12 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         if init_lora_weights is False or adapter_name not in self.lora_A:
             return
         weight_a = self.lora_A[adapter_name].weight
+        if self.expert_init.get(adapter_name) == "orthogonal":
+            with torch.no_grad():
+                nn.init.orthogonal_(weight_a)  # rows orthonormal when N*r <= d_in
+                weight_a.mul_(1.0 / math.sqrt(3.0))
+                nn.init.normal_(self.lora_B[adapter_name].weight, std=_ORTHOGONAL_B_STD)
+            return
         if init_lora_weights == "gaussian":
             nn.init.normal_(weight_a, std=1.0 / self.r[adapter_name])
         else:
@@ -472,6 +492,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
             self.tau_max[adapter],
             self.top_k[adapter],
             None if thr_logits is None else thr_logits.float(),
+            self.balance_score[adapter],
         )
 
         # ---- experts
@@ -488,7 +509,10 @@ class AdaMoLELinear(nn.Module, LoraLayer):
 
         if collector is not None:
             increment = collector.record(
-                decision, n_experts=n_experts, reduction=self.aux_loss_reduction[adapter]
+                decision,
+                n_experts=n_experts,
+                reduction=self.aux_loss_reduction[adapter],
+                threshold_budget=self.threshold_budget[adapter],
             )
             if increment is not None:
                 self.add_routing_statistics(adapter, increment)

@@ -254,6 +254,9 @@ def add_adapters(backbone, est, task_type):
         max_threshold=est.max_threshold,
         routing=est.routing,
         top_k=est.top_k,
+        balance_score=est.balance_score,
+        threshold_budget=est.threshold_budget,
+        expert_init=est.expert_init,
         task_type=task_type,
     )
     with quiet_peft():

@@ -14,10 +14,16 @@ router logits and the experts. Per token x of an adapted ``nn.Linear`` with N ex
 Load-balancing loss of one adapted module (AdaMoLE, Liu & Luo 2024, after the Switch
 Transformer's)::
 
-    L_mod = N * sum_i f_i * P_i
+    L_mod = N * sum_i f_i * P_i  [+ (mean_t k_t - k_budget)^2]
 
 with ``f_i`` the share of (non-padding) tokens that activate expert i and ``P_i`` the mean
-routing score of expert i (``p - tau`` for adaptive routing, ``p`` otherwise).
+routing score of expert i: ``p - tau`` for adaptive routing with ``balance_score="adapted"``
+(the paper's code), ``p`` otherwise. Its gradient on tau is ``-(N/T) sum_i f_i < 0``, so on its
+own it raises every threshold towards ``tau_max``. The optional threshold budget (adaptive routing
+only) counters that drift: ``k_t = sum_i sigmoid((p_i - tau) / (tau_max / 10))`` is a smooth count
+of the active experts of token t, and the squared gap between its mean over the batch's tokens and
+the target ``k_budget`` joins the module's term. Only the batch mean is tied to the target, so
+the count of each token stays free to vary.
 
 Interface between a layer and the collector
 -------------------------------------------
@@ -50,8 +56,13 @@ __all__ = [
     "statistics_increment",
 ]
 
-# Layout of a statistics increment / accumulator: these five sums, then the per-expert load.
-_STAT_FIELDS = ("tokens", "active", "zero", "tau_sum", "tau_sq")
+# Layout of a statistics increment / accumulator: these sums, then the per-expert load.
+# "near_cap" counts the tokens whose threshold is at least NEAR_CAP * tau_max.
+_STAT_FIELDS = ("tokens", "active", "active_sq", "zero", "tau_sum", "tau_sq", "near_cap")
+NEAR_CAP = 0.9
+BALANCE_SCORES = ("adapted", "probs")
+# temperature of the smooth active count of the threshold budget, as a fraction of tau_max
+_BUDGET_TEMPERATURE = 0.1
 
 
 class Routing(NamedTuple):
@@ -61,33 +72,47 @@ class Routing(NamedTuple):
     mask: torch.Tensor  # [T, N] bool, active experts
     score: torch.Tensor  # [T, N] score of the load-balancing loss
     tau: torch.Tensor | float | None  # [T, 1] (adaptive), the fixed threshold, or None
+    margin: torch.Tensor | None = None  # [T, N] p - tau (adaptive routing), else None
+    tau_max: float | None = None  # the cap of tau (adaptive) or the fixed threshold
 
 
-def route(logits, routing, n_experts, tau_max, top_k, threshold_logits=None) -> Routing:
+def route(
+    logits, routing, n_experts, tau_max, top_k, threshold_logits=None, balance_score="adapted"
+) -> Routing:
     """Routing weights from float32 router logits.
 
     ``logits`` are the gate logits ``[T, N]``; for adaptive routing ``threshold_logits``
     ``[T, 1]`` are the threshold-net outputs (if None, they are the last column of ``logits``).
 
-    Returns a :class:`Routing` ``(weights, mask, score, tau)`` where ``score`` is the per-expert
-    score used by the load-balancing loss (``p - tau`` for adaptive routing, ``p`` otherwise)
-    and ``tau`` is the per-token threshold ``[T, 1]`` (adaptive), a float (fixed threshold) or
-    None.
+    Returns a :class:`Routing` ``(weights, mask, score, tau, margin, tau_max)`` where ``score``
+    is the per-expert score used by the load-balancing loss (``p - tau`` for adaptive routing
+    with ``balance_score="adapted"``, ``p`` otherwise), ``tau`` is the per-token threshold
+    ``[T, 1]`` (adaptive), a float (fixed threshold) or None, and ``margin`` is ``p - tau``
+    (adaptive routing only).
     """
+    if balance_score not in BALANCE_SCORES:
+        raise ValueError(f"balance_score must be one of {BALANCE_SCORES}; got {balance_score!r}.")
     if routing == "adaptive":
         if threshold_logits is None:
             logits, threshold_logits = logits[:, :n_experts], logits[:, n_experts:]
         probs = torch.softmax(logits, dim=-1)
         tau = torch.sigmoid(threshold_logits) * tau_max  # [T, 1]
-        score = probs - tau
-        mask = score >= 0
-        weights = torch.where(mask, score, 0.0)
+        margin = probs - tau
+        mask = margin >= 0
+        weights = torch.where(mask, margin, 0.0)
+        total = weights.sum(-1, keepdim=True)
+        weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
+        score = margin if balance_score == "adapted" else probs
+        return Routing(weights, mask, score, tau, margin, float(tau_max))
     elif routing == "threshold":
         probs = torch.softmax(logits, dim=-1)
         tau = tau_max
         score = probs
         mask = probs >= tau_max
         weights = torch.where(mask, probs, 0.0)
+        total = weights.sum(-1, keepdim=True)
+        weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
+        return Routing(weights, mask, score, tau, None, float(tau_max))
     elif routing == "topk":
         probs = torch.softmax(logits, dim=-1)
         top_vals, top_idx = torch.topk(probs, top_k, dim=-1)
@@ -102,16 +127,14 @@ def route(logits, routing, n_experts, tau_max, top_k, threshold_logits=None) -> 
         raise ValueError(
             f"routing must be 'adaptive', 'topk', 'threshold' or 'dense'; got {routing!r}."
         )
-    total = weights.sum(-1, keepdim=True)
-    weights = weights / torch.where(total == 0, 1.0, total)  # rows without experts stay 0
-    return Routing(weights, mask, score, tau)
 
 
 def statistics_increment(decision: Routing, valid=None) -> torch.Tensor:
     """Routing statistics of one forward pass as one on-device vector (no host sync).
 
-    ``[tokens, active experts, tokens with no expert, sum tau, sum tau^2, load_1..load_N]``,
-    each summed over the tokens where ``valid`` (float ``[T]``, 1 = real token) is 1.
+    ``[tokens, active experts, active experts^2, tokens with no expert, sum tau, sum tau^2,
+    tokens with tau >= NEAR_CAP * tau_max, load_1..load_N]``, each summed over the tokens where
+    ``valid`` (float ``[T]``, 1 = real token) is 1.
     """
     mask, tau = decision.mask, decision.tau
     with torch.no_grad():
@@ -121,23 +144,31 @@ def statistics_increment(decision: Routing, valid=None) -> torch.Tensor:
         n_active = fmask.sum(-1)
         zero = (n_active == 0).to(acc_dtype)
         tau_t = tau.detach().reshape(-1).to(acc_dtype) if isinstance(tau, torch.Tensor) else None
+        near = None
+        if tau_t is not None and decision.tau_max is not None:
+            near = (tau_t >= NEAR_CAP * decision.tau_max).to(acc_dtype)
         if valid is None:
             count = fmask.new_full((), mask.shape[0])
             load = fmask.sum(0)
-            active, zeros = n_active.sum(), zero.sum()
+            active, active_sq, zeros = n_active.sum(), (n_active * n_active).sum(), zero.sum()
             if tau_t is not None:
                 tau_sum, tau_sq = tau_t.sum(), (tau_t * tau_t).sum()
+            near_cap = near.sum() if near is not None else None
         else:
             v = valid.to(acc_dtype)
             count = v.sum()
             load = v @ fmask
-            active, zeros = v @ n_active, v @ zero
+            active, active_sq, zeros = v @ n_active, v @ (n_active * n_active), v @ zero
             if tau_t is not None:
                 tau_sum, tau_sq = v @ tau_t, v @ (tau_t * tau_t)
+            near_cap = v @ near if near is not None else None
         if tau_t is None:
             fixed = float(tau) if tau is not None else 0.0
             tau_sum, tau_sq = count * fixed, count * (fixed * fixed)
-        return torch.cat([torch.stack([count, active, zeros, tau_sum, tau_sq]), load])
+        if near_cap is None:  # a fixed threshold sits at its cap; top-k and dense have none
+            near_cap = count if tau is not None else count * 0.0
+        head = torch.stack([count, active, active_sq, zeros, tau_sum, tau_sq, near_cap])
+        return torch.cat([head, load])
 
 
 def _keep(tensor):
@@ -221,7 +252,7 @@ class AuxLoss:
             self._mask_by_device[device] = valid
         return valid
 
-    def record(self, decision: Routing, *, n_experts: int, reduction: str):
+    def record(self, decision: Routing, *, n_experts: int, reduction: str, threshold_budget=None):
         """Add the load-balancing term of one routed forward pass.
 
         Called by an AdaMoLE layer for each adapter with a router.
@@ -234,6 +265,10 @@ class AuxLoss:
             Number of experts N of the adapter.
         reduction : {"sum", "mean"}
             The adapter's ``aux_loss_reduction`` (unless overridden by ``self.reduction``).
+        threshold_budget : float or None, default=None
+            Target mean number of active experts per token (adaptive routing): adds
+            ``(mean_t k_t - threshold_budget)^2`` with the smooth count ``k_t`` of the module
+            docstring.
 
         Returns
         -------
@@ -255,7 +290,18 @@ class AuxLoss:
                 denom = valid.sum().clamp_min(1.0)
                 frac = (valid @ fmask) / denom
                 prob = (valid @ score) / denom
-            self.terms.append(n_experts * (frac @ prob))
+            term = n_experts * (frac @ prob)
+            if threshold_budget is not None:
+                if decision.margin is None:
+                    raise ValueError("threshold_budget needs adaptive routing (a learned tau).")
+                temperature = _BUDGET_TEMPERATURE * decision.tau_max
+                soft_count = torch.sigmoid(decision.margin / temperature).sum(-1)  # [T]
+                if valid is None:
+                    mean_count = soft_count.mean()
+                else:
+                    mean_count = (valid @ soft_count) / denom
+                term = term + (mean_count - threshold_budget) ** 2
+            self.terms.append(term)
         self._reductions.append(reduction)
         if not self.statistics:
             return None
@@ -328,15 +374,19 @@ def _short_name(name: str) -> str:
     return name
 
 
-def _module_summary(vec, has_tau):
-    count, active, zeros, t_sum, t_sq = vec[: len(_STAT_FIELDS)]
+def _module_summary(vec, has_tau, tau_max):
+    count, active, active_sq, zeros, t_sum, t_sq, near = vec[: len(_STAT_FIELDS)]
     t_mean = t_sum / count if has_tau else math.nan
     t_std = math.sqrt(max(t_sq / count - t_mean * t_mean, 0.0)) if has_tau else math.nan
+    a_mean = active / count
     return {
-        "mean_active_experts": active / count,
+        "mean_active_experts": a_mean,
+        "active_experts_std": math.sqrt(max(active_sq / count - a_mean * a_mean, 0.0)),
         "zero_expert_fraction": zeros / count,
         "tau_mean": t_mean,
         "tau_std": t_std,
+        "tau_over_max": t_mean / tau_max if has_tau else math.nan,
+        "near_cap_fraction": near / count if has_tau else math.nan,
         "expert_load": [v / count for v in vec[len(_STAT_FIELDS) :]],
         "tokens": int(count),
     }
@@ -359,9 +409,12 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
     dict
         ``{}`` if no (non-padding) token was routed. Otherwise plain Python values:
         ``mean_active_experts`` (mean over modules of the mean number of active experts per
-        token), ``zero_expert_fraction`` (share of tokens with no active expert),
+        token), ``active_experts_std`` (mean over modules of its standard deviation over tokens),
+        ``zero_expert_fraction`` (share of tokens with no active expert),
         ``tau_mean``/``tau_std`` (threshold over all tokens and modules; NaN for top-k and dense
-        routing, which have none), ``expert_load`` (mean over modules of the share of tokens
+        routing, which have none), ``tau_over_max`` (mean over modules of mean tau / tau_max),
+        ``near_cap_fraction`` (share of tokens with tau >= 0.9 tau_max; 1 for a fixed
+        threshold), ``expert_load`` (mean over modules of the share of tokens
         activating each expert) and ``per_module`` (the same per module, keyed by module name).
     """
     items = []
@@ -380,7 +433,7 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
 
     per_module = {}
     loads = []
-    tau_n = tau_s = tau_s2 = 0.0
+    tau_n = tau_s = tau_s2 = near_n = near_s = 0.0
     offset = 0
     for key, layer, adapter, acc in items:
         vec = flat[offset : offset + acc.numel()]
@@ -388,13 +441,15 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
         if vec[0] <= 0:
             continue
         has_tau = layer.routing[adapter] in ("adaptive", "threshold")
-        per_module[key] = _module_summary(vec, has_tau)
+        per_module[key] = _module_summary(vec, has_tau, layer.tau_max[adapter])
         loads.append(per_module[key]["expert_load"])
         if has_tau:
-            tau_n, tau_s, tau_s2 = tau_n + vec[0], tau_s + vec[3], tau_s2 + vec[4]
+            tau_n, tau_s, tau_s2 = tau_n + vec[0], tau_s + vec[4], tau_s2 + vec[5]
+            near_n, near_s = near_n + vec[0], near_s + vec[6]
     if not per_module:
         return {}
     n_mod = len(per_module)
+    ratios = [m["tau_over_max"] for m in per_module.values() if not math.isnan(m["tau_over_max"])]
     width = max(len(load) for load in loads)
     same = [load for load in loads if len(load) == width]
     pooled_mean = tau_s / tau_n if tau_n else math.nan
@@ -403,6 +458,9 @@ def routing_statistics(model: nn.Module, reset: bool = True) -> dict:
         "zero_expert_fraction": sum(m["zero_expert_fraction"] for m in per_module.values()) / n_mod,
         "tau_mean": pooled_mean,
         "tau_std": (math.sqrt(max(tau_s2 / tau_n - pooled_mean**2, 0.0)) if tau_n else math.nan),
+        "tau_over_max": sum(ratios) / len(ratios) if ratios else math.nan,
+        "near_cap_fraction": near_s / near_n if near_n else math.nan,
+        "active_experts_std": sum(m["active_experts_std"] for m in per_module.values()) / n_mod,
         "expert_load": [sum(col) / len(same) for col in zip(*same)],
         "per_module": per_module,
     }

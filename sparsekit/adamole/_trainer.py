@@ -298,7 +298,16 @@ class Trainer:
             "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "n_samples": n,
         }
-        for key in ("mean_active_experts", "zero_expert_fraction", "tau_mean", "tau_std"):
+        keys = (
+            "mean_active_experts",
+            "active_experts_std",
+            "zero_expert_fraction",
+            "tau_mean",
+            "tau_std",
+            "tau_over_max",
+            "near_cap_fraction",
+        )
+        for key in keys:
             record[key] = stats.get(key)
         record["expert_load"] = stats.get("expert_load")
         return record, stats

@@ -166,7 +166,7 @@ def test_reference_routing_is_not_trivial():
     )
     logits = x.detach().reshape(-1, D_IN) @ logits.T
     logits[:, -1] += layer.lora_threshold["default"].bias.detach()
-    _, mask, _, _ = _route(logits, "adaptive", N, 1 / N, 2)
+    mask = _route(logits, "adaptive", N, 1 / N, 2).mask
     counts = mask.sum(-1)
     assert counts.min() >= 1 and counts.max() >= 2 and (counts == 1).any()
 
@@ -283,7 +283,7 @@ def test_tau_max_at_most_one_over_n_keeps_an_expert(n_experts, scale):
     logits = _random_logits(4000, n_experts, scale, seed=n_experts)
     logits[:100, -1] = 50.0  # sigmoid -> 1: tau at its maximum
     for tau_max in (1 / n_experts, 0.5 / n_experts):
-        w, mask, _, tau = _route(logits, "adaptive", n_experts, tau_max, 2)
+        w, mask, _, tau, *_ = _route(logits, "adaptive", n_experts, tau_max, 2)
         assert mask.sum(-1).min() >= 1
         torch.testing.assert_close(w.sum(-1), torch.ones(4000))
         assert (tau < tau_max + 1e-7).all()
@@ -292,7 +292,7 @@ def test_tau_max_at_most_one_over_n_keeps_an_expert(n_experts, scale):
 def test_tau_max_above_one_over_n_can_leave_tokens_without_expert():
     logits = _random_logits(2000, 4, 0.1, seed=0)
     logits[:, -1] = 10.0
-    w, mask, _, _ = _route(logits, "adaptive", 4, 2 / 4, 2)
+    w, mask, _, _, *_ = _route(logits, "adaptive", 4, 2 / 4, 2)
     zero = mask.sum(-1) == 0
     assert zero.float().mean() > 0.5
     assert (w[zero] == 0).all()
@@ -301,7 +301,7 @@ def test_tau_max_above_one_over_n_can_leave_tokens_without_expert():
 @pytest.mark.parametrize("k", [1, 2, 3, 8])
 def test_topk_activates_exactly_k(k):
     logits = _random_logits(3000, 8, 2.0, seed=k, with_threshold=False)
-    w, mask, _, _ = _route(logits, "topk", 8, 1 / 8, k)
+    w, mask, _, _, *_ = _route(logits, "topk", 8, 1 / 8, k)
     assert (mask.sum(-1) == k).all()
     assert ((w > 0) == mask).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(3000))
@@ -309,7 +309,7 @@ def test_topk_activates_exactly_k(k):
 
 def test_threshold_routing_uses_fixed_threshold():
     logits = _random_logits(1000, 4, 2.0, seed=3, with_threshold=False)
-    w, mask, _, tau = _route(logits, "threshold", 4, 0.25, 2)
+    w, mask, _, tau, *_ = _route(logits, "threshold", 4, 0.25, 2)
     p = torch.softmax(logits, -1)
     assert tau == 0.25 and torch.equal(mask, p >= 0.25) and mask.sum(-1).min() >= 1
     torch.testing.assert_close(w, torch.where(mask, p, 0) / (p * mask).sum(-1, keepdim=True))
@@ -317,7 +317,7 @@ def test_threshold_routing_uses_fixed_threshold():
 
 def test_dense_routing_is_softmax():
     logits = _random_logits(100, 4, 2.0, seed=3, with_threshold=False)
-    w, mask, _, tau = _route(logits, "dense", 4, 0.25, 2)
+    w, mask, _, tau, *_ = _route(logits, "dense", 4, 0.25, 2)
     torch.testing.assert_close(w, torch.softmax(logits, -1))
     assert mask.all() and tau is None
 

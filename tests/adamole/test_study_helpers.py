@@ -1,0 +1,72 @@
+"""The statistics of benchmarks/bench_adamole_study.py: paired t, routing windows, best LoRA."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _study():
+    spec = importlib.util.spec_from_file_location(
+        "bench_adamole_study", ROOT / "benchmarks" / "bench_adamole_study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _study()
+
+
+def test_paired_t_matches_scipy():
+    from scipy import stats
+
+    a, b = [0.80, 0.71, 0.93], [0.70, 0.70, 0.80]
+    mean, sd, t, d = study.paired(a, b)
+    assert sd == pytest.approx(0.06244998, rel=1e-6)
+    assert d == pytest.approx([0.10, 0.01, 0.13])
+    assert mean == pytest.approx(0.08)
+    assert t == pytest.approx(stats.ttest_rel(a, b).statistic)
+
+
+def test_windows_undo_the_cumulative_accumulators():
+    """Snapshots are cumulative within an epoch: (0.7 * 30 - 0.5 * 10) / 20 = 0.8 for the second
+    window; a new epoch restarts the accumulators."""
+    trace = [
+        {"epoch": 1, "modules": {"m": {"tokens": 10, "tau_over_max": 0.5}}},
+        {"epoch": 1, "modules": {"m": {"tokens": 30, "tau_over_max": 0.7}}},
+        {"epoch": 2, "modules": {"m": {"tokens": 5, "tau_over_max": 0.9}}},
+    ]
+    assert study._windows(trace, "tau_over_max") == pytest.approx([0.5, 0.8, 0.9])
+
+
+def _part(seed, accs):
+    arms = {
+        name: {
+            "accuracy": acc,
+            "n_trainable_params": 1,
+            "fit_seconds": 1.0,
+            "train_loss": [0.5],
+            "epochs": [],
+            "trace": [],
+            "device": "cpu",
+        }
+        for name, acc in accs.items()
+    }
+    return {"task": "t", "budget": "b", "seed": seed, "settings": {}, "arms": arms}
+
+
+def test_summary_pairs_every_arm_with_the_best_lora():
+    parts = [
+        _part(0, {"lora_a64": 0.70, "lora_a128": 0.75, "adamole": 0.77}),
+        _part(1, {"lora_a64": 0.72, "lora_a128": 0.74, "adamole": 0.74}),
+        _part(2, {"lora_a64": 0.71, "lora_a128": 0.76, "adamole": 0.79}),
+    ]
+    s = study.summarise(parts)["t/b"]
+    assert s["best_lora"] == "lora_a128"
+    rows = {r["arm"]: r for r in s["rows"]}
+    assert "diff" not in rows["lora_a128"]
+    assert rows["adamole"]["diffs"] == pytest.approx([0.02, 0.0, 0.03])
+    assert rows["lora_a64"]["diff"] == pytest.approx(-0.04)

@@ -122,6 +122,7 @@ def main(argv=None):
             for h in clf.history_
         ],
         "n_steps": clf.n_steps_,
+        "n_iter": clf.n_iter_,
         "best_epoch": clf.best_epoch_,
         "device": clf.device_,
     }

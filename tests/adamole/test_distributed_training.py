@@ -177,11 +177,62 @@ def test_two_processes_agree_with_aux_loss_early_stopping_and_padding(tmp_path, 
     assert r0["predictions"] == r1["predictions"]
     np.testing.assert_array_equal(np.array(r0["proba"]), np.array(r1["proba"]))
     assert r0["best_epoch"] == r1["best_epoch"] is not None
+    assert r0["n_iter"] == r1["n_iter"] and r0["n_steps"] == r1["n_steps"]  # stopped together
     assert len(r0["history"]) == len(r1["history"])
     for a, b in zip(r0["history"], r1["history"]):
         assert a["valid_accuracy"] == b["valid_accuracy"]
         assert a["aux_loss"] == b["aux_loss"] > 0
         assert a["world_size"] == 2
+
+
+_WORKER = """
+import json, os, sys
+from sparsekit.adamole import AdaMoLEClassifier
+
+class Probe:
+    # what each rank saw at the end of each epoch, before anything is broadcast
+    def __init__(self):
+        self.seen = []
+    def on_epoch_end(self, est, logs):
+        self.seen.append([logs["epoch"], logs["valid_loss"], logs["valid_accuracy"]])
+        # only rank 1 asks to stop, after epoch 2: every rank must stop there
+        return os.environ["RANK"] == "1" and logs["epoch"] == 2
+
+data = json.load(open(sys.argv[1]))
+probe = Probe()
+clf = AdaMoLEClassifier(
+    base_model=sys.argv[2], num_experts=2, batch_size=8, learning_rate=5e-3, num_epochs=5,
+    max_length=16, early_stopping=True, validation_fraction=0.25, n_iter_no_change=5,
+    callbacks=[probe], device="cpu", random_state=0, verbose=0,
+)
+clf.fit(data["X_train"], data["y_train"])
+out = {"seen": probe.seen, "n_iter": clf.n_iter_, "n_steps": clf.n_steps_}
+with open(os.path.join(sys.argv[3], "probe%s.json" % os.environ["RANK"]), "w") as fh:
+    json.dump(out, fh)
+import torch.distributed as dist
+dist.destroy_process_group()
+"""
+
+
+def test_validation_metrics_and_stop_decisions_agree_across_ranks(tmp_path, clf_bert_dir, data):
+    """Each rank scores half of the validation set; the logged metrics are the all-reduced ones
+    (the same on both ranks before any broadcast), and a callback stopping on rank 1 only stops
+    both ranks at the same epoch."""
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    worker = tmp_path / "worker.py"
+    worker.write_text(_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker)]
+    cmd += [str(tmp_path / "data.json"), clf_bert_dir, str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    p0, p1 = (json.loads((tmp_path / f"probe{r}.json").read_text()) for r in range(2))
+    assert p0["seen"] == p1["seen"]
+    assert [s[0] for s in p0["seen"]] == [1, 2]
+    assert p0["n_iter"] == p1["n_iter"] == 2 and p0["n_steps"] == p1["n_steps"]
 
 
 def test_distributed_parameter_is_validated(clf_bert_dir, sentiment_data, monkeypatch):

@@ -127,8 +127,10 @@ class DistContext:
     def average_gradients(self, params, group_loss):
         """Average the gradients of ``params`` over the ranks; returns the mean group loss.
 
-        One all-reduce of the flattened gradients with the loss appended; a parameter without a
-        gradient on this rank (an expert no token reached) contributes zeros.
+        One all-reduce of the flattened gradients with the loss and one has-a-gradient flag per
+        parameter appended. A parameter without a gradient on this rank (an expert no token
+        reached) contributes zeros; one without a gradient on every rank keeps ``grad=None``, so
+        that AdamW skips it as it does in one process.
         """
         import torch
         import torch.distributed as dist
@@ -139,16 +141,19 @@ class DistContext:
                 for p in params
             ]
             parts.append(group_loss.detach().reshape(1).float())
+            parts.append(torch.tensor([float(p.grad is not None) for p in params]))
             flat = torch.cat([t.to(self.comm_device) for t in parts])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            flat /= self.world_size
+            has_grad = (flat[-len(params) :] > 0).tolist()
+            flat = flat[: -len(params)] / self.world_size
 
             def write(p, v):
-                if p.grad is None:
-                    p.grad = v.clone()
-                else:
+                if p.grad is not None:
                     p.grad.copy_(v)
+                elif has_grad[index[id(p)]]:
+                    p.grad = v.clone()
 
+            index = {id(p): i for i, p in enumerate(params)}
             self._unflatten(flat[:-1], params, write)
             return flat[-1].to(group_loss.device)
 

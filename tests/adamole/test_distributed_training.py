@@ -253,3 +253,43 @@ def test_single_process_history_records_world_size_one(clf_bert_dir, sentiment_d
     )
     clf.fit(X[:16], y[:16])
     assert clf.history_[0]["world_size"] == 1
+
+
+def _context(rank, world_size):
+    from sparsekit.adamole._distributed import DistContext
+
+    ctx = DistContext.__new__(DistContext)  # sharding needs no process group
+    ctx.rank, ctx.world_size = rank, world_size
+    return ctx
+
+
+def test_shards_are_strided_padded_and_cover_the_epoch():
+    order = np.array([5, 3, 0, 6, 1, 4, 2])
+    shards = [_context(r, 3).shard(order) for r in range(3)]
+    assert [s.tolist() for s in shards] == [[5, 6, 2], [3, 1, 5], [0, 4, 3]]
+    assert set(np.concatenate(shards)) == set(order)
+    assert [len(_context(r, 2).split_range(5)) for r in range(2)] == [3, 2]
+
+
+def test_gradient_average_keeps_grad_none_for_parameters_no_rank_used():
+    """One-process gloo group: averaged gradients are unchanged, the loss comes back, and a
+    parameter without a gradient stays without one (AdamW then skips it, as in one process)."""
+    import torch.distributed as dist
+
+    from sparsekit.adamole._distributed import DistContext
+
+    assert not dist.is_initialized()
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", world_size=1, rank=0
+    )
+    try:
+        ctx = DistContext("cpu")
+        used, unused = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+        used.grad = torch.tensor([1.0, -2.0, 3.0])
+        loss = ctx.average_gradients([used, unused], torch.tensor(0.5))
+        assert unused.grad is None
+        torch.testing.assert_close(used.grad, torch.tensor([1.0, -2.0, 3.0]))
+        assert float(loss) == 0.5
+        assert ctx.sum([1.0, 2.0]) == [1.0, 2.0] and ctx.any(True) and not ctx.any(False)
+    finally:
+        dist.destroy_process_group()

@@ -26,6 +26,7 @@ import pathlib
 import pickle
 import sys
 import time
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -105,12 +106,16 @@ def main(argv=None):
         verbose=0,
     )
     t0 = time.perf_counter()
-    clf.fit(X_train, y_train)
+    with warnings.catch_warnings():  # a few long sentences are truncated; that is expected
+        warnings.filterwarnings("ignore", message=".*were truncated.*")
+        clf.fit(X_train, y_train)
     fit_s = time.perf_counter() - t0
     rank = int(os.environ.get("RANK", "0"))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    proba = clf.predict_proba(X_test)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*were truncated.*")
+        proba = clf.predict_proba(X_test)
     result = {
         "rank": rank,
         "world_size": clf.history_[-1]["world_size"],

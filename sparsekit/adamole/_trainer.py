@@ -3,7 +3,9 @@
 :class:`Trainer` runs epochs of AdamW steps on the task loss plus ``aux_loss_coef`` times the
 load-balancing loss (``_routing.py``), with linear warm-up, gradient accumulation, a gradient
 scaler for float16, one history record per epoch and the callbacks. Early stopping is the
-built-in callback :class:`EarlyStopping`. The estimator owns the model and the fitted
+built-in callback :class:`EarlyStopping`. Under ``torchrun`` the collectives of a multi-process
+fit (sharding, gradient averaging, agreeing on validation and stopping) come from
+``_distributed.py``; ``self.dist`` is None in a single process. The estimator owns the model and the fitted
 attributes; the trainer reads its parameters and updates ``n_iter_``, ``n_steps_``,
 ``warmup_steps_``, ``history_``, ``expert_usage_`` and ``best_epoch_``.
 """
@@ -15,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import _data, _device
+from . import _data, _device, _distributed
 
 __all__ = ["EarlyStopping", "Trainer", "call_callbacks", "check_callbacks"]
 
@@ -196,6 +198,7 @@ class Trainer:
         self.strategy = strategy
         self.model = estimator._model
         self.device = estimator.device_
+        self.dist = None
 
     # ------------------------------------------------------------------ setup
     def _prepare_data(self, texts, y_enc, use_early_stopping, split_seed):
@@ -206,6 +209,14 @@ class Trainer:
             train_idx, valid_idx = validation_split(y_enc, est.validation_fraction, split_seed)
         else:
             train_idx, valid_idx = np.arange(len(texts)), None
+        if valid_idx is not None and self.dist is not None:
+            if len(valid_idx) < self.dist.world_size:
+                raise ValueError(
+                    f"early_stopping=True with {self.dist.world_size} processes needs at least one "
+                    f"validation sample per process; validation_fraction={est.validation_fraction} "
+                    f"of {len(texts)} samples gives {len(valid_idx)}. Raise validation_fraction."
+                )
+            valid_idx = valid_idx[self.dist.split_range(len(valid_idx))]  # metrics all-reduced
         enc_train = est._encode([texts[i] for i in train_idx], self.strategy)
         enc_valid = None
         y_valid = None
@@ -233,18 +244,26 @@ class Trainer:
     def train(self, texts, y_enc, n_epochs, use_early_stopping):
         """Train ``n_epochs`` epochs (fewer if a callback or early stopping stops training)."""
         est = self.est
+        self.dist = _distributed.resolve(est.distributed, self.device)
         init_seed, shuffle_seed, split_seed = est._seeds()
+        if self.dist is not None:  # rank 0's seeds everywhere (random_state=None differs)
+            init_seed, shuffle_seed, split_seed = self.dist.broadcast_object(
+                (init_seed, shuffle_seed, split_seed)
+            )
         with _loading_quiet(est._verbosity()):
             enc_train, y_train, enc_valid, y_valid = self._prepare_data(
                 texts, y_enc, use_early_stopping, split_seed
             )
         n = len(y_train)
-        n_batches = math.ceil(n / est.batch_size)
+        n_local = n if self.dist is None else len(self.dist.shard(np.arange(n)))
+        n_batches = math.ceil(n_local / est.batch_size)
         if est.warmup_steps_ is None:
             steps_per_epoch = math.ceil(n_batches / est.gradient_accumulation_steps)
             est.warmup_steps_ = n_warmup_steps(est.warmup, steps_per_epoch * n_epochs)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scaler = self._make_optimizer(self.params)
+        if self.dist is not None:
+            self.dist.broadcast_trainable(self.params)  # same start on every rank
         early = EarlyStopping(est.n_iter_no_change) if enc_valid is not None else None
         logs = {"n_samples": n, "n_epochs": n_epochs, "n_batches": n_batches}
         call_callbacks(est.callbacks, "on_train_begin", est, logs)
@@ -262,9 +281,19 @@ class Trainer:
         if early is not None:
             early.on_train_end(est, {"n_iter": est.n_iter_})
         est.best_epoch_ = early.best_epoch if early is not None else None
+        if self.dist is not None:
+            self._share_rank0_result()
         est._optim_state = self.optimizer.state_dict()
         self.model.eval()
         call_callbacks(est.callbacks, "on_train_end", est, {"n_iter": est.n_iter_})
+
+    def _share_rank0_result(self):
+        """Every rank ends with rank 0's adapters, history and routing statistics."""
+        est = self.est
+        self.dist.broadcast_trainable(self.params)
+        est.history_, est.expert_usage_, est.best_epoch_ = self.dist.broadcast_object(
+            (est.history_, est.expert_usage_, est.best_epoch_)
+        )
 
     def _epoch(self, epoch, enc_train, y_train, shuffle_seed):
         """One pass over the training data; returns the history record and the statistics."""
@@ -277,8 +306,10 @@ class Trainer:
         routing_statistics(model, reset=True)
         n = len(y_train)
         order = np.random.RandomState((shuffle_seed + epoch) % (2**32)).permutation(n)
+        if self.dist is not None:
+            order = self.dist.shard(order)  # same permutation everywhere, strided slice
         sums = _EpochSums(self.device)
-        batches = list(_data.iter_batches(n, est.batch_size, order=order))
+        batches = list(_data.iter_batches(len(order), est.batch_size, order=order))
         bar = tqdm(
             total=len(batches), desc=f"epoch {epoch}", leave=False, disable=not est._verbosity()
         )
@@ -291,12 +322,18 @@ class Trainer:
         finally:
             bar.close()
         stats = routing_statistics(model, reset=True)
+        loss_sum, aux_sum, n_seen = float(sums.loss), float(sums.aux), len(order)
+        world_size = 1
+        if self.dist is not None:  # means over every rank's shard (padding included)
+            loss_sum, aux_sum, n_seen = self.dist.sum([loss_sum, aux_sum, n_seen])
+            world_size = self.dist.world_size
         record = {
             "epoch": epoch,
-            "train_loss": float(sums.loss) / n,
-            "aux_loss": float(sums.aux) / n,
+            "train_loss": loss_sum / n_seen,
+            "aux_loss": aux_sum / n_seen,
             "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
             "n_samples": n,
+            "world_size": world_size,
         }
         keys = (
             "mean_active_experts",
@@ -353,6 +390,8 @@ class Trainer:
         import torch
 
         est = self.est
+        if self.dist is not None:  # mean gradients and loss over the ranks, in one all-reduce
+            group_loss = self.dist.average_gradients(self.params, group_loss)
         if not bool(torch.isfinite(group_loss)):
             raise divergence_error(
                 float(group_loss),
@@ -377,10 +416,14 @@ class Trainer:
         logits = self.est._predict_logits(enc_valid, self.strategy)
         logp = logits - logsumexp(logits)
         self.model.train()
-        return {
-            "valid_loss": float(-logp[np.arange(len(y_valid)), y_valid].mean()),
-            "valid_accuracy": float((logits.argmax(1) == y_valid).mean()),
-        }
+        sums = [
+            float(-logp[np.arange(len(y_valid)), y_valid].sum()),
+            float((logits.argmax(1) == y_valid).sum()),
+            len(y_valid),
+        ]
+        if self.dist is not None:  # each rank scored its share of the validation set
+            sums = self.dist.sum(sums)
+        return {"valid_loss": sums[0] / sums[2], "valid_accuracy": sums[1] / sums[2]}
 
     def _end_epoch(self, record, stats, early):
         """Store the record, call the callbacks; True to stop training."""
@@ -395,6 +438,8 @@ class Trainer:
         stop = call_callbacks(est.callbacks, "on_epoch_end", est, dict(record))
         if early is not None:
             stop = early.on_epoch_end(est, record) or stop
+        if self.dist is not None:  # one rank's callback stopping stops all
+            stop = self.dist.any(stop)
         return stop
 
 

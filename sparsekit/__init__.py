@@ -10,24 +10,12 @@
 The distribution is called ``sparsekit-learn`` on PyPI; the import name is ``sparsekit``.
 """
 
-import importlib.util as _importlib_util
-
 from ._version import __version__
 from .exceptions import EmptyModelWarning, EvidenceWarning
 from .sbl import DQNSBLClassifier, DQNSBLRegressor
+from .utils._install import missing_adamole_dependencies as _missing_adamole_dependencies
 
 _LAZY = {"AdaMoLEClassifier": "sparsekit.adamole"}
-
-
-def _adamole_available():
-    # find_spec locates the packages without importing them (no torch import here).
-    for name in ("torch", "transformers", "peft"):
-        try:
-            if _importlib_util.find_spec(name) is None:
-                return False
-        except (ImportError, ValueError):
-            return False
-    return True
 
 
 # `from sparsekit import *` resolves every name in __all__: list the torch-based estimator only
@@ -39,7 +27,7 @@ __all__ = [
     "EvidenceWarning",
     "__version__",
 ]
-if _adamole_available():
+if not _missing_adamole_dependencies():
     __all__ += ["AdaMoLEClassifier"]
 
 

@@ -18,6 +18,7 @@ import pytest
 numpydoc_validate = pytest.importorskip("numpydoc.validate")
 
 import sparsekit
+from sparsekit.utils._install import missing_adamole_dependencies
 
 # Checks not enforced, as in scikit-learn's own docstring test:
 IGNORED = {
@@ -50,7 +51,7 @@ PENDING = {
 
 
 def _adamole_available():
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "peft"))
+    return not missing_adamole_dependencies()
 
 
 def _public_objects():

@@ -9,23 +9,10 @@ Names are resolved lazily (PEP 562), so importing this package costs nothing unt
 """
 
 import importlib
-import importlib.util
 
-from ..utils._install import TORCH_CPU, pip_install_hint
+from ..utils._install import TORCH_CPU, missing_adamole_dependencies, pip_install_hint
 
-
-def _missing_dependencies():
-    missing = []
-    for name in ("torch", "transformers", "peft"):
-        try:
-            if importlib.util.find_spec(name) is None:
-                missing.append(name)
-        except (ImportError, ValueError):
-            missing.append(name)
-    return missing
-
-
-_MISSING = _missing_dependencies()
+_MISSING = missing_adamole_dependencies()
 if _MISSING:
     raise ImportError(
         f"sparsekit.adamole needs {', '.join(_MISSING)}, which is not installed. Install torch "

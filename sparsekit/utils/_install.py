@@ -7,7 +7,12 @@ through :func:`pip_install_hint`, so the two names cannot drift apart.
 
 from __future__ import annotations
 
+import importlib.util
+
 DISTRIBUTION = "sparsekit-learn"
+
+#: The packages of the ``adamole`` extra that ``sparsekit.adamole`` cannot import without.
+ADAMOLE_DEPENDENCIES = ("torch", "transformers", "peft")
 
 #: The torch pin and where its CPU build comes from (a plain ``pip install torch`` on Linux pulls the
 #: CUDA build from PyPI).
@@ -38,3 +43,24 @@ def pip_install_hint(extra: str | None = None) -> str:
     if extra is None:
         return f"pip install {DISTRIBUTION}"
     return f'pip install "{DISTRIBUTION}[{extra}]"'
+
+
+def missing_adamole_dependencies() -> list[str]:
+    """Return the packages of :data:`ADAMOLE_DEPENDENCIES` that cannot be found.
+
+    ``importlib.util.find_spec`` locates a package without importing it, so this never imports
+    torch.
+
+    Returns
+    -------
+    list of str
+        Names of the missing packages, empty when the ``adamole`` extra is installed.
+    """
+    missing = []
+    for name in ADAMOLE_DEPENDENCIES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing

@@ -1,10 +1,23 @@
 """Fixtures shared by the SBL and AdaMoLE tests. Nothing here imports torch at collection time."""
 
 import importlib.util
+import os
 import pathlib
 import sys
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (tests/sbl/test_*_properties.py): a small, reproducible budget by default;
+# SPARSEKIT_HYPOTHESIS_EXAMPLES=500 for a longer run on demand.
+settings.register_profile(
+    "sparsekit",
+    max_examples=int(os.environ.get("SPARSEKIT_HYPOTHESIS_EXAMPLES", "12")),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("sparsekit")
 
 _HELPERS = "sparsekit_test_helpers"
 

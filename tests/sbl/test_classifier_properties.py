@@ -1,25 +1,16 @@
 """Property-based tests (hypothesis) of DQNSBLClassifier: random shapes, dtypes, sparsity, column
 scales 1e-8..1e8, duplicate and constant columns, kernels, weights and 2-6 imbalanced classes give
 no crash, valid probabilities and predictions in ``classes_``. The budget is small by default; set
-SPARSEKIT_HYPOTHESIS_EXAMPLES for a longer run."""
+SPARSEKIT_HYPOTHESIS_EXAMPLES for a longer run (profile in tests/conftest.py)."""
 
-import os
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsekit import DQNSBLClassifier
-
-EXAMPLES = int(os.environ.get("SPARSEKIT_HYPOTHESIS_EXAMPLES", "12"))
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 @st.composite
@@ -48,7 +39,6 @@ def classification_data(draw):
     return X.astype(dtype), y, sw, draw(st.booleans())
 
 
-@SETTINGS
 @given(
     data=classification_data(),
     params=st.sampled_from(

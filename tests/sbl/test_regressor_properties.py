@@ -1,24 +1,16 @@
 """Property-based tests (hypothesis) of DQNSBLRegressor: random shapes, dtypes, sparsity, column
 scales 1e-8..1e8, duplicate and constant columns, kernels and weights give no crash and finite
-outputs. The budget is small by default; set SPARSEKIT_HYPOTHESIS_EXAMPLES for a longer run."""
+outputs. The budget is small by default; set SPARSEKIT_HYPOTHESIS_EXAMPLES for a longer run
+(profile in tests/conftest.py)."""
 
-import os
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsekit import DQNSBLRegressor
-
-EXAMPLES = int(os.environ.get("SPARSEKIT_HYPOTHESIS_EXAMPLES", "12"))
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 
 @st.composite
@@ -48,7 +40,6 @@ def regression_data(draw):
     return X.astype(dtype), y, sw, sparse
 
 
-@SETTINGS
 @given(
     data=regression_data(),
     params=st.sampled_from(

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import _data, _device, _distributed
+from . import _data, _device, _distributed, _loading
 
 __all__ = ["EarlyStopping", "Trainer", "call_callbacks", "check_callbacks"]
 
@@ -250,7 +250,7 @@ class Trainer:
             init_seed, shuffle_seed, split_seed = self.dist.broadcast_object(
                 (init_seed, shuffle_seed, split_seed)
             )
-        with _loading_quiet(est._verbosity()):
+        with _loading.quiet_transformers(est._verbosity()):
             enc_train, y_train, enc_valid, y_valid = self._prepare_data(
                 texts, y_enc, use_early_stopping, split_seed
             )
@@ -441,9 +441,3 @@ class Trainer:
         if self.dist is not None:  # one rank's callback stopping stops all
             stop = self.dist.any(stop)
         return stop
-
-
-def _loading_quiet(verbose):
-    from ._loading import quiet_transformers
-
-    return quiet_transformers(verbose)

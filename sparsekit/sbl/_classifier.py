@@ -16,7 +16,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 
 from ..exceptions import EvidenceWarning
-from ..utils._threads import limit_threads
+from ..utils._threads import fit_threads, limit_threads
 from ._base import BaseDQNSBL
 from ._classifier_solver import FREE_LAMBDA, ClassifierState, fit_path, probabilities
 from ._design import DesignMatrix

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from ..utils._threads import parallel
 from ._kernels import (
     center_scale_inplace,
     compact_columns_inplace,
@@ -43,6 +44,11 @@ def _sparse_column_moments(B, sw, weight_sum):
 
 
 _BIG = 1e100
+
+
+def _width(v):
+    """Number of right-hand sides of a product (1 for a vector)."""
+    return 1 if v.ndim == 1 else v.shape[1]
 
 
 class DesignMatrix:
@@ -91,7 +97,8 @@ class DesignMatrix:
             mean, ssd = _sparse_column_moments(sp.csc_matrix(Bm), sw, self.weight_sum)
         else:
             Bm = Phi if np.all(d == 1.0) else np.asfortranarray(Phi / d.astype(Phi.dtype))
-            mean, ssd = weighted_column_moments(Bm, sw)
+            with parallel(2 * Bm.size):
+                mean, ssd = weighted_column_moments(Bm, sw)
         del Bm
         mean = mean * d
         spread = np.sqrt(ssd / self.weight_sum) * d
@@ -119,9 +126,12 @@ class DesignMatrix:
         if self.sparse:
             self._B_act = self._B[:, pos]
         else:
-            center_scale_inplace(
-                Phi, np.where(constant, 0.0, offset).astype(Phi.dtype), inv_scale.astype(Phi.dtype)
-            )
+            with parallel(Phi.size):
+                center_scale_inplace(
+                    Phi,
+                    np.where(constant, 0.0, offset).astype(Phi.dtype),
+                    inv_scale.astype(Phi.dtype),
+                )
             compact_columns_inplace(Phi, pos)
             self._Phi = Phi
 
@@ -170,7 +180,8 @@ class DesignMatrix:
             out -= self.offset[act] @ vs
         else:
             Phi = self._Phi[:, : self.n_active]
-            out = np.asarray(Phi @ v.astype(Phi.dtype, copy=False), dtype=np.float64)
+            with parallel(Phi.size * _width(v)):
+                out = np.asarray(Phi @ v.astype(Phi.dtype, copy=False), dtype=np.float64)
         if b is not None:
             out += b
         return out
@@ -188,7 +199,8 @@ class DesignMatrix:
                 r = (r - np.outer(self.offset[act], usum)) * self.inv_scale[act][:, None]
         else:
             Phi = self._Phi[:, : self.n_active]
-            r = np.asarray(Phi.T @ u.astype(Phi.dtype, copy=False), dtype=np.float64)
+            with parallel(Phi.size * _width(u)):
+                r = np.asarray(Phi.T @ u.astype(Phi.dtype, copy=False), dtype=np.float64)
         if self.intercept_column:
             lead = np.reshape(u.sum(axis=0), (1,) + r.shape[1:])
             r = np.concatenate([lead, r])
@@ -205,7 +217,9 @@ class DesignMatrix:
             s1 = np.asarray(Xa.T @ b).ravel()
             d = (s2 - 2.0 * o * s1 + o**2 * b.sum()) * self.inv_scale[act] ** 2
         else:
-            d = weighted_sq_column_norms(self._Phi[:, : self.n_active], b)
+            Phi = self._Phi[:, : self.n_active]
+            with parallel(Phi.size):
+                d = weighted_sq_column_norms(Phi, b)
         if self.intercept_column:
             d = np.concatenate([[b.sum()], d])
         return d
@@ -226,7 +240,8 @@ class DesignMatrix:
         else:
             Phi = self._Phi[:, : self.n_active]
             Pb = np.asarray(Phi * b[:, None].astype(Phi.dtype), dtype=Phi.dtype)
-            G = np.asarray(Phi.T @ Pb, dtype=np.float64)
+            with parallel(Phi.size * Phi.shape[1]):
+                G = np.asarray(Phi.T @ Pb, dtype=np.float64)
             cross = np.asarray(Phi.T @ b.astype(Phi.dtype), dtype=np.float64)
         if self.intercept_column:
             m = G.shape[0] + 1

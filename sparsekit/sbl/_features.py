@@ -12,6 +12,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics.pairwise import PAIRWISE_KERNEL_FUNCTIONS, pairwise_kernels
 
+from ..utils._threads import parallel
+
 KERNELS = tuple(sorted(set(PAIRWISE_KERNEL_FUNCTIONS) | {"precomputed"}))
 
 # Kernels whose Gram matrix K(X, X) is symmetric by construction (its transpose is a free
@@ -118,7 +120,8 @@ def training_basis(est, X, gamma_, sample_weight):
         return np.asfortranarray(K[:, idx]), True, (idx, n)
     idx = distinct_rows(X, sample_weight)
     full = idx.shape[0] == n
-    K = compute_kernel(est, X, None if full else X[idx], gamma_)
+    with parallel(n * idx.shape[0] * X.shape[1]):
+        K = compute_kernel(est, X, None if full else X[idx], gamma_)
     if sp.issparse(K):
         K = K.toarray()
     if not np.all(np.isfinite(K)):

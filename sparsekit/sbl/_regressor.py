@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
 from ..exceptions import EmptyModelWarning
-from ..utils._threads import limit_threads
+from ..utils._threads import fit_threads, limit_threads
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
 from ._design import DesignMatrix
@@ -255,7 +255,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         warm = self._warm_state() if self.warm_start else None
         X, y, sw = self._validate_training_data(X, y, sample_weight, y_numeric=True)
         dtype = X.dtype
-        with limit_threads(self.n_jobs):
+        with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
             B, own, column_index = training_basis(self, X, self._gamma, sw)
             design = DesignMatrix(

@@ -1,12 +1,50 @@
-"""Thread control: `n_jobs` limits BLAS/OpenMP pools and numba's thread count for one fit."""
+"""Thread control: how ``n_jobs`` maps onto BLAS/OpenMP pools and numba's thread count.
+
+Two regimes:
+
+* :func:`limit_threads` limits every pool to ``n_jobs`` inside a block (prediction: a few large
+  products).
+* :func:`fit_threads` is entered once per fit. It keeps BLAS and numba at ONE thread for the whole
+  fit and widens them to the fit's thread count only inside :func:`parallel` blocks, which the
+  solvers open around passes over the basis large enough to pay for waking the workers.
+
+Why the split: a fit makes thousands of small calls (dot products of length n, O(m) vector
+updates, GEMVs over a pruned basis) between its large passes. Every BLAS call that runs on two
+threads is a fork-join; on a machine whose cores are all busy the second thread is often not
+scheduled for a whole time slice, and the spinning worker steals the core the main thread needs.
+Measured on the 2-core development box at load average 7 (see ``benchmarks/bench_threads.py``): a
+length-20,000 ``ddot`` takes 10 us on one OpenBLAS thread and 1,460 us on two, a 2,000 x 50 numba
+``prange`` pass 0.27 ms against 19 ms. That, repeated over every inner step, is what made
+``n_jobs=2`` 5-8 times slower than ``n_jobs=1``.
+
+The thread count of a fit is ``n_jobs`` capped by the cores the load average leaves idle (at least
+one): threads cannot help when every core already has a runnable process.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import os
 from contextlib import contextmanager
 
 import numba
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+__all__ = [
+    "MIN_PARALLEL_WORK",
+    "effective_n_jobs",
+    "fit_thread_count",
+    "fit_threads",
+    "limit_threads",
+    "parallel",
+]
+
+# Smallest pass (multiply-adds) worth running on several threads: ~0.2 ms of work on one core,
+# against a fork-join of ~10-20 us on an idle machine.
+MIN_PARALLEL_WORK = 1 << 18
+
+_controller = None
+_plan: contextvars.ContextVar = contextvars.ContextVar("sparsekit_fit_threads", default=None)
 
 
 def effective_n_jobs(n_jobs: int | None) -> int | None:
@@ -20,12 +58,57 @@ def effective_n_jobs(n_jobs: int | None) -> int | None:
     return max(1, min(int(n_jobs), cores))
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def fit_thread_count(n_jobs: int | None) -> int | None:
+    """Threads a fit will use for its large passes: ``n_jobs`` (resolved), capped by numba's
+    thread limit and by the cores the one-minute load average leaves idle, counting the caller's
+    own core as available (so one busy core on a 2-core machine still allows 2 threads)."""
+    n = effective_n_jobs(n_jobs)
+    if n is None or n == 1:
+        return n
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    load = _load_average()
+    if load is not None:
+        cores = os.cpu_count() or 1
+        n = min(n, max(1, int(cores - load + 1.0)))
+    return n
+
+
+def _blas_controllers():
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return [c for c in _controller.lib_controllers if c.user_api == "blas"]
+
+
+class _Plan:
+    """Thread state of one fit: ``n`` threads for :func:`parallel` blocks, one elsewhere."""
+
+    def __init__(self, n):
+        self.n = n
+        self.blas = _blas_controllers()
+        self.width = 1
+
+    def set(self, k):
+        if k == self.width:
+            return
+        for lib in self.blas:
+            lib.set_num_threads(k)
+        numba.set_num_threads(k)
+        self.width = k
+
+
 @contextmanager
 def limit_threads(n_jobs: int | None):
     """Limit BLAS/OpenMP threads and numba threads inside the block, restoring them afterwards.
 
-    Small matrix-vector products are slower with several BLAS threads when other processes hold the
-    cores, so the estimators expose ``n_jobs`` and route it here.
+    For prediction (a few large products). Fits use :func:`fit_threads`.
     """
     n = effective_n_jobs(n_jobs)
     if n is None:
@@ -38,3 +121,46 @@ def limit_threads(n_jobs: int | None):
             yield
     finally:
         numba.set_num_threads(old)
+
+
+@contextmanager
+def fit_threads(n_jobs: int | None):
+    """Thread policy of one fit, applied once: BLAS and numba at one thread for the whole block,
+    ``fit_thread_count(n_jobs)`` threads inside :func:`parallel` blocks; both restored on exit.
+
+    ``n_jobs=None`` leaves the libraries' own defaults in force everywhere (no limits, and
+    :func:`parallel` changes nothing), as before.
+    """
+    n = fit_thread_count(n_jobs)
+    if n is None:
+        yield None
+        return
+    old_numba = numba.get_num_threads()
+    token = None
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            numba.set_num_threads(1)
+            plan = _Plan(n)
+            token = _plan.set(plan)
+            yield plan
+            plan.set(1)
+    finally:
+        if token is not None:
+            _plan.reset(token)
+        numba.set_num_threads(old_numba)
+
+
+@contextmanager
+def parallel(work):
+    """Run the block on the fit's threads when ``work`` (multiply-adds) is at least
+    :data:`MIN_PARALLEL_WORK`; on one thread otherwise. Outside :func:`fit_threads` (or with
+    ``n_jobs=None``) it changes nothing. Blocks do not nest."""
+    plan = _plan.get()
+    if plan is None or plan.n == 1 or work < MIN_PARALLEL_WORK or plan.width != 1:
+        yield
+        return
+    plan.set(plan.n)
+    try:
+        yield
+    finally:
+        plan.set(1)

@@ -18,7 +18,13 @@ from sklearn.utils.multiclass import check_classification_targets
 from ..exceptions import EvidenceWarning
 from ..utils._threads import fit_threads, limit_threads
 from ._base import BaseDQNSBL
-from ._classifier_solver import FREE_LAMBDA, ClassifierState, fit_path, probabilities
+from ._classifier_solver import (
+    FREE_LAMBDA,
+    LINEAR_INNER_FORCING,
+    ClassifierState,
+    fit_path,
+    probabilities,
+)
 from ._design import DesignMatrix
 from ._features import training_basis
 
@@ -99,7 +105,9 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         Stopping tolerance on ``max |d log lambda_j|`` over the relevant bases in the exact phase.
     dqn_tol : float, default=0.1
         The same tolerance in the "dqn" phase, whose quasi-Newton diagonal jitters too much for
-        ``tol`` to be reached.
+        ``tol`` to be reached. The "dqn" phase also ends once the model has settled: the training
+        logits changed by less than 0.1 % (relative norm) in each of ``n_iter_no_change``
+        iterations, over which at most 1 % of the active bases were pruned.
     n_iter_no_change : int, default=10
         A phase stops after this many consecutive iterations with an unchanged active set and
         log-precision changes below its tolerance.
@@ -126,8 +134,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     warm_start : bool, default=False
         Start from the previous fit's weights and precisions (same basis size and classes).
     n_jobs : int, default=None
-        Threads for BLAS and numba during fit and prediction; None keeps the libraries' defaults.
-        With other processes busy, 1 is often fastest.
+        Threads for the large passes over the basis (kernel matrix, products with the basis)
+        during fit, and for BLAS and numba during prediction; the small per-step operations of
+        a fit always run on one thread. During fit the count is also capped by the cores the
+        load average leaves idle. None keeps the libraries' defaults.
     verbose : int, default=0
         Print progress (phase, active bases, log-evidence estimate) every iteration when > 0.
 
@@ -304,7 +314,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             T[np.arange(y_enc.shape[0]), y_enc] = 1.0
         self._likelihood = likelihood
         dtype = X.dtype
-        with limit_threads(self.n_jobs):
+        with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
             B, own, column_index = training_basis(self, X, self._gamma, sw)
             design = DesignMatrix(
@@ -327,6 +337,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                 "n_iter_no_change": self.n_iter_no_change,
                 "inner_max_iter": self.inner_max_iter,
                 "inner_tol": self.inner_tol,
+                "inner_forcing": LINEAR_INNER_FORCING if self.kernel is None else 0.0,
                 "exact_switch": self.exact_switch,
                 "threshold_lambda": self.threshold_lambda,
             }

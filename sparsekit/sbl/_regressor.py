@@ -102,8 +102,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Start from the previous fit's precisions, noise and weights when refitting on data of
         the same shape.
     n_jobs : int, default=None
-        Threads for BLAS and numba during fit and predict; None leaves the libraries' defaults.
-        With other processes busy, 1 is often fastest for small products.
+        Threads for the large passes over the basis (kernel matrix, products with the basis)
+        during fit, and for BLAS and numba during predict; the small per-step operations of a
+        fit always run on one thread. During fit the count is also capped by the cores the load
+        average leaves idle. None leaves the libraries' defaults.
     verbose : int, default=0
         Print progress every iteration when > 0.
 

@@ -29,7 +29,7 @@ there for the issue's targets.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sys
 import time
 import warnings
@@ -39,7 +39,7 @@ import numba  # before bench_text sets its one-thread defaults (numba reads them
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import RESULTS, environment, markdown_table, write_results
 from _harness import load_average, measure
 
 
@@ -84,15 +84,7 @@ def section_overhead(n):
             row["2 / 1 threads"] = row["2 thread us"] / row["1 thread us"]
         rows.append(row)
     numba.set_num_threads(old)
-    cols = [
-        ("operation", "operation"),
-        ("1 thread us", "1 thread us"),
-        ("1 thread CPU us", "1 thread CPU us"),
-        ("2 thread us", "2 threads us"),
-        ("2 thread CPU us", "2 threads CPU us"),
-        ("2 / 1 threads", "2 / 1 threads"),
-    ]
-    return rows, cols
+    return rows
 
 
 def _thread_arms(make, X, y):
@@ -144,6 +136,15 @@ def _thread_rows(label, res, score):
     return rows
 
 
+OVERHEAD_COLS = [
+    ("operation", "operation"),
+    ("1 thread us", "1 thread us"),
+    ("1 thread CPU us", "1 thread CPU us"),
+    ("2 thread us", "2 threads us"),
+    ("2 thread CPU us", "2 threads CPU us"),
+    ("2 / 1 threads", "2 / 1 threads"),
+]
+
 THREAD_COLS = [
     ("problem", "problem"),
     ("arm", "arm"),
@@ -192,14 +193,15 @@ def section_predict(n, n_tests, repeats):
 
     from sparsekit import DQNSBLClassifier
 
-    X, y, _, _ = rbf_data(n, 0)
+    # one draw: the test samples come from the same distribution as the training ones
+    X, y, Xall, yall = rbf_data(n, max(n_tests))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dqn = DQNSBLClassifier(gamma=0.05, n_jobs=1).fit(X, y)
     svc = SVC(gamma=0.05).fit(X, y)
     rows = []
     for n_test in n_tests:
-        _, _, Xt, yt = rbf_data(n, n_test, seed=1)
+        Xt, yt = Xall[:n_test], yall[:n_test]
 
         def arm(est, Xt=Xt):
             def run(clock):
@@ -225,8 +227,34 @@ def section_predict(n, n_tests, repeats):
                 "SVC accuracy": float(np.mean(res.last["SVC"] == yt)),
             }
         )
-    cols = [(k, k) for k in rows[0]]
-    return rows, cols
+    return rows
+
+
+def render(payload):
+    env = payload["environment"]
+    md = [
+        (
+            f"Machine: {env.get('cpus')} cores. Load average (1, 5, 15 min) before and after "
+            "each section; medians of the repeats."
+        )
+    ]
+    for key, title, cols in (
+        ("overhead", "Per-call cost of the small operations a fit repeats:", OVERHEAD_COLS),
+        ("threads", "n_jobs=1 against n_jobs=2:", THREAD_COLS),
+        ("predict", "Prediction cost (one thread):", None),
+    ):
+        if key not in payload:
+            continue
+        sec = payload[key]
+        rows = sec["rows"]
+        cols = cols or [(k, k) for k in rows[0]]
+        md += [
+            "",
+            f"{title} (load {sec['load_before']} -> {sec['load_after']}, repeats {sec['repeats']})",
+            "",
+            markdown_table(rows, cols),
+        ]
+    return "\n".join(md)
 
 
 def main(argv=None):
@@ -239,44 +267,48 @@ def main(argv=None):
         nargs="*",
         default=["overhead", "rbf", "imdb", "predict"],
         choices=["overhead", "rbf", "imdb", "predict"],
+        help="sections to run; the others keep their rows from the last results file",
     )
     args = ap.parse_args(argv)
-    env = environment()
-    env["loadavg_before"] = load_average()
-    head = (
-        f"Machine: {os.cpu_count()} cores; load average (1, 5, 15 min) before: "
-        f"{env['loadavg_before']}. Medians of {args.repeats}."
-    )
-    md = [head]
-    payload = {"environment": env}
+    path = RESULTS / "sbl_threads.json"
+    payload = json.loads(path.read_text()) if path.exists() else {}
+    payload["environment"] = environment()
+
+    def record(key, fn):
+        before = load_average()
+        rows = fn()
+        payload[key] = {
+            "rows": rows,
+            "load_before": before,
+            "load_after": load_average(),
+            "repeats": args.repeats,
+        }
+        print(render(payload), flush=True)
+
     if "overhead" in args.sections:
-        rows, cols = section_overhead(20_000)
-        md += [
-            "",
-            "Per-call cost of the small operations a fit repeats:",
-            "",
-            markdown_table(rows, cols),
-        ]
-        payload["overhead"] = rows
-        print(md[-1], flush=True)
-    rows = []
-    if "rbf" in args.sections:
-        rows += section_rbf(args.n, args.repeats)
-    if "imdb" in args.sections:
-        rows += section_imdb(args.repeats)
-    if rows:
-        md += ["", "n_jobs=1 against n_jobs=2:", "", markdown_table(rows, THREAD_COLS)]
-        payload["threads"] = rows
-        print(md[-1], flush=True)
+        record("overhead", lambda: section_overhead(20_000))
+    if "rbf" in args.sections or "imdb" in args.sections:
+        previous = payload.get("threads", {}).get("rows", [])
+        keep = [r for r in previous if not _rerun(r["problem"], args.sections)]
+
+        def threads():
+            rows = list(keep)
+            if "rbf" in args.sections:
+                rows += section_rbf(args.n, args.repeats)
+            if "imdb" in args.sections:
+                rows += section_imdb(args.repeats)
+            return rows
+
+        record("threads", threads)
     if "predict" in args.sections:
-        prow, pcols = section_predict(args.n, args.n_test, args.repeats)
-        md += ["", "Prediction cost (one thread):", "", markdown_table(prow, pcols)]
-        payload["predict"] = prow
-        print(md[-1], flush=True)
-    env["loadavg_after"] = load_average()
-    md.append("")
-    md.append(f"Load average after: {env['loadavg_after']}.")
-    write_results("sbl_threads", "\n".join(md), payload)
+        record("predict", lambda: section_predict(args.n, args.n_test, args.repeats))
+    write_results("sbl_threads", render(payload), payload)
+
+
+def _rerun(problem, sections):
+    return ("rbf" in sections and problem.startswith("RBF")) or (
+        "imdb" in sections and problem.startswith("IMDB")
+    )
 
 
 if __name__ == "__main__":

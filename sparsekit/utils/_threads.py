@@ -28,7 +28,7 @@ import os
 from contextlib import contextmanager
 
 import numba
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 __all__ = [
     "MIN_PARALLEL_WORK",
@@ -80,11 +80,17 @@ def fit_thread_count(n_jobs: int | None) -> int | None:
     return n
 
 
-def _blas_controllers():
+def _get_controller():
+    """One ThreadpoolController per process: building one scans the loaded libraries (about 7 ms,
+    which ``threadpool_limits`` pays on every call and a small ``predict`` would feel)."""
     global _controller
     if _controller is None:
         _controller = ThreadpoolController()
-    return [c for c in _controller.lib_controllers if c.user_api == "blas"]
+    return _controller
+
+
+def _blas_controllers():
+    return [c for c in _get_controller().lib_controllers if c.user_api == "blas"]
 
 
 class _Plan:
@@ -117,7 +123,7 @@ def limit_threads(n_jobs: int | None):
     old = numba.get_num_threads()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
-        with threadpool_limits(limits=n):
+        with _get_controller().limit(limits=n):
             yield
     finally:
         numba.set_num_threads(old)
@@ -138,7 +144,7 @@ def fit_threads(n_jobs: int | None):
     old_numba = numba.get_num_threads()
     token = None
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _get_controller().limit(limits=1, user_api="blas"):
             numba.set_num_threads(1)
             plan = _Plan(n)
             token = _plan.set(plan)

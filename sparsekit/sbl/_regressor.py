@@ -13,7 +13,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
 from ..exceptions import EmptyModelWarning
-from ..utils._threads import fit_threads, limit_threads
+from ..utils._threads import fit_threads, limit_threads, parallel
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
 from ._design import DesignMatrix
@@ -317,11 +317,16 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             if constructive:
                 constructive_path(design, t, sw, state, params=params, init=init, on_iter=on_iter)
             elif self.solver == "exact":
-                exact_path(design, t, sw, state, params=params, ard_stop=True, on_iter=on_iter)
+                # O(m^3) factorisations per iteration: the fit's threads for the whole path
+                with parallel(design.n_active**3):
+                    exact_path(design, t, sw, state, params=params, ard_stop=True, on_iter=on_iter)
             else:
                 outcome = dqn_path(design, t, sw, state, params=params, on_iter=on_iter)
                 if outcome == "switch":
-                    exact_path(design, t, sw, state, params=params, ard_stop=False, on_iter=on_iter)
+                    with parallel(design.n_active**3):
+                        exact_path(
+                            design, t, sw, state, params=params, ard_stop=False, on_iter=on_iter
+                        )
             if design.n_active == 0:
                 warnings.warn(
                     "DQNSBLRegressor pruned every basis function although y varies, so it "

@@ -135,3 +135,15 @@ def test_n_jobs_none_keeps_library_defaults(monkeypatch, rbf_data):
     _record(monkeypatch, _classifier_solver, "data_loss", small)
     DQNSBLClassifier(gamma=0.1, n_jobs=None, max_iter=3).fit(X, y)
     assert small and all(nb == before_numba and blas == before_blas for nb, blas in small)
+
+
+@needs_two_threads
+def test_regressor_exact_phase_runs_on_the_fit_threads(monkeypatch, idle_machine):
+    """The exact phase is O(m^3) factorisations per iteration: it gets the fit's threads."""
+    from sparsekit.sbl import _regression_solver
+
+    X, y = make_regression(n_samples=400, n_features=80, n_informative=10, random_state=0)
+    seen = []
+    _record(monkeypatch, _regression_solver, "_cholesky", seen)
+    DQNSBLRegressor(solver="exact", n_jobs=2).fit(X, y)
+    assert seen and all(nb == 2 and blas == [2] for nb, blas in seen), seen[:3]

@@ -178,3 +178,46 @@ def psb_update(d, s, y, d_min, d_max, eps):
             v = d_max
         d[j] = v
     return True
+
+
+@jit(parallel=True)
+def csc_matvec(indptr, indices, data, V, n_rows, bounds):
+    """``B @ V`` for a CSC matrix ``B`` (``indptr``, ``indices``, ``data``) and ``V`` of shape
+    (n_cols, K), in float64.
+
+    The columns are cut into chunks at ``bounds`` (chunk c is columns ``bounds[c]:bounds[c+1]``),
+    processed in parallel, each into its own n_rows-by-K buffer; the buffers are summed in chunk
+    order, so the result depends on the chunking but not on the thread schedule.
+    """
+    n_chunks = bounds.shape[0] - 1
+    K = V.shape[1]
+    part = np.zeros((n_chunks, n_rows, K), dtype=np.float64)
+    for c in prange(n_chunks):
+        for j in range(bounds[c], bounds[c + 1]):
+            for p in range(indptr[j], indptr[j + 1]):
+                i = indices[p]
+                d = data[p]
+                for k in range(K):
+                    part[c, i, k] += d * V[j, k]
+    out = np.zeros((n_rows, K), dtype=np.float64)
+    for c in range(n_chunks):
+        for i in range(n_rows):
+            for k in range(K):
+                out[i, k] += part[c, i, k]
+    return out
+
+
+@jit(parallel=True)
+def csc_rmatvec(indptr, indices, data, U):
+    """``B.T @ U`` for a CSC matrix ``B`` and ``U`` of shape (n_rows, K), in float64: one sparse
+    dot product per column, columns in parallel (the result does not depend on the threads)."""
+    m = indptr.shape[0] - 1
+    K = U.shape[1]
+    out = np.zeros((m, K), dtype=np.float64)
+    for j in prange(m):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            d = data[p]
+            for k in range(K):
+                out[j, k] += d * U[i, k]
+    return out

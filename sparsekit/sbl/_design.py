@@ -20,12 +20,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..utils._threads import parallel, parallel_threads
+from ..utils._threads import parallel
 from ._kernels import (
     center_scale_inplace,
     compact_columns_inplace,
-    csc_matvec,
-    csc_rmatvec,
     weighted_column_moments,
     weighted_sq_column_norms,
 )
@@ -51,27 +49,6 @@ _BIG = 1e100
 def _width(v):
     """Number of right-hand sides of a product (1 for a vector)."""
     return 1 if v.ndim == 1 else v.shape[1]
-
-
-def _sparse_product(B, v, transpose):
-    """``B @ v`` or ``B.T @ v`` for a CSC matrix, in float64: scipy's (single-threaded) product,
-    or the numba kernels on the fit's threads when the product is large enough to pay."""
-    work = B.nnz * _width(v)
-    threads = parallel_threads(work)
-    if threads == 1:
-        return np.asarray((B.T if transpose else B) @ v, dtype=np.float64)
-    V = np.ascontiguousarray(v.reshape(v.shape[0], -1), dtype=np.float64)
-    with parallel(work):
-        if transpose:
-            out = csc_rmatvec(B.indptr, B.indices, B.data, V)
-        else:
-            # column chunks of about equal numbers of stored entries, one per thread
-            cuts = np.linspace(0, B.nnz, threads + 1)
-            bounds = np.searchsorted(B.indptr, cuts).astype(np.int64)
-            bounds[0], bounds[-1] = 0, B.shape[1]
-            bounds = np.maximum.accumulate(np.minimum(bounds, B.shape[1]))
-            out = csc_matvec(B.indptr, B.indices, B.data, V, B.shape[0], bounds)
-    return out.reshape(-1) if v.ndim == 1 else out
 
 
 class DesignMatrix:
@@ -199,7 +176,7 @@ class DesignMatrix:
         if self.sparse:
             act = self.active
             vs = v * (self.inv_scale[act] if v.ndim == 1 else self.inv_scale[act][:, None])
-            out = _sparse_product(self._B_act, vs, transpose=False)
+            out = np.asarray(self._B_act @ vs, dtype=np.float64)
             out -= self.offset[act] @ vs
         else:
             Phi = self._Phi[:, : self.n_active]
@@ -214,7 +191,7 @@ class DesignMatrix:
         u = np.asarray(u, dtype=np.float64)
         if self.sparse:
             act = self.active
-            r = _sparse_product(self._B_act, u, transpose=True)
+            r = np.asarray(self._B_act.T @ u, dtype=np.float64)
             usum = u.sum(axis=0)
             if u.ndim == 1:
                 r = (r - self.offset[act] * usum) * self.inv_scale[act]

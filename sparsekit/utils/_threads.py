@@ -37,7 +37,6 @@ __all__ = [
     "fit_threads",
     "limit_threads",
     "parallel",
-    "parallel_threads",
 ]
 
 # Smallest pass (multiply-adds) worth running on several threads: ~0.2 ms of work on one core,
@@ -155,14 +154,6 @@ def fit_threads(n_jobs: int | None):
         if token is not None:
             _plan.reset(token)
         numba.set_num_threads(old_numba)
-
-
-def parallel_threads(work):
-    """Threads a :func:`parallel` block of this ``work`` would run on (1 where it would not widen)."""
-    plan = _plan.get()
-    if plan is None or plan.n == 1 or work < MIN_PARALLEL_WORK or plan.width != 1:
-        return 1
-    return plan.n
 
 
 @contextmanager

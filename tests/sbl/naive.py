@@ -51,19 +51,3 @@ def psb_update(d, s, y, d_min, d_max, eps):
         return d.copy(), False
     new = d + ((sy - np.sum(d * s**2)) / s4) * s**2
     return np.clip(new, d_min, d_max), True
-
-
-def _dense_from_csc(indptr, indices, data, n_rows):
-    B = np.zeros((n_rows, indptr.shape[0] - 1))
-    for j in range(B.shape[1]):
-        sl = slice(indptr[j], indptr[j + 1])
-        np.add.at(B[:, j], indices[sl], data[sl].astype(np.float64))
-    return B
-
-
-def csc_matvec(indptr, indices, data, V, n_rows, bounds):
-    return _dense_from_csc(indptr, indices, data, n_rows) @ V
-
-
-def csc_rmatvec(indptr, indices, data, U):
-    return _dense_from_csc(indptr, indices, data, U.shape[0]).T @ U

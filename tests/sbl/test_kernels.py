@@ -152,27 +152,3 @@ def test_pure_python_kernels_match_compiled():
         K.reestimate_alpha.py_func(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
     ):
         np.testing.assert_allclose(a, b, rtol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("K_cols", [1, 3])
-def test_csc_products(dtype, K_cols):
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(7)
-    B = sp.random(53, 41, density=0.2, random_state=8, format="csc", dtype=dtype)
-    B.data[:] = rng.normal(size=B.nnz).astype(dtype)
-    V = rng.normal(size=(41, K_cols))
-    U = rng.normal(size=(53, K_cols))
-    args = (B.indptr, B.indices, B.data)
-    ref = naive.csc_matvec(*args, V, 53, None)
-    for bounds in ([0, 41], [0, 7, 30, 41], [0, 0, 41]):
-        b = np.asarray(bounds, dtype=np.int64)
-        np.testing.assert_allclose(K.csc_matvec(*args, V, 53, b), ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(
-        K.csc_rmatvec(*args, U), naive.csc_rmatvec(*args, U), rtol=1e-12, atol=1e-12
-    )
-    ro = [_readonly(a) for a in args]
-    np.testing.assert_allclose(
-        K.csc_rmatvec(*ro, _readonly(U)), naive.csc_rmatvec(*args, U), rtol=1e-12, atol=1e-12
-    )

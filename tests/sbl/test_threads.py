@@ -4,7 +4,6 @@ over the basis, one thread for everything else, applied once per fit and restore
 import os
 
 import numba
-import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import make_classification, make_regression
@@ -148,36 +147,3 @@ def test_regressor_exact_phase_runs_on_the_fit_threads(monkeypatch, idle_machine
     _record(monkeypatch, _regression_solver, "_cholesky", seen)
     DQNSBLRegressor(solver="exact", n_jobs=2).fit(X, y)
     assert seen and all(nb == 2 and blas == [2] for nb, blas in seen), seen[:3]
-
-
-@pytest.fixture(scope="module")
-def sparse_text_like():
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(0)
-    X = sp.random(1500, 2500, density=0.1, random_state=1, format="csr")
-    w = np.zeros(2500)
-    w[rng.choice(2500, 30, replace=False)] = rng.normal(size=30) * 3
-    y = (X @ w + 0.3 * rng.normal(size=1500) > 0).astype(int)
-    return X, y
-
-
-@needs_two_threads
-def test_sparse_products_run_on_the_fit_threads(monkeypatch, idle_machine, sparse_text_like):
-    X, y = sparse_text_like  # 375k stored entries: above MIN_PARALLEL_WORK
-    fwd, back = [], []
-    _record(monkeypatch, _design, "csc_matvec", fwd)
-    _record(monkeypatch, _design, "csc_rmatvec", back)
-    DQNSBLClassifier(kernel=None, n_jobs=2, max_iter=3).fit(X, y)
-    assert fwd and back
-    assert all(nb == 2 for nb, _ in fwd + back)
-
-
-@needs_two_threads
-def test_sparse_linear_model_same_with_one_and_two_threads(idle_machine, sparse_text_like):
-    X, y = sparse_text_like
-    a = DQNSBLClassifier(kernel=None, n_jobs=1).fit(X, y)
-    b = DQNSBLClassifier(kernel=None, n_jobs=2).fit(X, y)
-    assert_array_equal(a.relevance_, b.relevance_)
-    assert_allclose(a.coef_, b.coef_, rtol=0, atol=1e-8)
-    assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=0, atol=1e-8)

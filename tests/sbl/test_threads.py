@@ -7,7 +7,7 @@ import numba
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import make_classification, make_regression
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
 from sparsekit.sbl import _classifier_solver, _design
@@ -17,14 +17,21 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::sklearn.exceptions.ConvergenceWarning", "ignore:overflow:RuntimeWarning"
 )
 
-needs_two_threads = pytest.mark.skipif(
-    numba.config.NUMBA_NUM_THREADS < 2 or (os.cpu_count() or 1) < 2,
-    reason="needs numba and the machine to allow two threads (NUMBA_NUM_THREADS >= 2)",
-)
-
 
 def _blas_threads():
     return sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})
+
+
+def _blas_allows_two():
+    """OpenBLAS started with OPENBLAS_NUM_THREADS=1 cannot be raised to two threads later."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        return _blas_threads() == [2]
+
+
+needs_two_threads = pytest.mark.skipif(
+    numba.config.NUMBA_NUM_THREADS < 2 or (os.cpu_count() or 1) < 2 or not _blas_allows_two(),
+    reason="needs numba and BLAS to allow two threads (NUMBA_NUM_THREADS, OPENBLAS_NUM_THREADS)",
+)
 
 
 @pytest.fixture

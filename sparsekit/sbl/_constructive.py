@@ -27,7 +27,9 @@ Two noise schedules (``params["noise_every"]``):
   shrink the residual, raise beta and make the next one look relevant.
 - ``k > 0`` (kernel bases): re-estimate it after each of the first ``NOISE_START`` actions, then
   after every ``k``-th action and whenever the model has settled (SparseBayes' ``BetaUpdateStart``
-  and ``BetaUpdateFrequency``). The settled-only schedule over-fits kernel bases: on Friedman #1
+  and ``BetaUpdateFrequency``); every ``m/10``-th action once the model has ``m > 10 k`` bases,
+  since each update costs a full O(M m^2) refresh (Friedman #1, n=2000: 7.6 s instead of 17 s for
+  the same test error). The settled-only schedule over-fits kernel bases: on Friedman #1
   the noise stays at its initial 0.1 std(y) while dozens of extra vectors come in (88-181 against
   fastrvm's 7-52); updating it as the model grows gives fastrvm's sparsity and accuracy.
 
@@ -293,7 +295,10 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
             state.mu = fml.mu
             on_iter("fast", state, design, sse)
         if every:
-            update = settled or state.n_iter <= NOISE_START or state.n_iter % every == 0
+            # A noise update refreshes everything, O(M m^2): with m model bases, spread the
+            # updates to every m/10-th action so they cost about as much as the actions do.
+            period = max(every, len(fml.model) // 10)
+            update = settled or state.n_iter <= NOISE_START or state.n_iter % period == 0
             if not update or not fml.model:
                 continue
             sse, gamma_sum = fml.noise_statistics(tt)  # after the action

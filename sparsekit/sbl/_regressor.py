@@ -498,10 +498,11 @@ def _constructive(est, design, X, sw):
 
     Kernel bases: always. Measured with the width chosen by cross-validation (README, relevance
     vector regression), the diagonal phase's covariance diagonal prunes kernel columns too early
-    (20-80 % above fastrvm's test MSE) while the constructive path matches fastrvm; its cost,
-    O(n M) per added basis and O(M m) per other update, is below the diagonal phase's 2
-    ``inner_max_iter`` passes over the n-by-n basis per iteration at the sizes a kernel basis
-    fits in memory.
+    (20-80 % above fastrvm's test MSE) while the constructive path matches fastrvm. It costs
+    more than the diagonal phase, whose few dozen iterations stop early, but the gap in error
+    grows with n: Friedman #1 (RBF, gamma 0.05, one thread) at n=2000, 6.7 s and test MSE 0.47
+    against 0.55 s and 2.15 (fastrvm: 62 s, 0.47); at n=4000, 17 s and 0.36 against 4.3 s and
+    2.05.
 
     Linear basis: when the features can come close to interpolating the targets, i.e. there are
     at least half as many as distinct samples with positive weight (the rank bound of the basis;

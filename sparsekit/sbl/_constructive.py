@@ -43,7 +43,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ._regression_solver import BETA_MAX_FACTOR, _cholesky, _noise_update, _posterior
+from ._regression_solver import (
+    BETA_MAX_FACTOR,
+    _cholesky,
+    _log_evidence,
+    _noise_update,
+    _posterior,
+)
 
 _EPS = np.finfo(np.float64).eps
 REFRESH = 50  # actions between full recomputations of Sigma, mu, S and Q
@@ -291,6 +297,12 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
             # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
             sse, gamma_sum = fml.noise_statistics(tt)
         settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * W, tol=tol)
+        if params.get("compute_score") and fml.model:
+            sse_now, _ = fml.noise_statistics(tt)
+            logdet = np.linalg.slogdet(fml.Sigma)[1]
+            state.scores.append(
+                _log_evidence(W, fml.beta, fml.lam, fml.mu, sse_now, logdet, params)
+            )
         if on_iter is not None:
             state.mu = fml.mu
             on_iter("fast", state, design, sse)

@@ -114,7 +114,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Keep the noise precision at its initial value ``1 / var(y)``.
     compute_score : bool, default=False
         Record the log marginal likelihood (up to a constant) at each iteration in ``scores_``;
-        approximate (diagonal log-determinant) during the "dqn" phase.
+        approximate (diagonal log-determinant) during the diagonal phase, exact on the
+        constructive path (kernel bases, p >> n).
     warm_start : bool, default=False
         Start from the previous fit's precisions, noise and weights when refitting on data of
         the same shape.

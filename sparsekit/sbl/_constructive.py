@@ -1,10 +1,10 @@
 """The constructive path: Tipping & Faul's fast marginal likelihood over every candidate column.
 
-Used by :class:`~sparsekit.DQNSBLRegressor` for the linear basis when the candidates can
-interpolate the targets (M >= n/2), the regime where the diagonal phase of
-:func:`._regression_solver.dqn_path` lets the noise precision explode. Notation as in
-:mod:`._regression_solver` (``lam`` weight precisions, ``beta`` noise precision, ``sw`` sample
-weights, ``W = sum(sw)``, Phi the scaled, centred basis).
+Used by :class:`~sparsekit.DQNSBLRegressor` for kernel bases (relevance vector regression) and
+for the linear basis when the candidates can interpolate the targets (M >= n/2), the regime where
+the diagonal phase of :func:`._regression_solver.dqn_path` lets the noise precision explode.
+Notation as in :mod:`._regression_solver` (``lam`` weight precisions, ``beta`` noise precision,
+``sw`` sample weights, ``W = sum(sw)``, Phi the scaled, centred basis).
 
 The model starts from one basis (or from a warm start) and each iteration takes the single action
 among "add a candidate", "re-estimate a precision" and "delete a basis" that raises the log
@@ -17,8 +17,20 @@ Bayesian models"). For every candidate ``i``::
 with the full posterior covariance ``Sigma`` over the (small) model A; a basis outside the model
 is worth adding exactly when ``Q_i^2 > S_i``. Pruning is therefore never final, and a small model
 cannot interpolate the targets, so the noise precision stays honest when there are more
-candidates than samples. The noise precision is re-estimated only once the model has settled for
-the current one.
+candidates than samples.
+
+Two noise schedules (``params["noise_every"]``):
+
+- ``0`` (linear basis, M >= n/2): re-estimate the noise precision only once the model has settled
+  for the current one. Updating it after every action there lets each added pure-noise feature
+  shrink the residual, raise beta and make the next one look relevant.
+- ``k > 0`` (kernel bases): re-estimate it after each of the first ``NOISE_START`` actions, then
+  after every ``k``-th action and whenever the model has settled (SparseBayes' ``BetaUpdateStart``
+  and ``BetaUpdateFrequency``); every ``m/10``-th action once the model has ``m > 10 k`` bases,
+  since each update costs a full O(M m^2) refresh (Friedman #1, n=2000: 7.6 s instead of 17 s for
+  the same test error). The settled-only schedule over-fits kernel bases: on Friedman #1 (n=240,
+  noise std 1) the noise std ends at 0.7-0.9 with 67-98 vectors against fastrvm's 35-59;
+  updating it as the model grows gives fastrvm's sparsity and accuracy.
 
 ``Sigma``, ``mu``, S and Q follow each action by rank-one formulas (O(M m) work; one pass over
 Phi, O(nnz), to add a basis) and are recomputed from scratch after each noise update and every
@@ -30,11 +42,18 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
-from ._regression_solver import BETA_MAX_FACTOR, _cholesky, _noise_update, _posterior
+from ._regression_solver import (
+    BETA_MAX_FACTOR,
+    _cholesky,
+    _log_evidence,
+    _noise_update,
+    _posterior,
+)
 
 _EPS = np.finfo(np.float64).eps
 REFRESH = 50  # actions between full recomputations of Sigma, mu, S and Q
 GAIN_TOL = 1e-6  # log-evidence gain per unit of weight below which an action is noise
+NOISE_START = 10  # with a noise schedule k > 0: actions after which the noise is always updated
 
 
 def _basis_gain(a, s, q):
@@ -101,10 +120,12 @@ class FastMarginalLikelihood:
             self.Sigma, self.mu = np.zeros((0, 0)), np.zeros(0)
             self.S, self.Q = np.full(self.M, beta * self.W), beta * self.p
             return
-        G = np.ascontiguousarray(C[idx])
-        self.mu, self.Sigma, _ = _posterior(G, beta, self.lam, self.p[idx])
+        c = _cholesky(np.ascontiguousarray(C[idx]), beta, self.lam)
+        Linv = solve_triangular(c, np.eye(c.shape[0]), lower=True, check_finite=False)
+        self.Sigma = Linv.T @ Linv
+        self.mu = beta * (self.Sigma @ self.p[idx])
         # With L L' = beta G + diag(lam): phi_i'S Phi_A Sigma Phi_A'S phi_i = |L^-1 C_i|^2.
-        V = solve_triangular(_cholesky(G, beta, self.lam), C.T, lower=True, check_finite=False)
+        V = Linv @ C.T
         self.S = beta * self.W - beta * beta * np.einsum("ij,ij->j", V, V)
         self.Q = beta * self.p - beta * (C @ self.mu)
 
@@ -259,6 +280,7 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
     W = design.weight_sum
     beta_max = BETA_MAX_FACTOR / params["var_t"]
     tol = params["tol"]
+    every = 0 if params["fix_noise"] else params.get("noise_every", 0)
     fml = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), state.beta)
     tt = float(sw @ (t * t))
     fml.start(init)
@@ -270,27 +292,40 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
         prop = fml.propose(params["threshold_lambda"])
         state.n_iter += 1
         since_refresh += 1
-        # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
-        sse, gamma_sum = fml.noise_statistics(tt)
+        if not every or on_iter is not None:
+            # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
+            sse, gamma_sum = fml.noise_statistics(tt)
         settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * W, tol=tol)
+        if params.get("compute_score") and fml.model:
+            sse_now, _ = fml.noise_statistics(tt)
+            logdet = np.linalg.slogdet(fml.Sigma)[1]
+            state.scores.append(
+                _log_evidence(W, fml.beta, fml.lam, fml.mu, sse_now, logdet, params)
+            )
         if on_iter is not None:
             state.mu = fml.mu
             on_iter("fast", state, design, sse)
-        if settled:
-            # Only now re-estimate the noise. Updating it after every action lets each added
-            # basis shrink the residual, raise beta and make the next noise basis look relevant,
-            # until beta reaches its cap.
-            beta_old = fml.beta
-            if not params["fix_noise"]:
-                fml.beta = _noise_update(
-                    W, gamma_sum, sse, params["alpha_1"], params["alpha_2"], beta_max
-                )
-            state.beta = fml.beta
-            if abs(np.log(fml.beta / beta_old)) < tol:
-                state.converged = True
-                break
-            fml.refresh()
-            since_refresh = 0
+        if every:
+            # A noise update refreshes everything, O(M m^2): with m model bases, spread the
+            # updates to every m/10-th action so they cost about as much as the actions do.
+            period = max(every, len(fml.model) // 10)
+            update = settled or state.n_iter <= NOISE_START or state.n_iter % period == 0
+            if not update or not fml.model:
+                continue
+            sse, gamma_sum = fml.noise_statistics(tt)  # after the action
+        elif not settled:
+            continue
+        beta_old = fml.beta
+        if not params["fix_noise"]:
+            fml.beta = _noise_update(
+                W, gamma_sum, sse, params["alpha_1"], params["alpha_2"], beta_max
+            )
+        state.beta = fml.beta
+        if settled and abs(np.log(fml.beta / beta_old)) < tol:
+            state.converged = True
+            break
+        fml.refresh()
+        since_refresh = 0
     if not fml.model:
         state.converged = True
     fml.finish(state)

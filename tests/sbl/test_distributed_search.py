@@ -75,7 +75,11 @@ def test_gridsearch_regressor_dask_equals_default(dask_client):
     # the work really ran on the cluster's workers
     assert len(dask_client.scheduler_info()["workers"]) == 2
     _assert_same_search(local, remote)
-    np.testing.assert_allclose(remote.predict(X), local.predict(X), rtol=1e-9, atol=1e-12)
+    # Rounding only, at the scale of y: the constructive path's rank-one updates carry the
+    # processes' different BLAS summation orders into predictions near zero (measured 9e-12).
+    np.testing.assert_allclose(
+        remote.predict(X), local.predict(X), rtol=1e-9, atol=1e-9 * np.max(np.abs(y))
+    )
 
 
 def test_gridsearch_classifier_dask_equals_default(dask_client):
@@ -124,18 +128,24 @@ def test_fitted_estimator_holds_no_design_matrix(make):
         if isinstance(est, DQNSBLClassifier):
             y = (f > 0.2).astype(int)
         est.fit(X, y)
+        n_rel = len(est.relevance_)
         for a in _arrays(vars(est)):
             if a.ndim >= 2:
                 assert n not in a.shape or a.shape[0] == 1, (
                     f"a {a.shape} array (a matrix with a row or column per training sample) is "
                     "left on the fitted estimator"
                 )
-            assert a.size <= 2 * n + 64, f"array of {a.size} values left on the fitted estimator"
-        n_rel = len(est.relevance_)
+            # the posterior covariance of the relevant weights (full when the solver formed it,
+            # as the exact and constructive paths do) is m-by-m, whatever n
+            assert a.size <= 2 * n + 64 or a.shape == (n_rel, n_rel), (
+                f"array of {a.size} values left on the fitted estimator"
+            )
         blob = len(pickle.dumps(est))
         # bound: relevant vectors and their covariance, plus a few O(n) per-basis vectors
         bound = 8 * (n_rel * (n_features + n_rel + 8) + 4 * n) + 8192
         assert blob <= bound, (n, n_rel, blob, bound)
-        sizes[n] = blob
+        # what grows with n beyond the relevant vectors and their covariance (a sparse model
+        # keeps more of them on more data: 93 -> 211 here for the RBF regressor, as fastrvm)
+        sizes[n] = blob - 8 * n_rel * (n_features + n_rel)
     # a design matrix (n * n_features doubles) or a kernel (n**2) would add > 8 * 1400 * 4 bytes
     assert sizes[1600] - sizes[200] < 8 * 1400 * 4

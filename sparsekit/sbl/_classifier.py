@@ -20,7 +20,8 @@ from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._classifier_solver import FREE_LAMBDA, ClassifierState, fit_path, probabilities
 from ._design import DesignMatrix
-from ._features import training_basis
+from ._features import compute_kernel, training_basis
+from ._readmission import CandidateColumns
 
 _PI_OVER_8 = np.pi / 8.0
 SEPARATION_PROBABILITY = 0.9
@@ -331,7 +332,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                 "threshold_lambda": self.threshold_lambda,
             }
             on_iter = self._print_progress if self.verbose else None
-            fit_path(design, state, T, sw, likelihood, params, on_iter=on_iter)
+            candidates = self._candidate_columns(X, design.n_basis)
+            fit_path(
+                design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
+            )
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -341,6 +345,19 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             self._check_evidence(design, state, T, sw, y_enc)
             self._store_fit(X, design, state, dtype)
         return self
+
+    def _candidate_columns(self, X, n_basis):
+        """Source of the training basis columns, for re-admitting pruned bases."""
+        if self.kernel is None or self.kernel == "precomputed":
+            B = X.tocsc() if sp.issparse(X) else X
+            return CandidateColumns(lambda js: B[:, js], n_basis)
+        gamma = self._gamma
+
+        def kernel_columns(js):
+            K = compute_kernel(self, X, X[js], gamma)
+            return K.toarray() if sp.issparse(K) else K
+
+        return CandidateColumns(kernel_columns, n_basis, cache=True)
 
     def _initial_state(self, design, K, likelihood, warm):
         n_coef = design.n_coef
@@ -368,6 +385,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             W[f:] = np.where(ok, warm["W"][:, design.active].T, 0.0)
             if f:
                 W[0] = warm["W0"]
+            if likelihood == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
+                # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
+                # previous model alone rather than putting every pruned basis back.
+                mask[f:] = ok
         return ClassifierState(W=W, lam=lam, mask=mask, D=D)
 
     def _print_progress(self, state, design, dlog):

@@ -63,6 +63,7 @@ class ClassifierState:
         self.pruned_lam = {}  # (original column index, k) -> precision when it was pruned
         self.phase = "dqn"
         self.readmitted = {}  # (original column index, k) -> times re-admitted
+        self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
 
 
 # ---------------------------------------------------------------------------------- likelihoods
@@ -274,6 +275,7 @@ def exact_step(design, state, T, sw, likelihood):
     logdet = 0.0
     if likelihood == "bernoulli":
         sigma_full = []
+        class_loss, class_ld = [], []
         gtol = EXACT_GTOL_REL * design.weight_sum
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
@@ -299,7 +301,10 @@ def exact_step(design, state, T, sw, likelihood):
             sigma_full.append((idx, S))
             loss_total += loss
             logdet += ld
+            class_ld.append(ld)
+            class_loss.append(loss)
         state.sigma_full = sigma_full
+        state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
     else:
         W_new, loss, cf, idx = _newton_softmax(Phi, T, sw, W, lam, mask)
         W[...] = W_new * mask
@@ -319,12 +324,15 @@ def _free_rows(design):
     return 1 if design.intercept_column else 0
 
 
-def _reestimate_and_prune(design, state, params, delete_test=False):
+def _reestimate_and_prune(design, state, params, delete_test=False, damp=False):
     """MacKay/EM update over the masked, non-free coefficients, then pruning and compaction.
 
     With ``delete_test`` (the exact phase with re-admission), the basis of each class whose
     removal raises the evidence most is also pruned (:func:`._readmission.tipping_faul_delete`),
-    instead of after its precision has crept up to ``threshold_lambda``.
+    instead of after its precision has crept up to ``threshold_lambda``. With ``damp`` (one bool
+    per class), the precisions of those classes move half-way (in log scale) to their MacKay/EM values: MacKay's simultaneous update
+    of many correlated bases can fall into a two-cycle (measured: 70 RBF bases, the evidence
+    alternating between two values until ``max_iter``).
 
     Returns ``(changed, max_dlog)``: whether the active set changed, and the largest change of
     log precision over the relevant coefficients (gamma above RELEVANT_GAMMA).
@@ -346,17 +354,13 @@ def _reestimate_and_prune(design, state, params, delete_test=False):
         GAMMA_FLOOR,
         LAMBDA_FLOOR,
     )
+    if damp is not False and np.any(damp):
+        rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
+        lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
     if delete_test:
         lam_new = tipping_faul_delete(
             W[f:][sub], state.sigma_diag[f:][sub], gamma, lam_old, np.nonzero(sub)[1], lam_new
         )
-        if __import__("os").environ.get("SK_TF") == "1":
-            mu2 = W[f:][sub] ** 2
-            sg = state.sigma_diag[f:][sub]
-            den = mu2 - gamma * sg
-            lam_new = np.where(
-                np.isfinite(lam_new) & (den > 0), gamma**2 / np.where(den > 0, den, 1.0), lam_new
-            )
     relevant = (gamma > RELEVANT_GAMMA) & np.isfinite(lam_new)
     if relevant.any():
         dlog = float(np.max(np.abs(np.log(lam_new[relevant]) - np.log(lam_old[relevant]))))
@@ -391,6 +395,15 @@ def _compact_unused(design, state):
     state.D = np.ascontiguousarray(state.D[keep_rows])
     if state.sigma_diag is not None:
         state.sigma_diag = np.ascontiguousarray(state.sigma_diag[keep_rows])
+
+
+def _class_evidence(loss, logdet, state, design):
+    """Laplace evidence of each one-vs-rest problem, up to a constant, shape (K,)."""
+    f = _free_rows(design)
+    lam, W, mask = state.lam, state.W, state.mask
+    log_lam = np.where(mask[f:], np.log(np.where(mask[f:], lam[f:], 1.0)), 0.0).sum(axis=0)
+    quad = np.where(mask, lam * W * W, 0.0).sum(axis=0)
+    return -np.asarray(loss) + 0.5 * log_lam - 0.5 * quad - 0.5 * np.asarray(logdet)
 
 
 def _log_evidence(loss, logdet, state, design):
@@ -464,7 +477,12 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None, candidates=
             logdet = float(np.sum(np.log(H[state.mask])))
             tol = params["dqn_tol"]
         state.scores.append(_log_evidence(loss, logdet, state, design))
-        changed, dlog = _reestimate_and_prune(design, state, params, delete_test=exact and readmit)
+        # a class whose evidence fell since the last update overshot: damp its next update
+        ev = state.class_evidence
+        damp = exact and readmit and len(ev) > 1 and ev[-1] < ev[-2]
+        changed, dlog = _reestimate_and_prune(
+            design, state, params, delete_test=exact and readmit, damp=damp
+        )
         if additions:
             apply_additions(design, state, candidates, additions, 0.25 * design.weight_sum)
             changed = True

@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 BLOCK = 256  # candidate columns per block of a sweep
+PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
 GAIN_TOL = 1e-6  # evidence gain per unit of sample weight below which an addition is noise
 MAX_READMIT = 2  # re-admissions of one (basis, class) pair: the add and delete tests can cycle
 CACHE_BYTES = 64 * 2**20  # kernel candidate columns are kept between sweeps up to this size
@@ -119,66 +120,86 @@ def _scaled(design, raw, js):
     return (raw - o) * s, None
 
 
+def _block_terms(design, candidates, js, Bw, R):
+    """Scaled candidate columns ``js`` with ``phi' B phi`` and ``phi' sw (t - p)`` per class."""
+    blk, shift = _scaled(design, candidates.raw(js), js)
+    if sp.issparse(blk):
+        sq = np.asarray(blk.multiply(blk).T @ Bw)
+        lin_b = np.asarray(blk.T @ Bw)
+        sq = sq + 2.0 * shift[:, None] * lin_b + (shift**2)[:, None] * Bw.sum(axis=0)
+        Qb = np.asarray(blk.T @ R) + shift[:, None] * R.sum(axis=0)
+    else:
+        sq = (blk * blk).T @ Bw
+        Qb = blk.T @ R
+    return blk, shift, sq, Qb
+
+
+def _score(js, blk, shift, sq, Qb, models, excluded, threshold_lambda, found):
+    """Append ``(gain, basis, precision)`` of the candidates ``js`` worth adding to ``found[k]``."""
+    for k, (BP, S) in enumerate(models):
+        C = np.asarray(blk.T @ BP)
+        if shift is not None:
+            C = C + np.outer(shift, BP.sum(axis=0))
+        s = sq[:, k] - np.einsum("ij,ij->i", C @ S, C)
+        q = Qb[:, k]
+        theta = q * q - s
+        good = (theta > 0.0) & (s > 0.0) & ~excluded[k, js]
+        # a precision past the pruning threshold would be pruned again at once
+        good &= theta * threshold_lambda > s * s
+        if not good.any():
+            continue
+        s, q, theta = s[good], q[good], theta[good]
+        gain = 0.5 * (theta / s + np.log(s / (q * q)))
+        found[k].append((gain, js[good], s * s / theta))
+
+
 def propose_additions(design, state, T, sw, candidates, threshold_lambda):
-    """Score every candidate basis for every one-vs-rest problem at the current exact posterior.
+    """Score the candidate bases for every one-vs-rest problem at the current exact posterior.
 
     Uses ``state.W`` and ``state.sigma_full`` as left by the exact step (consistent with
     ``state.mask``). Returns a list of ``(basis index, class, precision)``: for each class, the
     candidate outside its model with the largest evidence gain, when that gain is worth having.
+
+    Every basis function is scored, O(n M m). Adding the best 4 per class and sweep instead of 1
+    made make_classification(n=2000) twice as fast but cost accuracy (Image 3.4 % instead of 3.2 %
+    error, digits 0.964 instead of 0.971). (Scoring exactly only the candidates with the
+    largest ``q^2 / phi' B phi``, the gain of a candidate uncorrelated with the model, was tried
+    and lost accuracy: Image 4.6 % instead of 3.2 % error, digits 0.958 instead of 0.971.)
     """
     f = 1 if design.intercept_column else 0
     n, K = T.shape
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
-    Z = Phi @ state.W
-    P = expit(Z)
+    P = expit(Phi @ state.W)
     Bw = sw[:, None] * P * (1.0 - P)
     R = sw[:, None] * (T - P)
     models = []
     for k in range(K):
         idx, S = state.sigma_full[k]
-        BP = Bw[:, k : k + 1] * Phi[:, idx]
-        models.append((BP, S))
+        models.append((Bw[:, k : k + 1] * Phi[:, idx], S))
     valid = np.flatnonzero(design.inv_scale > 0.0)
-    best = [(-np.inf, -1, 0.0) for _ in range(K)]  # (gain, basis index, precision) per class
+    found = [[] for _ in range(K)]  # per class: (gains, basis indices, precisions) per block
     # not candidates: the bases in the model, and those re-admitted MAX_READMIT times already
-    in_model = np.zeros((K, design.n_basis), dtype=bool)
+    excluded = np.zeros((K, design.n_basis), dtype=bool)
     for k in range(K):
-        in_model[k, design.active[state.mask[f:, k]]] = True
+        excluded[k, design.active[state.mask[f:, k]]] = True
     for (j, k), c in state.readmitted.items():
         if c >= MAX_READMIT:
-            in_model[k, j] = True
-    tol = GAIN_TOL * design.weight_sum
+            excluded[k, j] = True
     for start in range(0, valid.size, BLOCK):
         js = valid[start : start + BLOCK]
-        blk, shift = _scaled(design, candidates.raw(js), js)
-        if sp.issparse(blk):
-            sq = np.asarray(blk.multiply(blk).T @ Bw)
-            lin_b = np.asarray(blk.T @ Bw)
-            sq = sq + 2.0 * shift[:, None] * lin_b + (shift**2)[:, None] * Bw.sum(axis=0)
-            Qb = np.asarray(blk.T @ R) + shift[:, None] * R.sum(axis=0)
-        else:
-            sq = (blk * blk).T @ Bw
-            Qb = blk.T @ R
-        for k in range(K):
-            BP, S = models[k]
-            C = np.asarray(blk.T @ BP)
-            if shift is not None:
-                C = C + np.outer(shift, BP.sum(axis=0))
-            s = sq[:, k] - np.einsum("ij,ij->i", C @ S, C)
-            q = Qb[:, k]
-            theta = q * q - s
-            good = (theta > 0.0) & (s > 0.0) & ~in_model[k, js]
-            # a precision past the pruning threshold would be pruned again at once
-            good &= theta * threshold_lambda > s * s
-            if not good.any():
-                continue
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gain = np.where(good, 0.5 * (theta / s + np.log(s / (q * q))), -np.inf)
-            i = int(np.argmax(gain))
-            if gain[i] > best[k][0]:
-                best[k] = (float(gain[i]), int(js[i]), float(s[i] * s[i] / theta[i]))
-    return [(j, k, a) for k, (g, j, a) in enumerate(best) if j >= 0 and g > tol]
+        terms = _block_terms(design, candidates, js, Bw, R)
+        _score(js, *terms, models, excluded, threshold_lambda, found)
+    tol = GAIN_TOL * design.weight_sum
+    out = []
+    for k in range(K):
+        if not found[k]:
+            continue
+        gain, js, lam = (np.concatenate(a) for a in zip(*found[k]))
+        for i in np.argsort(-gain)[:PER_SWEEP]:
+            if gain[i] > tol:
+                out.append((int(js[i]), k, float(lam[i])))
+    return out
 
 
 def apply_additions(design, state, candidates, additions, d0):

@@ -57,8 +57,11 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     diagonal in place of the posterior covariance in the precision update: no covariance matrix
     is formed or inverted, and the extra memory is O(M) per class. Once at most ``exact_switch``
     bases remain, exact Laplace iterations (Newton steps with a Cholesky factor of the posterior
-    precision) remove the bias of the diagonal approximation. ``solver="exact"`` runs the exact
-    iterations from the start (O(M^3) per iteration), for small problems and as a reference.
+    precision) remove the bias of the diagonal approximation; with one-vs-rest or binary problems
+    they also re-admit pruned bases by Tipping and Faul's test (``q_i^2 > s_i`` at the Laplace
+    posterior, every basis function scored in O(n M m)), so the bases the diagonal phase pruned
+    wrongly come back. ``solver="exact"`` runs the exact iterations from the start (O(M^3) per
+    iteration), for small problems and as a reference.
 
     Multiclass problems are solved one-vs-rest, all classes in the same passes over the data
     (matrix-matrix products), or with a softmax likelihood (``multi_class="multinomial"``).
@@ -172,8 +175,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     -----
     The diagonal approximation under-estimates posterior variances of correlated bases
     (``(H^-1)_jj >= 1 / H_jj``), so the "dqn" phase prunes more eagerly than exact SBL; the exact
-    finish (``exact_switch``) corrects this on the surviving bases. Memory is one n-by-M copy of
-    the basis (the kernel matrix for kernel bases), compacted in place as bases are pruned.
+    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
+    not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
+    between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
+    kernel bases), compacted in place as bases are pruned.
 
     References
     ----------

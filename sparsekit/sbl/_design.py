@@ -266,6 +266,33 @@ class DesignMatrix:
             compact_columns_inplace(self._Phi, idx)
         self.active = self.active[idx]
 
+    def insert_columns(self, js, raw):
+        """Put basis functions ``js`` (not active, increasing) back into the active set.
+
+        ``raw`` holds their columns before scaling, (n_samples, len(js)). The active set stays in
+        increasing order; returns the positions of the new columns in it (increasing).
+        """
+        js = np.asarray(js, dtype=np.intp)
+        old = self.active
+        new_active = np.sort(np.concatenate([old, js]))
+        pos_new = np.searchsorted(new_active, js)
+        pos_old = np.searchsorted(new_active, old)
+        if self.sparse:
+            cols = sp.csc_matrix(raw, dtype=self._B_act.dtype)
+            order = np.argsort(np.concatenate([pos_old, pos_new]))
+            self._B_act = sp.csc_matrix(sp.hstack([self._B_act, cols], format="csc")[:, order])
+        else:
+            Phi = self._Phi
+            if new_active.size > Phi.shape[1]:
+                raise ValueError("insert_columns: more active columns than the buffer holds.")
+            for c in range(old.size - 1, -1, -1):  # move right, last first (pos_old[c] >= c)
+                if pos_old[c] != c:
+                    Phi[:, pos_old[c]] = Phi[:, c]
+            raw = np.asarray(raw.toarray() if sp.issparse(raw) else raw, dtype=np.float64)
+            Phi[:, pos_new] = ((raw - self.offset[js]) * self.inv_scale[js]).astype(Phi.dtype)
+        self.active = new_active
+        return pos_new
+
     # ------------------------------------------------------------------ back to original units
     def unscale(self, w):
         """Map coefficients over the active set to the units of B.

@@ -33,7 +33,7 @@ def iris():
 # ------------------------------------------------------------------------------ oracles (spec §5)
 def test_dqn_approaches_exact_solver(moons):
     """On a small problem the DQN paths land close to the exact solver's model: MacKay's
-    iteration has several fixed points and pruned bases never return, so the models are close
+    iteration has several fixed points (and re-admission several local optima), so the models are close
     (same labels almost everywhere, probabilities within a few percent), not identical."""
     X, y, Xt, yt = moons
     exact = DQNSBLClassifier(gamma=2.0, solver="exact").fit(X, y)

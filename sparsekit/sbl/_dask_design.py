@@ -83,8 +83,12 @@ def _vector(est, v, what, rows, n):
         v = np.asarray(v)
         if v.ndim == 2 and v.shape[1] == 1:
             v = v[:, 0]
-        if v.ndim != 1 or v.shape[0] != n:
+        if v.ndim != 1:
             raise ValueError(f"{name}: {what} must have shape ({n},); got {v.shape}.")
+        if v.shape[0] != n:
+            raise ValueError(
+                f"{name}: X has {n} samples but {what} has {v.shape[0]}; they must match."
+            )
         return da.from_array(v, chunks=(rows,))
     if v.ndim == 2 and v.shape[1] == 1:
         v = v[:, 0]

@@ -344,8 +344,11 @@ def _phi_block(B, offset, inv_scale, pos, sparse, dtype):
     B = _to_block(B, sparse, dtype)
     if sparse:
         return B[:, pos]
-    Phi = np.array(B[:, pos], dtype=dtype, order="F")
-    Phi -= np.where(np.isfinite(offset[pos]), offset[pos], 0.0).astype(dtype)
+    # One Fortran copy of the block, compacted in place (as DesignMatrix does with its buffer).
+    Phi = np.array(B, dtype=dtype, order="F", copy=True)
+    compact_columns_inplace(Phi, pos)
+    Phi = Phi[:, : pos.shape[0]]
+    Phi -= offset[pos].astype(dtype)
     Phi *= inv_scale[pos].astype(dtype)
     return Phi
 

@@ -97,8 +97,28 @@ def _worker_memory():
     return psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _worker_data_bytes(dask_worker):
-    return sum(getattr(v, "nbytes", 0) for v in dask_worker.data.values())
+def _bytes_per_worker(client, arrays):
+    """Bytes of the arrays' chunks held by each worker (replicas counted on each holder)."""
+    sizes = client.nbytes(summary=False)
+    held = dict.fromkeys(client.scheduler_info()["workers"], 0)
+    for a in arrays:
+        for key, workers in client.who_has(a).items():
+            for w in workers:
+                held[w] += sizes[key]
+    return held
+
+
+def _warm_up():
+    import dask
+    import dask.array as da
+
+    from sparsekit import DQNSBLRegressor
+
+    rng = np.random.default_rng(0)
+    X = da.from_array(rng.normal(size=(200, 5)).astype(np.float32), chunks=(100, 5))
+    with dask.config.set(scheduler="sync"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DQNSBLRegressor(max_iter=3).fit(X, rng.normal(size=200))
 
 
 def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
@@ -130,11 +150,10 @@ def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
         y = client.persist(X.astype(np.float64) @ coef + 0.5 * noise + 3.0)
         wait([X, y])
         client.rebalance()  # the generating tasks need not spread the chunks evenly
-        # numba compiles on every worker and the driver: an untimed one-iteration fit first
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            DQNSBLRegressor(max_iter=1).fit(X, y)
-        held = client.run(_worker_data_bytes)
+        # numba compiles in every worker and the driver: a tiny untimed fit in each, first
+        client.run(_warm_up)
+        _warm_up()
+        held = _bytes_per_worker(client, [X, y])
         base = client.run(_worker_memory)
         t0 = time.perf_counter()
         est = DQNSBLRegressor().fit(X, y)

@@ -354,11 +354,16 @@ def _phi_block(B, offset, inv_scale, pos, sparse, dtype):
 
 
 def _compact_block(Phi, idx):
+    """Keep columns ``idx`` of a block. Dense blocks are compacted in place and returned as a
+    view, so pruning needs no second copy of the basis on a worker. That is safe here: the block
+    is this design's own copy, and the solver has no pending task on the old blocks when it prunes
+    (its pass results are computed first); a lost worker recomputes the old block from X."""
     if sp.issparse(Phi):
         return Phi[:, idx]
-    Phi = np.array(Phi, order="F")
+    if not Phi.flags.f_contiguous:
+        Phi = np.array(Phi, order="F")
     compact_columns_inplace(Phi, idx)
-    return np.asfortranarray(Phi[:, : idx.shape[0]])
+    return Phi[:, : idx.shape[0]]
 
 
 def _matvec_block(Phi, vs, shift):

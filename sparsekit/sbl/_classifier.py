@@ -270,8 +270,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
             Training data; with ``kernel="precomputed"`` the Gram matrix (n_samples, n_samples).
+            A row-chunked dask array (``kernel=None`` only) is fitted chunk-wise on the workers
+            (README "Scaling out").
         y : array-like of shape (n_samples,)
             Class labels (numbers or strings).
         sample_weight : array-like of shape (n_samples,), default=None

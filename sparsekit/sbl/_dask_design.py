@@ -297,13 +297,13 @@ def _to_block(B, sparse, dtype):
 
 
 def _amax_block(B, sparse):
+    if B.shape[0] == 0:
+        return np.zeros(B.shape[1]), True
     if sparse:
         B = sp.csc_matrix(B)
         a = np.asarray(abs(B).max(axis=0).toarray()).ravel().astype(np.float64)
         ok = np.all(np.isfinite(B.data))
     else:
-        if B.shape[0] == 0:
-            return np.zeros(B.shape[1]), True
         a = np.maximum(B.max(axis=0), -B.min(axis=0)).astype(np.float64)
         ok = bool(np.all(np.isfinite(a)))
     return a, ok

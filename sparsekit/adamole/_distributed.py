@@ -166,6 +166,14 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().numpy().tolist()
 
+    def sum_with_grad(self, tensor):
+        """Sum of ``tensor`` over the ranks, differentiable (the backward sums the gradients over
+        the ranks too): the aux loss's routing statistics of the global batch. Every rank must
+        call it the same number of times, which holds in training steps (equal shards)."""
+        from torch.distributed.nn.functional import all_reduce
+
+        return all_reduce(tensor.to(self.comm_device)).to(tensor.device)
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is True on any."""
         return self.sum([1.0 if flag else 0.0])[0] > 0

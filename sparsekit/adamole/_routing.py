@@ -175,6 +175,32 @@ def _keep(tensor):
     return tensor
 
 
+def _routing_means(fmask, score, valid, sum_over_ranks=None):
+    """Fraction of tokens routed to each expert and mean router probability per expert, over the
+    batch's non-padding tokens.
+
+    With ``sum_over_ranks`` (a multi-process fit) the token sums and the token count are summed
+    over the ranks first, so every rank gets the statistics of the global batch, and the
+    load-balancing loss (with its gradient, through the autograd all-reduce) is the one-process
+    loss of that batch.
+    """
+    if sum_over_ranks is None:
+        if valid is None:
+            return fmask.mean(0), score.mean(0)
+        denom = valid.sum().clamp_min(1.0)
+        return (valid @ fmask) / denom, (valid @ score) / denom
+    if valid is None:
+        count = torch.full((1,), float(fmask.shape[0]), device=score.device)
+        sums = [fmask.sum(0), score.sum(0)]
+    else:
+        count = valid.sum().reshape(1)
+        sums = [valid @ fmask, valid @ score]
+    n = fmask.shape[1]
+    total = sum_over_ranks(torch.cat([sums[0].float(), sums[1].float(), count.float()]))
+    denom = total[-1].clamp_min(1.0)
+    return (total[:n] / denom).to(score.dtype), (total[n : 2 * n] / denom).to(score.dtype)
+
+
 class AuxLoss:
     """Load-balancing losses of the AdaMoLE layers run inside :func:`collect_aux_loss`.
 
@@ -208,6 +234,9 @@ class AuxLoss:
         self._device = device
         self._mask = None
         self._mask_by_device: dict[torch.device, torch.Tensor] = {}
+        # Set by a multi-process trainer: sums a tensor over the ranks (with autograd), so that
+        # the load-balancing statistics are those of the global batch (see _routing_means).
+        self.sum_over_ranks = None
         if attention_mask is not None:
             mask = torch.as_tensor(attention_mask)
             if mask.dim() == 0:
@@ -283,13 +312,9 @@ class AuxLoss:
         # the tensors the checkpointed forward saved.
         with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             fmask = mask.to(score.dtype)
-            if valid is None:
-                frac = fmask.mean(0)
-                prob = score.mean(0)
-            else:
+            if valid is not None:
                 denom = valid.sum().clamp_min(1.0)
-                frac = (valid @ fmask) / denom
-                prob = (valid @ score) / denom
+            frac, prob = _routing_means(fmask, score, valid, self.sum_over_ranks)
             term = n_experts * (frac @ prob)
             if threshold_budget is not None:
                 if decision.margin is None:

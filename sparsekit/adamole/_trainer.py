@@ -364,6 +364,8 @@ class Trainer:
         yb = y_train[idx].to(self.device)
         with _device.autocast(self.device, est.dtype_):
             with collect_aux_loss(model, attention_mask=batch["attention_mask"]) as aux:
+                if self.dist is not None and est.aux_loss_coef > 0:
+                    aux.sum_over_ranks = self.dist.sum_with_grad  # global-batch statistics
                 logits = self.strategy.forward(model, batch, est._supports)
             task_loss = self.strategy.loss(logits, yb)
             aux_loss = aux.loss.float()

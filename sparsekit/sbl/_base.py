@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ._dask_input import is_dask_array, validate_dask_training_data
 from ._features import KERNELS, prediction_basis, resolve_gamma
 
 
@@ -47,7 +48,10 @@ class BaseDQNSBL(BaseEstimator):
 
     # ------------------------------------------------------------------ validation
     def _validate_training_data(self, X, y, sample_weight, *, y_numeric):
-        """Validate X, y and sample weights; returns (X, y, sample_weight as float64)."""
+        """Validate X, y and sample weights; returns (X, y, sample_weight as float64). Dask X
+        (with y and the weights) stays chunked (``_dask_input``)."""
+        if is_dask_array(X):
+            return validate_dask_training_data(self, X, y, sample_weight, y_numeric=y_numeric)
         X, y = validate_data(
             self,
             X,

@@ -25,7 +25,13 @@ from ._classifier_solver import (
     fit_path,
     probabilities,
 )
-from ._design import DesignMatrix
+from ._dask_design import make_design
+from ._dask_input import (
+    chunkwise,
+    classifier_exact_note,
+    dask_classification_targets,
+    is_dask_array,
+)
 from ._features import compute_kernel, training_basis
 from ._readmission import CandidateColumns
 
@@ -280,8 +286,10 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
             Training data; with ``kernel="precomputed"`` the Gram matrix (n_samples, n_samples).
+            A row-chunked dask array (``kernel=None`` only) is fitted chunk-wise on the workers
+            (README "Scaling out").
         y : array-like of shape (n_samples,)
             Class labels (numbers or strings).
         sample_weight : array-like of shape (n_samples,), default=None
@@ -294,36 +302,19 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             Fitted estimator.
         """
         warm = getattr(self, "_warm", None) if self.warm_start else None
-        X, y, sw = self._validate_training_data(X, y, sample_weight, y_numeric=False)
-        check_classification_targets(y)
-        classes, y_enc = np.unique(y, return_inverse=True)
-        if classes.shape[0] < 2:
-            raise ValueError(
-                f"{type(self).__name__} requires 2 or more distinct classes; got "
-                f"{classes.shape[0]} class ({classes[0]!r})."
-            )
-        if self.class_weight is not None:
-            sw = sw * compute_sample_weight(self.class_weight, y)
-        present = np.unique(y_enc[sw > 0])
-        if present.shape[0] < 2:
-            raise ValueError(
-                f"{type(self).__name__} requires 2 or more distinct classes with a positive "
-                f"sample (or class) weight; got 1 class ({classes[present[0]]!r})."
-            )
+        X, sw, classes, T, counts = self._training_targets(X, y, sample_weight)
         self.classes_ = classes
-        n_classes = classes.shape[0]
-        if n_classes == 2:
-            likelihood, T = "bernoulli", (y_enc == 1).astype(np.float64)[:, None]
+        if classes.shape[0] == 2:
+            likelihood = "bernoulli"
         else:
             likelihood = "bernoulli" if self.multi_class == "ovr" else "softmax"
-            T = np.zeros((y_enc.shape[0], n_classes))
-            T[np.arange(y_enc.shape[0]), y_enc] = 1.0
         self._likelihood = likelihood
         dtype = X.dtype
+        chunked = is_dask_array(X)
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
             B, own, column_index = training_basis(self, X, self._gamma, sw)
-            design = DesignMatrix(
+            design = make_design(
                 B,
                 sw,
                 center=False,
@@ -344,11 +335,12 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                 "inner_max_iter": self.inner_max_iter,
                 "inner_tol": self.inner_tol,
                 "inner_forcing": LINEAR_INNER_FORCING if self.kernel is None else 0.0,
-                "exact_switch": self.exact_switch,
+                "exact_switch": classifier_exact_note(self) if chunked else self.exact_switch,
                 "threshold_lambda": self.threshold_lambda,
             }
             on_iter = self._print_progress if self.verbose else None
-            candidates = self._candidate_columns(X, design.n_basis)
+            # re-admission runs in the exact phase, which a chunked (dask) fit does not have
+            candidates = None if chunked else self._candidate_columns(X, design.n_basis)
             fit_path(
                 design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
             )
@@ -358,7 +350,7 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
                     "iterations; increase max_iter (or tol and dqn_tol).",
                     ConvergenceWarning,
                 )
-            self._check_evidence(design, state, T, sw, y_enc)
+            self._check_evidence(design, state, T, sw, counts)
             self._store_fit(X, design, state, dtype)
         return self
 
@@ -374,6 +366,35 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             return K.toarray() if sp.issparse(K) else K
 
         return CandidateColumns(kernel_columns, n_basis, cache=True)
+
+    def _training_targets(self, X, y, sample_weight):
+        """Validated X and weights, the classes, the per-sample targets T (one column for two
+        classes, one-hot otherwise) and the number of positive-weight samples per class."""
+        if is_dask_array(X):
+            return dask_classification_targets(self, X, y, sample_weight)
+        X, y, sw = self._validate_training_data(X, y, sample_weight, y_numeric=False)
+        check_classification_targets(y)
+        classes, y_enc = np.unique(y, return_inverse=True)
+        if classes.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} requires 2 or more distinct classes; got "
+                f"{classes.shape[0]} class ({classes[0]!r})."
+            )
+        if self.class_weight is not None:
+            sw = sw * compute_sample_weight(self.class_weight, y)
+        counts = np.bincount(y_enc[sw > 0], minlength=classes.shape[0])
+        present = np.flatnonzero(counts)
+        if present.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} requires 2 or more distinct classes with a positive "
+                f"sample (or class) weight; got 1 class ({classes[present[0]]!r})."
+            )
+        if classes.shape[0] == 2:
+            T = (y_enc == 1).astype(np.float64)[:, None]
+        else:
+            T = np.zeros((y_enc.shape[0], classes.shape[0]))
+            T[np.arange(y_enc.shape[0]), y_enc] = 1.0
+        return X, sw, classes, T, counts
 
     def _initial_state(self, design, K, likelihood, warm):
         n_coef = design.n_coef
@@ -414,9 +435,9 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             f"active={design.n_active} log-evidence~{score:.6g} max|dlog lambda|={dlog:.3g}"
         )
 
-    def _check_evidence(self, design, state, T, sw, y_enc):
-        """Warn where the Laplace evidence cannot be trusted."""
-        counts = np.bincount(y_enc[sw > 0], minlength=self.classes_.shape[0])
+    def _check_evidence(self, design, state, T, sw, counts):
+        """Warn where the Laplace evidence cannot be trusted (``counts``: positive-weight
+        samples per class)."""
         if counts.min() < 2:
             warnings.warn(
                 f"Class {self.classes_[np.argmin(counts)]!r} has a single training sample: its "
@@ -426,11 +447,14 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             return
         Z = design.matvec(state.W)
         P = probabilities(Z, self._likelihood)
-        pos = sw > 0
-        p_true = np.where(T[pos] > 0.5, P[pos], 1.0 - P[pos])
+        # Probability of the true class (softmax; T one-hot) or of each binary problem's true
+        # side, over the samples with positive weight (elementwise, so chunked input stays so).
         if self._likelihood == "softmax":
-            p_true = P[pos][T[pos] > 0.5]
-        if p_true.min() >= SEPARATION_PROBABILITY:
+            p_true = (P * T).sum(axis=1)
+        else:
+            p_true = np.where(T > 0.5, P, 1.0 - P).min(axis=1)
+        p_true = np.where(sw > 0, p_true, 1.0)
+        if float(p_true.min()) >= SEPARATION_PROBABILITY:
             warnings.warn(
                 "The training data are perfectly separated by the fitted model (every training "
                 f"sample gets probability >= {SEPARATION_PROBABILITY} for its class): the "
@@ -565,6 +589,8 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             Binary: the log-odds of ``classes_[1]`` (positive means ``classes_[1]``). Multiclass:
             one column per class, ranking like ``predict_proba``.
         """
+        if is_dask_array(X):
+            return chunkwise(self, "decision_function", X)
         S = self._scores(X)
         return S[:, 0] if self.classes_.shape[0] == 2 else S
 
@@ -581,6 +607,8 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         y_pred : ndarray of shape (n_samples,)
             Predicted labels, of the type of the training labels.
         """
+        if is_dask_array(X):
+            return chunkwise(self, "predict", X)
         S = self._scores(X)
         if self.classes_.shape[0] == 2:
             return self.classes_[(S[:, 0] > 0).astype(np.intp)]
@@ -599,6 +627,8 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
         log_proba : ndarray of shape (n_samples, n_classes)
             Log-probabilities, columns in the order of ``classes_``.
         """
+        if is_dask_array(X):
+            return chunkwise(self, "predict_log_proba", X)
         S = self._scores(X)
         if self.classes_.shape[0] == 2:
             return np.column_stack([log_expit(-S[:, 0]), log_expit(S[:, 0])])
@@ -621,6 +651,8 @@ class DQNSBLClassifier(ClassifierMixin, BaseDQNSBL):
             Probabilities, columns in the order of ``classes_``; rows sum to one. One-vs-rest
             probabilities are normalised over the classes.
         """
+        if is_dask_array(X):
+            return chunkwise(self, "predict_proba", X)
         S = self._scores(X)
         if self.classes_.shape[0] == 2:
             p = expit(S[:, 0])

@@ -79,10 +79,10 @@ def data_loss(Z, T, sw, likelihood):
     if likelihood == "bernoulli":
         # softplus(z) - t z = -log sigma(z) + (1 - t) z, stable for large |z|
         L = -log_expit(Z) + (1.0 - T) * Z
-        return sw @ L
+        return np.asarray(sw @ L)  # asarray: computed when Z is chunked (dask)
     zmax = Z.max(axis=1, keepdims=True)
     lse = zmax[:, 0] + np.log(np.exp(Z - zmax).sum(axis=1))
-    return np.array([sw @ (lse - (T * Z).sum(axis=1))])
+    return np.array([float(sw @ (lse - (T * Z).sum(axis=1)))])
 
 
 def probabilities(Z, likelihood):

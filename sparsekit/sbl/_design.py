@@ -155,6 +155,10 @@ class DesignMatrix:
             return Xa
         return self._Phi[:, : self.n_active]
 
+    def sample_zeros(self):
+        """A zero vector over the samples (chunked like the rows for a dask design)."""
+        return np.zeros(self.n_samples)
+
     def column(self, j):
         """Active column ``j`` of Phi (intercept column excluded) as a float64 vector of length n."""
         if self.sparse:

@@ -83,13 +83,13 @@ def _pcg(design, phit_t, sw, beta, lam, mu0, max_iter, rtol):
     rhs = beta * phit_t
     b_norm = np.linalg.norm(rhs)
     if b_norm == 0.0:
-        return np.zeros_like(mu0), np.zeros(design.n_samples)
+        return np.zeros_like(mu0), design.sample_zeros()
     mu = mu0.copy()
     if np.any(mu):
         z = design.matvec(mu)
         r = rhs - beta * design.rmatvec(sw * z) - lam * mu
     else:
-        z = np.zeros(design.n_samples)
+        z = design.sample_zeros()
         r = rhs.copy()
     zr = precond * r
     p = zr.copy()

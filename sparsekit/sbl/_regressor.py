@@ -16,7 +16,8 @@ from ..exceptions import EmptyModelWarning
 from ..utils._threads import fit_threads, limit_threads, parallel
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
-from ._design import DesignMatrix
+from ._dask_design import make_design
+from ._dask_input import chunkwise, is_dask_array
 from ._features import distinct_rows, training_basis
 from ._regression_solver import BETA_MAX_FACTOR, PathState, dqn_path, exact_path
 
@@ -261,8 +262,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
             Training data; with ``kernel="precomputed"`` the Gram matrix (n_samples, n_samples).
+            A row-chunked dask array (``kernel=None`` only) is fitted chunk-wise on the workers
+            (README "Scaling out").
         y : array-like of shape (n_samples,)
             Target values.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -279,11 +282,11 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
             B, own, column_index = training_basis(self, X, self._gamma, sw)
-            design = DesignMatrix(
+            design = make_design(
                 B, sw, center=True, intercept_column=False, own=own, column_index=column_index
             )
             W = design.weight_sum
-            y64 = np.asarray(y, dtype=np.float64)
+            y64 = y.astype(np.float64, copy=False)
             # Standardise y without overflow: work on y / max|y| first (y may be ~1e300).
             y_max = float(np.max(np.abs(y64)))
             ys = y64 / y_max if y_max > 0.0 else y64
@@ -480,6 +483,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         y_std : ndarray of shape (n_samples,)
             Predictive standard deviation (only when ``return_std=True``).
         """
+        if is_dask_array(X):
+            return chunkwise(self, "predict", X, return_std=return_std)
         X = self._validate_predict_data(X)
         with limit_threads(self.n_jobs):
             Phi = self._basis(X)
@@ -520,6 +525,12 @@ def _constructive(est, design, X, sw):
         return True
     if design.n_active < 0.5 * np.count_nonzero(sw):
         return False
+    if getattr(design, "chunked", False):
+        raise ValueError(
+            "DQNSBLRegressor on dask input: X has at least half as many informative features as "
+            "samples (p >= n/2), the regime of the constructive path, which does not run chunked. "
+            "Data of that shape fit in memory: fit X.compute() (and y.compute())."
+        )
     return design.n_active >= 0.5 * distinct_rows(X, sw).shape[0]
 
 

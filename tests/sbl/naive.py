@@ -51,3 +51,14 @@ def psb_update(d, s, y, d_min, d_max, eps):
         return d.copy(), False
     new = d + ((sy - np.sum(d * s**2)) / s4) * s**2
     return np.clip(new, d_min, d_max), True
+
+
+def weighted_column_sums(Phi, sw):
+    """sum_i sw_i Phi_ij per column (float64)."""
+    return sw @ np.asarray(Phi, dtype=np.float64)
+
+
+def weighted_deviation_squares(Phi, sw, mean):
+    """sum_i sw_i (Phi_ij - mean_j)^2 per column (float64)."""
+    dev = np.asarray(Phi, dtype=np.float64) - mean
+    return sw @ (dev * dev)

@@ -4,6 +4,7 @@ float32 and read-only inputs."""
 import numpy as np
 import pytest
 
+from sparsekit.sbl import _dask_design as DD
 from sparsekit.sbl import _kernels as K
 
 from . import naive
@@ -33,6 +34,24 @@ def test_weighted_column_moments(Phi, readonly):
     ref_mean, ref_ssd = naive.weighted_column_moments(Phi.astype(np.float64), sw)
     np.testing.assert_allclose(mean, ref_mean, **_tol(Phi))
     np.testing.assert_allclose(ssd, ref_ssd, **_tol(Phi))
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_dask_block_column_sums(Phi, readonly):
+    """The per-chunk moment kernels of the dask design (sums, then squared deviations from the
+    global mean)."""
+    rng = np.random.default_rng(4)
+    sw = rng.uniform(0, 2, Phi.shape[0])
+    mean = rng.normal(size=Phi.shape[1])
+    P = _readonly(Phi) if readonly else Phi
+    np.testing.assert_allclose(
+        DD._weighted_column_sums(P, sw), naive.weighted_column_sums(Phi, sw), **_tol(Phi)
+    )
+    np.testing.assert_allclose(
+        DD._weighted_deviation_squares(P, sw, mean),
+        naive.weighted_deviation_squares(Phi, sw, mean),
+        **_tol(Phi),
+    )
 
 
 def test_center_scale_inplace(Phi):

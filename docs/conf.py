@@ -43,7 +43,7 @@ exclude_patterns = ["_build", "**.ipynb_checkpoints", "auto_examples/*.md5"]
 templates_path = ["_templates"]
 
 autosummary_generate = True
-autodoc_default_options = {"members": True, "inherited-members": False}
+autodoc_default_options = {"members": True}  # inherited members: docs/_templates/class.rst
 autodoc_typehints = "none"
 numpydoc_show_class_members = False
 numpydoc_validation_checks = set()  # validation is a test: tests/test_docstrings.py

@@ -66,6 +66,11 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         num_experts]; a squared penalty on the gap between a smooth active count (averaged over
         each batch's tokens) and this target joins the load-balancing loss, so the thresholds
         cannot all drift to their cap. ``None``: no budget (the paper).
+    threshold_entropy : float or None, default=None
+        ``routing="adaptive"`` only: weight (> 0) of an entropy regulariser that rewards a spread
+        of the number of active experts over each batch's tokens (see
+        :class:`~sparsekit.adamole.AdaMoLEConfig`), added to the load-balancing loss. ``None``:
+        off (the paper).
     expert_init : {"lora", "orthogonal"}, default="lora"
         ``"lora"``: B = 0 for every expert (the router gets no task gradient until the experts
         have moved). ``"orthogonal"``: orthogonal A rows across experts and a tiny random B, so
@@ -211,6 +216,7 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         "top_k": [Interval(Integral, 1, None, closed="left")],
         "balance_score": [StrOptions({"adapted", "probs"})],
         "threshold_budget": [Interval(Real, 1, None, closed="left"), None],
+        "threshold_entropy": [Interval(Real, 0, None, closed="neither"), None],
         "expert_init": [StrOptions({"lora", "orthogonal"})],
         "aux_loss_coef": [Interval(Real, 0, None, closed="left")],
         "target_modules": [list, tuple, str, None],
@@ -249,6 +255,7 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         top_k=2,
         balance_score="adapted",
         threshold_budget=None,
+        threshold_entropy=None,
         expert_init="lora",
         aux_loss_coef=1e-3,
         target_modules=None,
@@ -283,6 +290,7 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         self.top_k = top_k
         self.balance_score = balance_score
         self.threshold_budget = threshold_budget
+        self.threshold_entropy = threshold_entropy
         self.expert_init = expert_init
         self.aux_loss_coef = aux_loss_coef
         self.target_modules = target_modules

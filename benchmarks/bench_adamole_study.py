@@ -18,6 +18,9 @@ Arms:
   (chosen a priori: half the experts on average; a budget below the count the balance loss
   settles at would push tau up, not down).
 * ``adamole_orth``: paper routing with ``expert_init="orthogonal"`` (experts distinct at step 0).
+* ``adamole_entropy``: paper loss plus the active-count entropy regulariser with weight 1
+  (``threshold_entropy=1.0``; chosen a priori: the entropy gap is at most log 9 = 2.2, the same
+  order as the balance term, and both are scaled by ``aux_loss_coef``).
 
 Reported per task: accuracy per arm (mean and sd over seeds), paired differences against the best
 LoRA (mean, sd, paired t with n - 1 degrees of freedom), trainable parameters, and for the routed
@@ -40,7 +43,8 @@ the train/test sentences and initialises the adapters).
     python benchmarks/bench_adamole_study.py --report-only
 
 Each (task, budget, seed) writes ``benchmarks/results/adamole_study/<task>-<budget>-seed<s>.json``
-after every arm (a rerun skips the arms already there); the report merges every part present into
+(``...-seed<s>-<tag>.json`` with ``--tag``, for processes running the same seed in parallel) after
+every arm (a rerun skips the arms already there); the report merges every part present into
 ``benchmarks/results/adamole_study.{md,json}`` and the figures
 ``benchmarks/results/adamole_study/<task>-<budget>-{accuracy,active,tau}.png``.
 """
@@ -69,6 +73,7 @@ from _harness import load_average
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = RESULTS / "adamole_study"
 TASKS = ("rotten_tomatoes", "bbc_news", "smollm2-mc")
+BUDGET_ORDER = ("cpu-reduced", "cpu-converge", "full")
 
 N_EXPERTS, EXPERT_RANK = 8, 4
 MOE = {"num_experts": N_EXPERTS, "expert_rank": EXPERT_RANK, "lora_alpha": 16}
@@ -82,6 +87,7 @@ ARMS = {
     "adamole_probs": dict(MOE, routing="adaptive", balance_score="probs"),
     "adamole_budget": dict(MOE, routing="adaptive", threshold_budget=4.0),
     "adamole_orth": dict(MOE, routing="adaptive", expert_init="orthogonal"),
+    "adamole_entropy": dict(MOE, routing="adaptive", threshold_entropy=1.0),
 }
 
 # (n_train, n_test, max_length, num_epochs, learning_rate, batch_size)
@@ -93,6 +99,17 @@ BUDGETS = {
             "max_length": 48,
             "num_epochs": 2,
             "lr": 5e-4,
+        },
+        # the reduced data run to convergence: up to 6 epochs, early stopping on a validation split
+        "cpu-converge": {
+            "n_train": 600,
+            "n_test": 600,
+            "max_length": 48,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.15,
+            "n_iter_no_change": 2,
         },
         "full": {"n_train": 4000, "n_test": 2000, "max_length": 64, "num_epochs": 3, "lr": 5e-4},
     },
@@ -164,6 +181,9 @@ def task_setup(task, budget, seed):
         "num_epochs": b["num_epochs"],
         "aux_loss_coef": 1e-3,
     }
+    for key in ("early_stopping", "validation_fraction", "n_iter_no_change"):
+        if key in b:
+            common[key] = b[key]
     if task == "rotten_tomatoes":
         data = load_rotten_tomatoes(b["n_train"], b["n_test"], seed=seed)
         common.update(
@@ -233,14 +253,28 @@ def _compact(stats):
 
 
 # ----------------------------------------------------------------------------- running
-def part_path(task, budget, seed):
-    return PARTS / f"{task}-{budget}-seed{seed}.json"
+def part_path(task, budget, seed, tag=None):
+    suffix = f"-{tag}" if tag else ""
+    return PARTS / f"{task}-{budget}-seed{seed}{suffix}.json"
 
 
-def run_seed(task, budget, seed, arms, trace_every, device):
+def merge_parts(parts):
+    """One part per (task, budget, seed): the arms of tagged parts joined (first one wins)."""
+    merged = {}
+    for part in parts:
+        key = (part["task"], part["budget"], part["seed"])
+        if key not in merged:
+            merged[key] = dict(part, arms=dict(part["arms"]))
+        else:
+            for arm, result in part["arms"].items():
+                merged[key]["arms"].setdefault(arm, result)
+    return list(merged.values())
+
+
+def run_seed(task, budget, seed, arms, trace_every, device, tag=None):
     from sparsekit.adamole import AdaMoLEClassifier
 
-    path = part_path(task, budget, seed)
+    path = part_path(task, budget, seed, tag)
     part = json.loads(path.read_text()) if path.is_file() else {"arms": {}}
     part.update(task=task, budget=budget, seed=seed, settings=BUDGETS[task][budget])
     common, (X_tr, y_tr, X_te, y_te) = task_setup(task, budget, seed)
@@ -265,6 +299,7 @@ def run_seed(task, budget, seed, arms, trace_every, device):
             "train_loss": [h["train_loss"] for h in clf.history_],
             "history": [{k: v for k, v in h.items() if k != "expert_load"} for h in clf.history_],
             "epochs": trace.epochs,
+            "best_epoch": clf.best_epoch_,
             "trace": trace.snapshots,
             "device": clf.device_,
             "dtype": clf.dtype_,
@@ -330,8 +365,14 @@ def summarise(parts):
         groups.setdefault((part["task"], part["budget"]), []).append(part)
     summary = {}
     order = {task: i for i, task in enumerate(TASKS)}
+    b_order = {b: i for i, b in enumerate(BUDGET_ORDER)}
     for (task, budget), ps in sorted(
-        groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
+        groups.items(),
+        key=lambda kv: (
+            order.get(kv[0][0], len(order)),
+            b_order.get(kv[0][1], len(b_order)),
+            kv[0],
+        ),
     ):
         ps = sorted(ps, key=lambda p: p["seed"])
         arms = [a for a in ARMS if all(a in p["arms"] for p in ps)]
@@ -350,10 +391,17 @@ def summarise(parts):
                 "params": ps[0]["arms"][a]["n_trainable_params"],
                 "fit_s": statistics.median(p["arms"][a]["fit_seconds"] for p in ps),
                 "final_loss": statistics.fmean(p["arms"][a]["train_loss"][-1] for p in ps),
+                "loss_per_epoch": _per_epoch([p["arms"][a]["train_loss"] for p in ps]),
+                "valid_per_epoch": _per_epoch(
+                    [[h.get("valid_accuracy") for h in p["arms"][a]["history"]] for p in ps]
+                ),
+                "epochs_trained": [len(p["arms"][a]["train_loss"]) for p in ps],
+                "best_epoch": [p["arms"][a].get("best_epoch") for p in ps],
             }
             if best is not None and a != best:
                 row["diff"], row["diff_sd"], row["t"], row["diffs"] = paired(acc[a], acc[best])
-            last = [p["arms"][a]["epochs"][-1] for p in ps if p["arms"][a]["epochs"]]
+            # routing of the epoch whose adapters were kept (early stopping), else the last one
+            last = [_kept_epoch(p["arms"][a]) for p in ps if p["arms"][a]["epochs"]]
             if last and last[0]:
                 mods = sorted(last[0])
                 row["per_module"] = {
@@ -387,6 +435,22 @@ def summarise(parts):
     return summary
 
 
+def _per_epoch(curves):
+    """Mean over seeds of each epoch's value (seeds that stopped early drop out); None if absent."""
+    n = max((len(c) for c in curves), default=0)
+    out = []
+    for i in range(n):
+        values = [c[i] for c in curves if i < len(c) and c[i] is not None]
+        out.append(statistics.fmean(values) if values else None)
+    return out if any(v is not None for v in out) else None
+
+
+def _kept_epoch(arm):
+    best = arm.get("best_epoch")
+    epochs = arm["epochs"]
+    return epochs[best - 1] if best and best <= len(epochs) else epochs[-1]
+
+
 def _f(v, digits=3):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -406,11 +470,17 @@ def markdown(summary):
     ]
     for s in summary.values():
         b = s["settings"]
+        epochs = f"{b['num_epochs']} epoch(s)"
+        if b.get("early_stopping"):
+            epochs = (
+                f"up to {b['num_epochs']} epochs, early stopping on a "
+                f"{b['validation_fraction']:.0%} validation split (patience {b['n_iter_no_change']})"
+            )
         lines += [
             "",
             (
                 f"## {s['task']} ({s['budget']}: {b['n_train']} train / {b['n_test']} test, "
-                f"max_length {b['max_length']}, {b['num_epochs']} epoch(s), lr {b['lr']:g}, batch 16; "
+                f"max_length {b['max_length']}, {epochs}, lr {b['lr']:g}, batch 16; "
                 f"seeds {', '.join(map(str, s['seeds']))}; device {s['device']})"
             ),
             "",
@@ -460,6 +530,45 @@ def markdown(summary):
                     f"{min(act):.2f}–{max(act):.2f} | {_f(_nanmean(tau), 2)} | "
                     f"{_f(_nanmean(near), 2)} | {_f(deepest, 2)} |"
                 )
+        lines += [
+            "",
+            (
+                "Convergence: training loss per epoch (mean over seeds; a seed that stopped early "
+                "drops out of the later epochs), validation accuracy per epoch with early stopping, "
+                "epochs trained and the epoch kept per seed."
+            ),
+            "",
+            "| arm | train loss per epoch | valid accuracy per epoch | epochs trained | kept epoch |",
+            "|---|---|---|---|---|",
+        ]
+        for r in s["rows"]:
+            loss = " → ".join(_f(v, 3) for v in r["loss_per_epoch"] or [])
+            valid = " → ".join(_f(v, 3) for v in r["valid_per_epoch"] or []) or "–"
+            kept = " / ".join(str(b) for b in r["best_epoch"]) if any(r["best_epoch"]) else "last"
+            trained = " / ".join(map(str, r["epochs_trained"]))
+            lines.append(f"| {r['arm']} | {loss} | {valid} | {trained} | {kept} |")
+        adaptive = [r for r in routed if r["arm"].startswith("adamole")]
+        if s["budget"] == "cpu-converge" and adaptive:
+            lines += [
+                "",
+                (
+                    "Per module, epoch kept (mean over seeds): active experts per token, mean ± sd "
+                    "over tokens / tau / tau_max / share of tokens with tau >= 0.9 tau_max."
+                ),
+                "",
+                "| module | " + " | ".join(r["arm"] for r in adaptive) + " |",
+                "|---|" + "---|" * len(adaptive),
+            ]
+            for mod in adaptive[0]["per_module"]:
+                cells = []
+                for r in adaptive:
+                    m = r["per_module"].get(mod, {})
+                    cells.append(
+                        f"{_f(m.get('mean_active_experts'), 2)} ± "
+                        f"{_f(m.get('active_experts_std'), 2)} / {_f(m.get('tau_over_max'), 2)} / "
+                        f"{_f(m.get('near_cap_fraction'), 2)}"
+                    )
+                lines.append(f"| {_short(mod)} | " + " | ".join(cells) + " |")
         lines += [
             "",
             f"Load average at the start of the run: {s['loadavg'][0] if s['loadavg'] else '?'}.",
@@ -563,7 +672,7 @@ def _short(name):
 
 
 def report():
-    parts = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*-seed*.json"))]
+    parts = merge_parts([json.loads(p.read_text()) for p in sorted(PARTS.glob("*-seed*.json"))])
     if not parts:
         print("no study results yet")
         return None
@@ -585,8 +694,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=TASKS, default="rotten_tomatoes")
     ap.add_argument("--cpu-reduced", action="store_true", help="the reduced CPU budget")
+    ap.add_argument(
+        "--budget",
+        default=None,
+        help="a budget name of BUDGETS (e.g. cpu-converge); overrides --cpu-reduced",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument(
+        "--tag",
+        default=None,
+        help="suffix of the part files, so that processes running the same seed never share a "
+        "file (the report joins the arms of every tag)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--device", default=None, help="None: CUDA if available, else CPU")
     ap.add_argument("--trace-every", type=int, default=8, help="batches per routing window")
@@ -597,7 +717,9 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
-        budget = "cpu-reduced" if args.cpu_reduced else "full"
+        budget = args.budget or ("cpu-reduced" if args.cpu_reduced else "full")
+        if budget not in BUDGETS[args.task]:
+            ap.error(f"task {args.task} has the budgets {sorted(BUDGETS[args.task])}")
         b = BUDGETS[args.task][budget]
         print(
             f"{args.task} ({budget}): {b}, {len(args.arms)} arms x {len(args.seeds)} seeds, "
@@ -605,7 +727,7 @@ def main(argv=None):
             flush=True,
         )
         for seed in args.seeds:
-            run_seed(args.task, budget, seed, args.arms, args.trace_every, args.device)
+            run_seed(args.task, budget, seed, args.arms, args.trace_every, args.device, args.tag)
     if not args.no_report:
         report()
 

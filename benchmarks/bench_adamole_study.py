@@ -393,7 +393,7 @@ def summarise(parts):
                 "final_loss": statistics.fmean(p["arms"][a]["train_loss"][-1] for p in ps),
                 "loss_per_epoch": _per_epoch([p["arms"][a]["train_loss"] for p in ps]),
                 "valid_per_epoch": _per_epoch(
-                    [[h.get("valid_accuracy") for h in p["arms"][a]["history"]] for p in ps]
+                    [[h.get("valid_accuracy") for h in p["arms"][a].get("history", [])] for p in ps]
                 ),
                 "epochs_trained": [len(p["arms"][a]["train_loss"]) for p in ps],
                 "best_epoch": [p["arms"][a].get("best_epoch") for p in ps],

@@ -111,7 +111,16 @@ BUDGETS = {
             "validation_fraction": 0.15,
             "n_iter_no_change": 2,
         },
-        "full": {"n_train": 4000, "n_test": 2000, "max_length": 64, "num_epochs": 3, "lr": 5e-4},
+        "full": {
+            "n_train": 4000,
+            "n_test": 2000,
+            "max_length": 64,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
     "bbc_news": {
         "cpu-reduced": {
@@ -121,7 +130,16 @@ BUDGETS = {
             "num_epochs": 2,
             "lr": 5e-4,
         },
-        "full": {"n_train": 1500, "n_test": 725, "max_length": 256, "num_epochs": 4, "lr": 5e-4},
+        "full": {
+            "n_train": 1500,
+            "n_test": 725,
+            "max_length": 256,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
     "smollm2-mc": {
         "cpu-reduced": {
@@ -131,7 +149,16 @@ BUDGETS = {
             "num_epochs": 1,
             "lr": 2e-4,
         },
-        "full": {"n_train": 2000, "n_test": 1000, "max_length": 96, "num_epochs": 3, "lr": 2e-4},
+        "full": {
+            "n_train": 2000,
+            "n_test": 1000,
+            "max_length": 96,
+            "num_epochs": 4,
+            "lr": 2e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
 }
 

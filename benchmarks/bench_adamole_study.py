@@ -402,33 +402,40 @@ def summarise(parts):
         ),
     ):
         ps = sorted(ps, key=lambda p: p["seed"])
-        arms = [a for a in ARMS if all(a in p["arms"] for p in ps)]
         seeds = [p["seed"] for p in ps]
-        acc = {a: [p["arms"][a]["accuracy"] for p in ps] for a in arms}
+        # an arm may lack some seeds (a run cut short): it is reported on the seeds it has and
+        # paired with the best LoRA on the seeds both have
+        arms = [a for a in ARMS if any(a in p["arms"] for p in ps)]
+        runs = {a: [p for p in ps if a in p["arms"]] for a in arms}
+        acc = {a: {p["seed"]: p["arms"][a]["accuracy"] for p in runs[a]} for a in arms}
         loras = [a for a in arms if a.startswith("lora")]
-        best = max(loras, key=lambda a: statistics.fmean(acc[a])) if loras else None
+        best = max(loras, key=lambda a: statistics.fmean(acc[a].values())) if loras else None
         rows = []
         for a in arms:
-            mean, sd = _mean_sd(acc[a])
+            mean, sd = _mean_sd(list(acc[a].values()))
+            ra = [p["arms"][a] for p in runs[a]]
             row = {
                 "arm": a,
-                "accuracy": acc[a],
+                "accuracy": [acc[a].get(seed) for seed in seeds],
                 "mean": mean,
                 "sd": sd,
-                "params": ps[0]["arms"][a]["n_trainable_params"],
-                "fit_s": statistics.median(p["arms"][a]["fit_seconds"] for p in ps),
-                "final_loss": statistics.fmean(p["arms"][a]["train_loss"][-1] for p in ps),
-                "loss_per_epoch": _per_epoch([p["arms"][a]["train_loss"] for p in ps]),
+                "params": ra[0]["n_trainable_params"],
+                "fit_s": statistics.median(r["fit_seconds"] for r in ra),
+                "final_loss": statistics.fmean(r["train_loss"][-1] for r in ra),
+                "loss_per_epoch": _per_epoch([r["train_loss"] for r in ra]),
                 "valid_per_epoch": _per_epoch(
-                    [[h.get("valid_accuracy") for h in p["arms"][a].get("history", [])] for p in ps]
+                    [[h.get("valid_accuracy") for h in r.get("history", [])] for r in ra]
                 ),
-                "epochs_trained": [len(p["arms"][a]["train_loss"]) for p in ps],
-                "best_epoch": [p["arms"][a].get("best_epoch") for p in ps],
+                "epochs_trained": [len(r["train_loss"]) for r in ra],
+                "best_epoch": [r.get("best_epoch") for r in ra],
             }
-            if best is not None and a != best:
-                row["diff"], row["diff_sd"], row["t"], row["diffs"] = paired(acc[a], acc[best])
+            common = [seed for seed in seeds if seed in acc[a] and best and seed in acc[best]]
+            if best is not None and a != best and common:
+                row["diff"], row["diff_sd"], row["t"], row["diffs"] = paired(
+                    [acc[a][seed] for seed in common], [acc[best][seed] for seed in common]
+                )
             # routing of the epoch whose adapters were kept (early stopping), else the last one
-            last = [_kept_epoch(p["arms"][a]) for p in ps if p["arms"][a]["epochs"]]
+            last = [_kept_epoch(r) for r in ra if r["epochs"]]
             if last and last[0]:
                 mods = sorted(last[0])
                 row["per_module"] = {
@@ -444,10 +451,8 @@ def summarise(parts):
                     }
                     for mod in mods
                 }
-                row["tau_trace"] = [_windows(p["arms"][a]["trace"], "tau_over_max") for p in ps]
-                row["near_cap_trace"] = [
-                    _windows(p["arms"][a]["trace"], "near_cap_fraction") for p in ps
-                ]
+                row["tau_trace"] = [_windows(r["trace"], "tau_over_max") for r in ra]
+                row["near_cap_trace"] = [_windows(r["trace"], "near_cap_fraction") for r in ra]
             rows.append(row)
         summary[f"{task}/{budget}"] = {
             "task": task,
@@ -456,8 +461,8 @@ def summarise(parts):
             "seeds": seeds,
             "best_lora": best,
             "rows": rows,
-            "loadavg": [p["arms"][a].get("loadavg") for p in ps for a in arms][:1],
-            "device": ps[0]["arms"][arms[0]]["device"] if arms else None,
+            "loadavg": [r.get("loadavg") for p in ps for r in p["arms"].values()][:1],
+            "device": runs[arms[0]][0]["arms"][arms[0]]["device"] if arms else None,
         }
     return summary
 
@@ -518,7 +523,7 @@ def markdown(summary):
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in s["rows"]:
-            per_seed = " / ".join(f"{v:.3f}" for v in r["accuracy"])
+            per_seed = " / ".join(_f(v) for v in r["accuracy"])
             if "diff" in r:
                 vs = f"{r['diff'] * 100:+.1f} ± {_f(r['diff_sd'] * 100, 1)} pp"
                 t = _f(r["t"], 2)
@@ -620,7 +625,8 @@ def figures(summary):
         rows = s["rows"]
         fig, ax = plt.subplots(figsize=(8, 3.6))
         for i, r in enumerate(rows):
-            ax.scatter([i] * len(r["accuracy"]), r["accuracy"], color="0.6", s=14, zorder=2)
+            points = [v for v in r["accuracy"] if v is not None]
+            ax.scatter([i] * len(points), points, color="0.6", s=14, zorder=2)
             ax.errorbar(
                 i,
                 r["mean"],

@@ -97,3 +97,19 @@ def test_convergence_columns_average_over_the_seeds_still_training():
     arm = {"best_epoch": 2, "epochs": [{"m": 1}, {"m": 2}, {"m": 3}]}
     assert study._kept_epoch(arm) == {"m": 2}
     assert study._kept_epoch(dict(arm, best_epoch=None)) == {"m": 3}
+
+
+def test_an_arm_missing_a_seed_is_paired_on_the_seeds_it_has():
+    parts = [
+        _part(0, {"lora_a128": 0.75, "adamole": 0.70}),
+        _part(1, {"lora_a128": 0.74, "adamole": 0.73}),
+        _part(2, {"lora_a128": 0.76}),
+    ]
+    settings = {"n_train": 8, "n_test": 8, "max_length": 8, "num_epochs": 1, "lr": 1e-3}
+    for part in parts:
+        part["settings"] = settings
+    rows = {r["arm"]: r for r in study.summarise(parts)["t/b"]["rows"]}
+    assert rows["adamole"]["accuracy"] == [0.70, 0.73, None]
+    assert rows["adamole"]["mean"] == pytest.approx(0.715)
+    assert rows["adamole"]["diffs"] == pytest.approx([-0.05, -0.01])
+    assert "| adamole | 0.700 / 0.730 / – |" in study.markdown(study.summarise(parts))

@@ -77,17 +77,19 @@ BUDGET_ORDER = ("cpu-reduced", "cpu-converge", "full")
 
 N_EXPERTS, EXPERT_RANK = 8, 4
 MOE = {"num_experts": N_EXPERTS, "expert_rank": EXPERT_RANK, "lora_alpha": 16}
+# the paper's AdaMoLE, spelled out (AdaMoLEClassifier's default balance_score is "probs")
+PAPER = dict(MOE, routing="adaptive", balance_score="adapted", max_threshold=None)
 ARMS = {
     "lora_a64": {"num_experts": 1, "expert_rank": 32, "routing": "dense", "lora_alpha": 64},
     "lora_a128": {"num_experts": 1, "expert_rank": 32, "routing": "dense", "lora_alpha": 128},
     "mole_top2": dict(MOE, routing="topk", top_k=2),
     "mole_fixed": dict(MOE, routing="threshold", max_threshold=1 / N_EXPERTS),
-    "adamole": dict(MOE, routing="adaptive"),
-    "adamole_half": dict(MOE, routing="adaptive", max_threshold=1 / (2 * N_EXPERTS)),
-    "adamole_probs": dict(MOE, routing="adaptive", balance_score="probs"),
-    "adamole_budget": dict(MOE, routing="adaptive", threshold_budget=4.0),
-    "adamole_orth": dict(MOE, routing="adaptive", expert_init="orthogonal"),
-    "adamole_entropy": dict(MOE, routing="adaptive", threshold_entropy=1.0),
+    "adamole": PAPER,
+    "adamole_half": dict(PAPER, max_threshold=1 / (2 * N_EXPERTS)),
+    "adamole_probs": dict(PAPER, balance_score="probs"),
+    "adamole_budget": dict(PAPER, threshold_budget=4.0),
+    "adamole_orth": dict(PAPER, expert_init="orthogonal"),
+    "adamole_entropy": dict(PAPER, threshold_entropy=1.0),
 }
 
 # (n_train, n_test, max_length, num_epochs, learning_rate, batch_size)
@@ -538,7 +540,8 @@ def markdown(summary):
             lines += [
                 "",
                 (
-                    "Routing in the last epoch (mean over seeds and modules; the per-module values are "
+                    "Routing in the last epoch (with early stopping: the epoch kept), mean over seeds "
+                    "and modules (the per-module values are "
                     "in the JSON): active experts per token (mean, and sd over tokens, range over "
                     "modules of the mean), tau / tau_max and the share of tokens with tau >= 0.9 "
                     "tau_max (fixed threshold: at its cap by definition)."

@@ -412,3 +412,11 @@ def test_classifier_rejects_a_bad_threshold_entropy(clf_bert_dir, sentiment_data
     )
     with pytest.raises(ValueError, match="needs routing='adaptive'"):
         clf.fit(X[:16], y[:16])
+
+
+def test_classifier_defaults_to_the_balance_loss_on_probs():
+    """The estimator's default is the study's choice; the peft-level config keeps the paper's."""
+    from sparsekit.adamole import AdaMoLEClassifier
+
+    assert AdaMoLEClassifier().get_params()["balance_score"] == "probs"
+    assert AdaMoLEConfig().balance_score == "adapted"

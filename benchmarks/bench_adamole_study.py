@@ -18,6 +18,9 @@ Arms:
   (chosen a priori: half the experts on average; a budget below the count the balance loss
   settles at would push tau up, not down).
 * ``adamole_orth``: paper routing with ``expert_init="orthogonal"`` (experts distinct at step 0).
+* ``adamole_entropy``: paper loss plus the active-count entropy regulariser with weight 1
+  (``threshold_entropy=1.0``; chosen a priori: the entropy gap is at most log 9 = 2.2, the same
+  order as the balance term, and both are scaled by ``aux_loss_coef``).
 
 Reported per task: accuracy per arm (mean and sd over seeds), paired differences against the best
 LoRA (mean, sd, paired t with n - 1 degrees of freedom), trainable parameters, and for the routed
@@ -40,7 +43,8 @@ the train/test sentences and initialises the adapters).
     python benchmarks/bench_adamole_study.py --report-only
 
 Each (task, budget, seed) writes ``benchmarks/results/adamole_study/<task>-<budget>-seed<s>.json``
-after every arm (a rerun skips the arms already there); the report merges every part present into
+(``...-seed<s>-<tag>.json`` with ``--tag``, for processes running the same seed in parallel) after
+every arm (a rerun skips the arms already there); the report merges every part present into
 ``benchmarks/results/adamole_study.{md,json}`` and the figures
 ``benchmarks/results/adamole_study/<task>-<budget>-{accuracy,active,tau}.png``.
 """
@@ -69,19 +73,23 @@ from _harness import load_average
 RESULTS = ROOT / "benchmarks" / "results"
 PARTS = RESULTS / "adamole_study"
 TASKS = ("rotten_tomatoes", "bbc_news", "smollm2-mc")
+BUDGET_ORDER = ("cpu-reduced", "cpu-converge", "full")
 
 N_EXPERTS, EXPERT_RANK = 8, 4
 MOE = {"num_experts": N_EXPERTS, "expert_rank": EXPERT_RANK, "lora_alpha": 16}
+# the paper's AdaMoLE, spelled out (AdaMoLEClassifier's default balance_score is "probs")
+PAPER = dict(MOE, routing="adaptive", balance_score="adapted", max_threshold=None)
 ARMS = {
     "lora_a64": {"num_experts": 1, "expert_rank": 32, "routing": "dense", "lora_alpha": 64},
     "lora_a128": {"num_experts": 1, "expert_rank": 32, "routing": "dense", "lora_alpha": 128},
     "mole_top2": dict(MOE, routing="topk", top_k=2),
     "mole_fixed": dict(MOE, routing="threshold", max_threshold=1 / N_EXPERTS),
-    "adamole": dict(MOE, routing="adaptive"),
-    "adamole_half": dict(MOE, routing="adaptive", max_threshold=1 / (2 * N_EXPERTS)),
-    "adamole_probs": dict(MOE, routing="adaptive", balance_score="probs"),
-    "adamole_budget": dict(MOE, routing="adaptive", threshold_budget=4.0),
-    "adamole_orth": dict(MOE, routing="adaptive", expert_init="orthogonal"),
+    "adamole": PAPER,
+    "adamole_half": dict(PAPER, max_threshold=1 / (2 * N_EXPERTS)),
+    "adamole_probs": dict(PAPER, balance_score="probs"),
+    "adamole_budget": dict(PAPER, threshold_budget=4.0),
+    "adamole_orth": dict(PAPER, expert_init="orthogonal"),
+    "adamole_entropy": dict(PAPER, threshold_entropy=1.0),
 }
 
 # (n_train, n_test, max_length, num_epochs, learning_rate, batch_size)
@@ -94,7 +102,27 @@ BUDGETS = {
             "num_epochs": 2,
             "lr": 5e-4,
         },
-        "full": {"n_train": 4000, "n_test": 2000, "max_length": 64, "num_epochs": 3, "lr": 5e-4},
+        # the reduced data run to convergence: up to 6 epochs, early stopping on a validation split
+        "cpu-converge": {
+            "n_train": 600,
+            "n_test": 600,
+            "max_length": 48,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.15,
+            "n_iter_no_change": 2,
+        },
+        "full": {
+            "n_train": 4000,
+            "n_test": 2000,
+            "max_length": 64,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
     "bbc_news": {
         "cpu-reduced": {
@@ -104,7 +132,16 @@ BUDGETS = {
             "num_epochs": 2,
             "lr": 5e-4,
         },
-        "full": {"n_train": 1500, "n_test": 725, "max_length": 256, "num_epochs": 4, "lr": 5e-4},
+        "full": {
+            "n_train": 1500,
+            "n_test": 725,
+            "max_length": 256,
+            "num_epochs": 6,
+            "lr": 5e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
     "smollm2-mc": {
         "cpu-reduced": {
@@ -114,7 +151,16 @@ BUDGETS = {
             "num_epochs": 1,
             "lr": 2e-4,
         },
-        "full": {"n_train": 2000, "n_test": 1000, "max_length": 96, "num_epochs": 3, "lr": 2e-4},
+        "full": {
+            "n_train": 2000,
+            "n_test": 1000,
+            "max_length": 96,
+            "num_epochs": 4,
+            "lr": 2e-4,
+            "early_stopping": True,
+            "validation_fraction": 0.1,
+            "n_iter_no_change": 2,
+        },
     },
 }
 
@@ -164,6 +210,9 @@ def task_setup(task, budget, seed):
         "num_epochs": b["num_epochs"],
         "aux_loss_coef": 1e-3,
     }
+    for key in ("early_stopping", "validation_fraction", "n_iter_no_change"):
+        if key in b:
+            common[key] = b[key]
     if task == "rotten_tomatoes":
         data = load_rotten_tomatoes(b["n_train"], b["n_test"], seed=seed)
         common.update(
@@ -233,14 +282,28 @@ def _compact(stats):
 
 
 # ----------------------------------------------------------------------------- running
-def part_path(task, budget, seed):
-    return PARTS / f"{task}-{budget}-seed{seed}.json"
+def part_path(task, budget, seed, tag=None):
+    suffix = f"-{tag}" if tag else ""
+    return PARTS / f"{task}-{budget}-seed{seed}{suffix}.json"
 
 
-def run_seed(task, budget, seed, arms, trace_every, device):
+def merge_parts(parts):
+    """One part per (task, budget, seed): the arms of tagged parts joined (first one wins)."""
+    merged = {}
+    for part in parts:
+        key = (part["task"], part["budget"], part["seed"])
+        if key not in merged:
+            merged[key] = dict(part, arms=dict(part["arms"]))
+        else:
+            for arm, result in part["arms"].items():
+                merged[key]["arms"].setdefault(arm, result)
+    return list(merged.values())
+
+
+def run_seed(task, budget, seed, arms, trace_every, device, tag=None):
     from sparsekit.adamole import AdaMoLEClassifier
 
-    path = part_path(task, budget, seed)
+    path = part_path(task, budget, seed, tag)
     part = json.loads(path.read_text()) if path.is_file() else {"arms": {}}
     part.update(task=task, budget=budget, seed=seed, settings=BUDGETS[task][budget])
     common, (X_tr, y_tr, X_te, y_te) = task_setup(task, budget, seed)
@@ -265,6 +328,7 @@ def run_seed(task, budget, seed, arms, trace_every, device):
             "train_loss": [h["train_loss"] for h in clf.history_],
             "history": [{k: v for k, v in h.items() if k != "expert_load"} for h in clf.history_],
             "epochs": trace.epochs,
+            "best_epoch": clf.best_epoch_,
             "trace": trace.snapshots,
             "device": clf.device_,
             "dtype": clf.dtype_,
@@ -330,30 +394,50 @@ def summarise(parts):
         groups.setdefault((part["task"], part["budget"]), []).append(part)
     summary = {}
     order = {task: i for i, task in enumerate(TASKS)}
+    b_order = {b: i for i, b in enumerate(BUDGET_ORDER)}
     for (task, budget), ps in sorted(
-        groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])
+        groups.items(),
+        key=lambda kv: (
+            order.get(kv[0][0], len(order)),
+            b_order.get(kv[0][1], len(b_order)),
+            kv[0],
+        ),
     ):
         ps = sorted(ps, key=lambda p: p["seed"])
-        arms = [a for a in ARMS if all(a in p["arms"] for p in ps)]
         seeds = [p["seed"] for p in ps]
-        acc = {a: [p["arms"][a]["accuracy"] for p in ps] for a in arms}
+        # an arm may lack some seeds (a run cut short): it is reported on the seeds it has and
+        # paired with the best LoRA on the seeds both have
+        arms = [a for a in ARMS if any(a in p["arms"] for p in ps)]
+        runs = {a: [p for p in ps if a in p["arms"]] for a in arms}
+        acc = {a: {p["seed"]: p["arms"][a]["accuracy"] for p in runs[a]} for a in arms}
         loras = [a for a in arms if a.startswith("lora")]
-        best = max(loras, key=lambda a: statistics.fmean(acc[a])) if loras else None
+        best = max(loras, key=lambda a: statistics.fmean(acc[a].values())) if loras else None
         rows = []
         for a in arms:
-            mean, sd = _mean_sd(acc[a])
+            mean, sd = _mean_sd(list(acc[a].values()))
+            ra = [p["arms"][a] for p in runs[a]]
             row = {
                 "arm": a,
-                "accuracy": acc[a],
+                "accuracy": [acc[a].get(seed) for seed in seeds],
                 "mean": mean,
                 "sd": sd,
-                "params": ps[0]["arms"][a]["n_trainable_params"],
-                "fit_s": statistics.median(p["arms"][a]["fit_seconds"] for p in ps),
-                "final_loss": statistics.fmean(p["arms"][a]["train_loss"][-1] for p in ps),
+                "params": ra[0]["n_trainable_params"],
+                "fit_s": statistics.median(r["fit_seconds"] for r in ra),
+                "final_loss": statistics.fmean(r["train_loss"][-1] for r in ra),
+                "loss_per_epoch": _per_epoch([r["train_loss"] for r in ra]),
+                "valid_per_epoch": _per_epoch(
+                    [[h.get("valid_accuracy") for h in r.get("history", [])] for r in ra]
+                ),
+                "epochs_trained": [len(r["train_loss"]) for r in ra],
+                "best_epoch": [r.get("best_epoch") for r in ra],
             }
-            if best is not None and a != best:
-                row["diff"], row["diff_sd"], row["t"], row["diffs"] = paired(acc[a], acc[best])
-            last = [p["arms"][a]["epochs"][-1] for p in ps if p["arms"][a]["epochs"]]
+            common = [seed for seed in seeds if seed in acc[a] and best and seed in acc[best]]
+            if best is not None and a != best and common:
+                row["diff"], row["diff_sd"], row["t"], row["diffs"] = paired(
+                    [acc[a][seed] for seed in common], [acc[best][seed] for seed in common]
+                )
+            # routing of the epoch whose adapters were kept (early stopping), else the last one
+            last = [_kept_epoch(r) for r in ra if r["epochs"]]
             if last and last[0]:
                 mods = sorted(last[0])
                 row["per_module"] = {
@@ -369,10 +453,8 @@ def summarise(parts):
                     }
                     for mod in mods
                 }
-                row["tau_trace"] = [_windows(p["arms"][a]["trace"], "tau_over_max") for p in ps]
-                row["near_cap_trace"] = [
-                    _windows(p["arms"][a]["trace"], "near_cap_fraction") for p in ps
-                ]
+                row["tau_trace"] = [_windows(r["trace"], "tau_over_max") for r in ra]
+                row["near_cap_trace"] = [_windows(r["trace"], "near_cap_fraction") for r in ra]
             rows.append(row)
         summary[f"{task}/{budget}"] = {
             "task": task,
@@ -381,10 +463,26 @@ def summarise(parts):
             "seeds": seeds,
             "best_lora": best,
             "rows": rows,
-            "loadavg": [p["arms"][a].get("loadavg") for p in ps for a in arms][:1],
-            "device": ps[0]["arms"][arms[0]]["device"] if arms else None,
+            "loadavg": [r.get("loadavg") for p in ps for r in p["arms"].values()][:1],
+            "device": runs[arms[0]][0]["arms"][arms[0]]["device"] if arms else None,
         }
     return summary
+
+
+def _per_epoch(curves):
+    """Mean over seeds of each epoch's value (seeds that stopped early drop out); None if absent."""
+    n = max((len(c) for c in curves), default=0)
+    out = []
+    for i in range(n):
+        values = [c[i] for c in curves if i < len(c) and c[i] is not None]
+        out.append(statistics.fmean(values) if values else None)
+    return out if any(v is not None for v in out) else None
+
+
+def _kept_epoch(arm):
+    best = arm.get("best_epoch")
+    epochs = arm["epochs"]
+    return epochs[best - 1] if best and best <= len(epochs) else epochs[-1]
 
 
 def _f(v, digits=3):
@@ -406,11 +504,17 @@ def markdown(summary):
     ]
     for s in summary.values():
         b = s["settings"]
+        epochs = f"{b['num_epochs']} epoch(s)"
+        if b.get("early_stopping"):
+            epochs = (
+                f"up to {b['num_epochs']} epochs, early stopping on a "
+                f"{b['validation_fraction']:.0%} validation split (patience {b['n_iter_no_change']})"
+            )
         lines += [
             "",
             (
                 f"## {s['task']} ({s['budget']}: {b['n_train']} train / {b['n_test']} test, "
-                f"max_length {b['max_length']}, {b['num_epochs']} epoch(s), lr {b['lr']:g}, batch 16; "
+                f"max_length {b['max_length']}, {epochs}, lr {b['lr']:g}, batch 16; "
                 f"seeds {', '.join(map(str, s['seeds']))}; device {s['device']})"
             ),
             "",
@@ -421,7 +525,7 @@ def markdown(summary):
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in s["rows"]:
-            per_seed = " / ".join(f"{v:.3f}" for v in r["accuracy"])
+            per_seed = " / ".join(_f(v) for v in r["accuracy"])
             if "diff" in r:
                 vs = f"{r['diff'] * 100:+.1f} ± {_f(r['diff_sd'] * 100, 1)} pp"
                 t = _f(r["t"], 2)
@@ -436,7 +540,8 @@ def markdown(summary):
             lines += [
                 "",
                 (
-                    "Routing in the last epoch (mean over seeds and modules; the per-module values are "
+                    "Routing in the last epoch (with early stopping: the epoch kept), mean over seeds "
+                    "and modules (the per-module values are "
                     "in the JSON): active experts per token (mean, and sd over tokens, range over "
                     "modules of the mean), tau / tau_max and the share of tokens with tau >= 0.9 "
                     "tau_max (fixed threshold: at its cap by definition)."
@@ -462,6 +567,45 @@ def markdown(summary):
                 )
         lines += [
             "",
+            (
+                "Convergence: training loss per epoch (mean over seeds; a seed that stopped early "
+                "drops out of the later epochs), validation accuracy per epoch with early stopping, "
+                "epochs trained and the epoch kept per seed."
+            ),
+            "",
+            "| arm | train loss per epoch | valid accuracy per epoch | epochs trained | kept epoch |",
+            "|---|---|---|---|---|",
+        ]
+        for r in s["rows"]:
+            loss = " → ".join(_f(v, 3) for v in r["loss_per_epoch"] or [])
+            valid = " → ".join(_f(v, 3) for v in r["valid_per_epoch"] or []) or "–"
+            kept = " / ".join(str(b) for b in r["best_epoch"]) if any(r["best_epoch"]) else "last"
+            trained = " / ".join(map(str, r["epochs_trained"]))
+            lines.append(f"| {r['arm']} | {loss} | {valid} | {trained} | {kept} |")
+        adaptive = [r for r in routed if r["arm"].startswith("adamole")]
+        if s["budget"] == "cpu-converge" and adaptive:
+            lines += [
+                "",
+                (
+                    "Per module, epoch kept (mean over seeds): active experts per token, mean ± sd "
+                    "over tokens / tau / tau_max / share of tokens with tau >= 0.9 tau_max."
+                ),
+                "",
+                "| module | " + " | ".join(r["arm"] for r in adaptive) + " |",
+                "|---|" + "---|" * len(adaptive),
+            ]
+            for mod in adaptive[0]["per_module"]:
+                cells = []
+                for r in adaptive:
+                    m = r["per_module"].get(mod, {})
+                    cells.append(
+                        f"{_f(m.get('mean_active_experts'), 2)} ± "
+                        f"{_f(m.get('active_experts_std'), 2)} / {_f(m.get('tau_over_max'), 2)} / "
+                        f"{_f(m.get('near_cap_fraction'), 2)}"
+                    )
+                lines.append(f"| {_short(mod)} | " + " | ".join(cells) + " |")
+        lines += [
+            "",
             f"Load average at the start of the run: {s['loadavg'][0] if s['loadavg'] else '?'}.",
         ]
     return "\n".join(lines)
@@ -484,7 +628,8 @@ def figures(summary):
         rows = s["rows"]
         fig, ax = plt.subplots(figsize=(8, 3.6))
         for i, r in enumerate(rows):
-            ax.scatter([i] * len(r["accuracy"]), r["accuracy"], color="0.6", s=14, zorder=2)
+            points = [v for v in r["accuracy"] if v is not None]
+            ax.scatter([i] * len(points), points, color="0.6", s=14, zorder=2)
             ax.errorbar(
                 i,
                 r["mean"],
@@ -563,7 +708,7 @@ def _short(name):
 
 
 def report():
-    parts = [json.loads(p.read_text()) for p in sorted(PARTS.glob("*-seed*.json"))]
+    parts = merge_parts([json.loads(p.read_text()) for p in sorted(PARTS.glob("*-seed*.json"))])
     if not parts:
         print("no study results yet")
         return None
@@ -585,8 +730,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=TASKS, default="rotten_tomatoes")
     ap.add_argument("--cpu-reduced", action="store_true", help="the reduced CPU budget")
+    ap.add_argument(
+        "--budget",
+        default=None,
+        help="a budget name of BUDGETS (e.g. cpu-converge); overrides --cpu-reduced",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument(
+        "--tag",
+        default=None,
+        help="suffix of the part files, so that processes running the same seed never share a "
+        "file (the report joins the arms of every tag)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--device", default=None, help="None: CUDA if available, else CPU")
     ap.add_argument("--trace-every", type=int, default=8, help="batches per routing window")
@@ -597,7 +753,9 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
-        budget = "cpu-reduced" if args.cpu_reduced else "full"
+        budget = args.budget or ("cpu-reduced" if args.cpu_reduced else "full")
+        if budget not in BUDGETS[args.task]:
+            ap.error(f"task {args.task} has the budgets {sorted(BUDGETS[args.task])}")
         b = BUDGETS[args.task][budget]
         print(
             f"{args.task} ({budget}): {b}, {len(args.arms)} arms x {len(args.seeds)} seeds, "
@@ -605,7 +763,7 @@ def main(argv=None):
             flush=True,
         )
         for seed in args.seeds:
-            run_seed(args.task, budget, seed, args.arms, args.trace_every, args.device)
+            run_seed(args.task, budget, seed, args.arms, args.trace_every, args.device, args.tag)
     if not args.no_report:
         report()
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The AdaMoLE study at its full budget on one GPU, all three tasks, in one run (issue 10).
 #
-# Runs benchmarks/bench_adamole_study.py (9 arms: LoRA alpha/r 2 and 4, MoLE top-2, MoLE fixed 1/8,
-# AdaMoLE and its four threshold options) for rotten_tomatoes, bbc_news and smollm2-mc, 3 seeds each,
-# as 9 processes in parallel (one per task and seed; each writes its own part file), then merges the
-# parts into benchmarks/results/adamole_study.{md,json} and the figures. Each process is capped at
+# Runs benchmarks/bench_adamole_study.py (10 arms: LoRA alpha/r 2 and 4, MoLE top-2, MoLE fixed 1/8,
+# AdaMoLE and its five threshold options: tau_max 1/(2N), balance on p, count budget, orthogonal
+# init, active-count entropy) for rotten_tomatoes, bbc_news and smollm2-mc, 3 seeds each, at the
+# "full" budget (up to 6 / 6 / 4 epochs with early stopping on a 10 % validation split, so the
+# comparison is at convergence), as 9 processes in parallel (one per task and seed; each writes its
+# own part file), then merges the parts into benchmarks/results/adamole_study.{md,json} and the
+# figures. Each process is capped at
 # 540 s so the whole script ends within 10 minutes; a capped process keeps the arms it finished
 # (they are written after every arm) and the report says which arms are complete for every seed.
 # Budget sizes (benchmarks/bench_adamole_study.py, BUDGETS["..."]["full"]) were chosen for an H200

@@ -10,8 +10,9 @@ Everything is offline: the pretrained all-MiniLM-L6-v2 encoder ships inside the
 Two arms, same data, same training loop, same seed, each at the same step size per expert:
 
 * **AdaMoLE**: 8 experts of rank 4 on the ``query``/``value`` projections of the 6 layers, adaptive
-  threshold routing (tau_max = 1/8), load-balancing loss x 1e-3, ``lora_alpha=16`` (scaling
-  alpha / r_expert = 4, the official choice).
+  threshold routing (tau_max = 1/8), load-balancing loss on the gate probabilities (the
+  estimator's default ``balance_score="probs"``; see the study) x 1e-3, ``lora_alpha=16``
+  (scaling alpha / r_expert = 4, the official choice).
 * **LoRA**: ``num_experts=1, routing="dense", expert_rank=32, lora_alpha=128``: one rank-32 LoRA on
   the same modules with the same scaling alpha / r = 4 as each AdaMoLE expert (with the paper's
   alpha = 16 the LoRA baseline's alpha / r is 0.5, 8x smaller than its experts', which handicaps

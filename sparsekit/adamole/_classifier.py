@@ -57,15 +57,23 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         with ``num_experts=1`` is plain LoRA.
     top_k : int, default=2
         Active experts per token for ``routing="topk"``.
-    balance_score : {"adapted", "probs"}, default="adapted"
-        ``routing="adaptive"``: the routing score of the load-balancing loss, ``p - tau`` (the
-        paper's code, whose gradient pushes every threshold to ``max_threshold``) or the gate
-        probability ``p`` (Switch-style). See :class:`~sparsekit.adamole.AdaMoLEConfig`.
+    balance_score : {"adapted", "probs"}, default="probs"
+        ``routing="adaptive"``: the routing score of the load-balancing loss, the gate
+        probability ``p`` (Switch-style) or ``p - tau`` (the paper's code, whose gradient pushes
+        every threshold to ``max_threshold``; :class:`~sparsekit.adamole.AdaMoLEConfig` keeps it
+        as its default for paper parity). ``"probs"`` is the default here because in the study
+        (README, ``benchmarks/bench_adamole_study.py``) it kept the thresholds off their cap at
+        convergence with no loss of accuracy against ``"adapted"``.
     threshold_budget : float or None, default=None
         ``routing="adaptive"`` only: target mean number of active experts per token, in [1,
         num_experts]; a squared penalty on the gap between a smooth active count (averaged over
         each batch's tokens) and this target joins the load-balancing loss, so the thresholds
         cannot all drift to their cap. ``None``: no budget (the paper).
+    threshold_entropy : float or None, default=None
+        ``routing="adaptive"`` only: weight (> 0) of an entropy regulariser that rewards a spread
+        of the number of active experts over each batch's tokens (see
+        :class:`~sparsekit.adamole.AdaMoLEConfig`), added to the load-balancing loss. ``None``:
+        off (the paper).
     expert_init : {"lora", "orthogonal"}, default="lora"
         ``"lora"``: B = 0 for every expert (the router gets no task gradient until the experts
         have moved). ``"orthogonal"``: orthogonal A rows across experts and a tiny random B, so
@@ -211,6 +219,7 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         "top_k": [Interval(Integral, 1, None, closed="left")],
         "balance_score": [StrOptions({"adapted", "probs"})],
         "threshold_budget": [Interval(Real, 1, None, closed="left"), None],
+        "threshold_entropy": [Interval(Real, 0, None, closed="neither"), None],
         "expert_init": [StrOptions({"lora", "orthogonal"})],
         "aux_loss_coef": [Interval(Real, 0, None, closed="left")],
         "target_modules": [list, tuple, str, None],
@@ -247,8 +256,9 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         max_threshold=None,
         routing="adaptive",
         top_k=2,
-        balance_score="adapted",
+        balance_score="probs",
         threshold_budget=None,
+        threshold_entropy=None,
         expert_init="lora",
         aux_loss_coef=1e-3,
         target_modules=None,
@@ -283,6 +293,7 @@ class AdaMoLEClassifier(PredictionMixin, PersistenceMixin, ClassifierMixin, Base
         self.top_k = top_k
         self.balance_score = balance_score
         self.threshold_budget = threshold_budget
+        self.threshold_entropy = threshold_entropy
         self.expert_init = expert_init
         self.aux_loss_coef = aux_loss_coef
         self.target_modules = target_modules

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from numbers import Integral, Real
 
@@ -67,6 +68,13 @@ class AdaMoLEConfig(LoraConfig):
         ``k_t = sum_i sigmoid((p_i - tau) / (tau_max / 10))`` is a smooth count of token t's
         active experts, so the thresholds cannot all drift to ``tau_max``. Only the batch mean is
         tied to the target; each token's count stays free. In [1, num_experts].
+    threshold_entropy : float or None, default=None
+        ``routing="adaptive"`` only: weight ``beta > 0`` of an entropy regulariser of the active
+        count. With ``pi_t`` the (smoothed, Poisson-binomial) distribution of token t's number of
+        active experts and ``q`` its mean over the batch's tokens, ``beta * (log(N + 1) - H(q))``
+        joins each module's load-balancing term: it is smallest when the counts are spread over
+        0..N, so it rewards thresholds that differ between tokens instead of one value at
+        ``tau_max``. Can be combined with ``threshold_budget``.
     expert_init : {"lora", "orthogonal"}, default="lora"
         ``"lora"``: every expert is a LoRA pair with B = 0 (see ``init_lora_weights``): all experts
         output 0 at the start, so the gate gets no gradient from the task loss until the B's have
@@ -118,6 +126,10 @@ class AdaMoLEConfig(LoraConfig):
     threshold_budget: float | None = field(
         default=None,
         metadata={"help": "Target mean active experts per token (adaptive routing), or None."},
+    )
+    threshold_entropy: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the active-count entropy term (adaptive routing), or None."},
     )
     expert_init: str = field(
         default="lora", metadata={"help": "'lora' (B = 0) or 'orthogonal' (distinct experts)."}
@@ -229,6 +241,24 @@ class AdaMoLEConfig(LoraConfig):
                 raise ValueError(
                     f"threshold_budget={budget!r} needs routing='adaptive' (a learned threshold); "
                     f"got routing={self.routing!r}. Leave threshold_budget=None."
+                )
+
+        if self.threshold_entropy is not None:
+            beta = self.threshold_entropy
+            if (
+                isinstance(beta, bool)
+                or not isinstance(beta, Real)
+                or not math.isfinite(beta)
+                or beta <= 0
+            ):
+                raise ValueError(
+                    "The 'threshold_entropy' parameter of AdaMoLEConfig must be None or a positive "
+                    f"finite weight (e.g. 1.0). Got {beta!r} instead."
+                )
+            if self.routing != "adaptive":
+                raise ValueError(
+                    f"threshold_entropy={beta!r} needs routing='adaptive' (a learned threshold); "
+                    f"got routing={self.routing!r}. Leave threshold_entropy=None."
                 )
 
     @property

@@ -155,6 +155,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         "aux_loss_reduction",
         "balance_score",
         "threshold_budget",
+        "threshold_entropy",
         "expert_init",
     )
 
@@ -180,6 +181,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         self.aux_loss_reduction: dict[str, str] = {}
         self.balance_score: dict[str, str] = {}
         self.threshold_budget: dict[str, float | None] = {}
+        self.threshold_entropy: dict[str, float | None] = {}
         self.expert_init: dict[str, str] = {}
         self.fan_in_fan_out = False
         # set by collect_aux_loss for the duration of its context; never part of the state dict
@@ -235,6 +237,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
         self.aux_loss_reduction[adapter_name] = config.aux_loss_reduction
         self.balance_score[adapter_name] = config.balance_score
         self.threshold_budget[adapter_name] = config.threshold_budget
+        self.threshold_entropy[adapter_name] = config.threshold_entropy
         self.expert_init[adapter_name] = config.expert_init
 
         dropout = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
@@ -513,6 +516,7 @@ class AdaMoLELinear(nn.Module, LoraLayer):
                 n_experts=n_experts,
                 reduction=self.aux_loss_reduction[adapter],
                 threshold_budget=self.threshold_budget[adapter],
+                threshold_entropy=self.threshold_entropy[adapter],
             )
             if increment is not None:
                 self.add_routing_statistics(adapter, increment)

@@ -256,6 +256,7 @@ def add_adapters(backbone, est, task_type):
         top_k=est.top_k,
         balance_score=est.balance_score,
         threshold_budget=est.threshold_budget,
+        threshold_entropy=est.threshold_entropy,
         expert_init=est.expert_init,
         task_type=task_type,
     )

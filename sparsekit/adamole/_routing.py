@@ -25,6 +25,16 @@ of the active experts of token t, and the squared gap between its mean over the 
 the target ``k_budget`` joins the module's term. Only the batch mean is tied to the target, so
 the count of each token stays free to vary.
 
+The optional threshold entropy (adaptive routing only, weight ``beta``) asks instead that the
+number of active experts *differ* between tokens: with ``s_ti = sigmoid((p_ti - tau_t) /
+(tau_max / 10))`` read as independent chances that expert i is active for token t, ``pi_t(k)``
+(k = 0..N) is the distribution of token t's active count (Poisson-binomial), ``q(k)`` its mean
+over the batch's tokens, and ``beta * (log(N + 1) - H(q))`` joins the module's term, with
+``H(q) = -sum_k q(k) log q(k)``. The term is 0 when the counts are spread evenly over 0..N and
+``beta * log(N + 1)`` when every token has the same hard count (e.g. every tau at its cap with
+the same number of gate probabilities above it), so it pulls the thresholds apart instead of
+towards one value.
+
 Interface between a layer and the collector
 -------------------------------------------
 Inside :func:`collect_aux_loss` every AdaMoLE layer holds the active :class:`AuxLoss`
@@ -50,6 +60,8 @@ from torch import nn
 __all__ = [
     "AuxLoss",
     "Routing",
+    "active_count_distribution",
+    "active_count_entropy",
     "collect_aux_loss",
     "route",
     "routing_statistics",
@@ -63,6 +75,8 @@ NEAR_CAP = 0.9
 BALANCE_SCORES = ("adapted", "probs")
 # temperature of the smooth active count of the threshold budget, as a fraction of tau_max
 _BUDGET_TEMPERATURE = 0.1
+# smallest probability inside the log of the active-count entropy
+_ENTROPY_FLOOR = 1e-12
 
 
 class Routing(NamedTuple):
@@ -281,7 +295,15 @@ class AuxLoss:
             self._mask_by_device[device] = valid
         return valid
 
-    def record(self, decision: Routing, *, n_experts: int, reduction: str, threshold_budget=None):
+    def record(
+        self,
+        decision: Routing,
+        *,
+        n_experts: int,
+        reduction: str,
+        threshold_budget=None,
+        threshold_entropy=None,
+    ):
         """Add the load-balancing term of one routed forward pass.
 
         Called by an AdaMoLE layer for each adapter with a router.
@@ -298,6 +320,9 @@ class AuxLoss:
             Target mean number of active experts per token (adaptive routing): adds
             ``(mean_t k_t - threshold_budget)^2`` with the smooth count ``k_t`` of the module
             docstring.
+        threshold_entropy : float or None, default=None
+            Weight ``beta`` of the active-count entropy term (adaptive routing): adds
+            ``beta * (log(N + 1) - H(q))`` (see :func:`active_count_entropy`).
 
         Returns
         -------
@@ -326,11 +351,52 @@ class AuxLoss:
                 else:
                     mean_count = (valid @ soft_count) / denom
                 term = term + (mean_count - threshold_budget) ** 2
+            if threshold_entropy is not None:
+                entropy = active_count_entropy(decision, valid)
+                term = term + threshold_entropy * (math.log(n_experts + 1) - entropy)
             self.terms.append(term)
         self._reductions.append(reduction)
         if not self.statistics:
             return None
         return statistics_increment(decision, valid)
+
+
+def active_count_distribution(decision: Routing) -> torch.Tensor:
+    """Distribution of each token's number of active experts, smoothed: ``[T, N + 1]``.
+
+    Expert i is read as active for token t with the independent chance ``s_ti = sigmoid((p_ti -
+    tau_t) / (tau_max / 10))`` (the smooth indicator of the threshold budget), so row t is the
+    distribution ``pi_t(k)``, k = 0..N, of the number of successes among those N chances
+    (Poisson-binomial), built one expert at a time. Differentiable in the gate and the threshold.
+    """
+    if decision.margin is None:
+        raise ValueError("threshold_entropy needs adaptive routing (a learned tau).")
+    temperature = _BUDGET_TEMPERATURE * decision.tau_max
+    chance = torch.sigmoid(decision.margin / temperature)  # [T, N]
+    n_tokens, n_experts = chance.shape
+    dist = chance.new_zeros(n_tokens, n_experts + 1)
+    dist[:, 0] = 1.0
+    for i in range(n_experts):
+        s = chance[:, i : i + 1]
+        shifted = torch.cat([dist.new_zeros(n_tokens, 1), dist[:, :-1]], dim=1)
+        dist = dist * (1.0 - s) + shifted * s
+    return dist
+
+
+def active_count_entropy(decision: Routing, valid=None) -> torch.Tensor:
+    """Entropy (nats) of the batch's distribution of active-expert counts, ``H(q)``.
+
+    ``q(k)`` is the mean over the tokens where ``valid`` (float ``[T]``) is 1 of
+    :func:`active_count_distribution`; at most ``log(N + 1)``.
+    """
+    dist = active_count_distribution(decision)
+    if valid is None:
+        q = dist.mean(0)
+    else:
+        q = (valid @ dist) / valid.sum().clamp_min(1.0)
+    # q(k) is exactly 0 where the smooth indicators saturate; log(0) would give an infinite
+    # gradient there (and NaN through the zero chances), so the log sees at least 1e-12
+    return -(q * torch.log(q.clamp_min(_ENTROPY_FLOOR))).sum()
 
 
 def _routed_layers(model: nn.Module):

@@ -1,12 +1,16 @@
 """Threshold options of the AdaMoLE layer (issue 10) against a per-expert loop reference.
 
 Options: ``balance_score`` (load-balancing loss on p instead of p - tau), ``threshold_budget``
-(a target mean active-expert count), ``max_threshold = 1/(2N)`` and ``expert_init="orthogonal"``.
-The reference below is written like the official code: a Python loop over experts, each gathering
-its active tokens with ``nonzero``, in float64; the aux loss is built expert by expert. Tolerances as
+(a target mean active-expert count), ``threshold_entropy`` (entropy of the active count),
+``max_threshold = 1/(2N)`` and ``expert_init="orthogonal"``. The reference below is written like
+the official code: a Python loop over experts, each gathering its active tokens with ``nonzero``,
+in float64; the aux loss is built expert by expert, and the active-count distribution of the
+entropy term by enumerating all 2^N subsets of experts (not the layer's one-expert-at-a-time
+recursion). Tolerances as
 in test_layer.py: ``rtol=1e-4, atol=1e-5`` (float32 layer against float64 reference).
 """
 
+import itertools
 import math
 
 import pytest
@@ -30,7 +34,21 @@ _NAMES = {
 }
 
 
-def loop_reference(x, P, *, tau_max, scaling, balance_score="adapted", budget=None, valid=None):
+def subset_count_distribution(chance):
+    """[T, N+1] distribution of the number of active experts, by enumerating all subsets."""
+    T, n = chance.shape
+    dist = torch.zeros(T, n + 1, dtype=chance.dtype)
+    for subset in itertools.product((0, 1), repeat=n):
+        prob = torch.ones(T, dtype=chance.dtype)
+        for i, on in enumerate(subset):
+            prob = prob * (chance[:, i] if on else 1 - chance[:, i])
+        dist[:, sum(subset)] += prob
+    return dist
+
+
+def loop_reference(
+    x, P, *, tau_max, scaling, balance_score="adapted", budget=None, entropy=None, valid=None
+):
     """Output and aux loss of one adaptive AdaMoLE layer, expert by expert (float64).
 
     ``valid``: float [T] token mask (1 = real token) for the aux loss, or None."""
@@ -62,6 +80,10 @@ def loop_reference(x, P, *, tau_max, scaling, balance_score="adapted", budget=No
         soft_count = soft_count + torch.sigmoid(a_i / (0.1 * tau_max))
     if budget is not None:
         aux = aux + ((v * soft_count).sum() / n_valid - budget) ** 2
+    if entropy is not None:
+        chance = torch.sigmoid((p - tau) / (0.1 * tau_max))
+        q = (v[:, None] * subset_count_distribution(chance)).sum(0) / n_valid
+        aux = aux + entropy * (math.log(N + 1) + (q * torch.log(q)).sum())
     return y + out.reshape(*x.shape[:-1], -1), aux
 
 
@@ -83,7 +105,7 @@ def inputs(seed=1, shape=(2, 13)):
     return x, g
 
 
-def compare(layer, *, balance_score, budget, valid=None, aux_weight=0.7):
+def compare(layer, *, balance_score, budget, entropy=None, valid=None, aux_weight=0.7):
     """Output, aux loss and every gradient of ``sum(out * g) + aux_weight * aux`` equal the loop."""
     layer.zero_grad(set_to_none=True)
     x, g = inputs()
@@ -100,6 +122,7 @@ def compare(layer, *, balance_score, budget, valid=None, aux_weight=0.7):
         scaling=layer.scaling["default"],
         balance_score=balance_score,
         budget=budget,
+        entropy=entropy,
         valid=valid,
     )
     ((ref_out * g.double()).sum() + aux_weight * ref_aux).backward()
@@ -116,20 +139,25 @@ def compare(layer, *, balance_score, budget, valid=None, aux_weight=0.7):
 @pytest.mark.parametrize("expert_compute", ["dense", "gathered"])
 @pytest.mark.parametrize("balance_score", ["adapted", "probs"])
 @pytest.mark.parametrize("budget", [None, 2.0, 1.0])
-def test_options_match_loop_reference(balance_score, budget, expert_compute):
+@pytest.mark.parametrize("entropy", [None, 0.5])
+def test_options_match_loop_reference(balance_score, budget, entropy, expert_compute):
     """Outputs, aux loss and all gradients equal the loop reference for every combination."""
     layer = make_layer(
-        balance_score=balance_score, threshold_budget=budget, expert_compute=expert_compute
+        balance_score=balance_score,
+        threshold_budget=budget,
+        threshold_entropy=entropy,
+        expert_compute=expert_compute,
     )
-    compare(layer, balance_score=balance_score, budget=budget)
+    compare(layer, balance_score=balance_score, budget=budget, entropy=entropy)
 
 
 @pytest.mark.parametrize("balance_score", ["adapted", "probs"])
-def test_options_exclude_padding_like_the_reference(balance_score):
+@pytest.mark.parametrize("entropy", [None, 2.0])
+def test_options_exclude_padding_like_the_reference(balance_score, entropy):
     valid = torch.ones(26)
     valid[[3, 10, 11, 25]] = 0
-    layer = make_layer(balance_score=balance_score, threshold_budget=1.5)
-    compare(layer, balance_score=balance_score, budget=1.5, valid=valid)
+    layer = make_layer(balance_score=balance_score, threshold_budget=1.5, threshold_entropy=entropy)
+    compare(layer, balance_score=balance_score, budget=1.5, entropy=entropy, valid=valid)
 
 
 def test_the_options_change_the_loss():
@@ -138,7 +166,10 @@ def test_the_options_change_the_loss():
     base, _ = compare(make_layer(), balance_score="adapted", budget=None)
     probs, _ = compare(make_layer(balance_score="probs"), balance_score="probs", budget=None)
     budget, _ = compare(make_layer(threshold_budget=2.0), balance_score="adapted", budget=2.0)
-    assert abs(probs - base) > 1e-3 and abs(budget - base) > 1e-3
+    entropy, _ = compare(
+        make_layer(threshold_entropy=0.5), balance_score="adapted", budget=None, entropy=0.5
+    )
+    assert abs(probs - base) > 1e-3 and abs(budget - base) > 1e-3 and abs(entropy - base) > 1e-3
 
 
 # ----------------------------------------------------------------------------- what they do
@@ -195,6 +226,51 @@ def test_threshold_budget_pulls_the_threshold_down_when_too_few_experts_are_acti
         expected = float(2 * (k - budget) * dk_db)
         assert grads[budget] - grads[None] == pytest.approx(expected, rel=1e-4)
     assert grads[2.0] > grads[None] > grads[1.0]
+
+
+def test_threshold_entropy_is_the_gap_to_an_even_spread_of_active_counts():
+    """N = 2, margins .55/-.05, .25/.25, -.15/.65 at temperature 0.05: with s = sigmoid(a / .05)
+    the count of token t is 0, 1, 2 with chances (1-s1)(1-s2), s1(1-s2) + (1-s1)s2, s1 s2; q is
+    their token mean and the term adds beta * (log 3 - H(q)) to the paper's loss. Equal counts
+    (every token with p = [.5, .5], both experts active) give nearly the largest gap, log 3."""
+    losses = {}
+    for beta in (None, 0.3):
+        layer = hand_made_layer(threshold_entropy=beta)
+        with collect_aux_loss(layer) as aux:
+            layer(HAND_X)
+        losses[beta] = aux.loss.item()
+    a = torch.tensor([[0.55, -0.05], [0.25, 0.25], [-0.15, 0.65]], dtype=torch.float64)
+    s1, s2 = torch.sigmoid(a / 0.05).unbind(-1)
+    q = torch.stack([(1 - s1) * (1 - s2), s1 * (1 - s2) + (1 - s1) * s2, s1 * s2]).mean(-1)
+    gap = math.log(3) + float((q * q.log()).sum())
+    assert 0.3 < gap < 0.6  # counts 1, 2, 1: spread, but not evenly over 0, 1, 2
+    assert losses[0.3] - losses[None] == pytest.approx(0.3 * gap, rel=1e-5)
+
+    same = torch.zeros(1, 3, 2)  # p = [.5, .5] for every token: margins .25, count 2 everywhere
+    terms = []
+    for beta in (None, 1.0):
+        layer = hand_made_layer(threshold_entropy=beta)
+        with collect_aux_loss(layer) as aux:
+            layer(same)
+        terms.append(aux.loss.item())
+    equal_gap = terms[1] - terms[0]
+    assert math.log(3) - 0.1 < equal_gap <= math.log(3)
+    assert equal_gap > gap + 0.4
+
+
+def test_threshold_entropy_gradients_stay_finite_when_the_counts_saturate():
+    """Margins of +-.2 at temperature .0125 (N = 8) make sigmoid exactly 0 or 1 in float32, so
+    some count probabilities are exactly 0; the gradients must stay finite (a plain q log q gave
+    NaN here)."""
+    layer = make_layer(num_experts=8, gate_std=20.0, threshold_entropy=1.0)
+    x, g = inputs()
+    with collect_aux_loss(layer) as aux:
+        out = layer(x * 10)
+    ((out * g).sum() + aux.loss).backward()
+    assert torch.isfinite(aux.loss)
+    for name, param in layer.named_parameters():
+        if param.grad is not None:
+            assert torch.isfinite(param.grad).all(), name
 
 
 def test_half_max_threshold_is_expressible():
@@ -265,6 +341,12 @@ def test_statistics_report_spread_and_cap():
         ({"threshold_budget": 9}, r"threshold_budget.*\[1, num_experts=8\]"),
         ({"threshold_budget": True}, "threshold_budget"),
         ({"threshold_budget": 2, "routing": "topk"}, "needs routing='adaptive'"),
+        ({"threshold_entropy": 0.0}, "threshold_entropy.*positive finite"),
+        ({"threshold_entropy": -1.0}, "threshold_entropy.*positive finite"),
+        ({"threshold_entropy": float("inf")}, "threshold_entropy.*positive finite"),
+        ({"threshold_entropy": True}, "threshold_entropy"),
+        ({"threshold_entropy": "1"}, "threshold_entropy"),
+        ({"threshold_entropy": 1.0, "routing": "threshold"}, "needs routing='adaptive'"),
     ],
 )
 def test_config_rejects_bad_options(kwargs, match):
@@ -283,6 +365,7 @@ def test_classifier_passes_the_options_to_the_layers(clf_bert_dir, sentiment_dat
         max_threshold=1 / 8,
         balance_score="probs",
         threshold_budget=2.0,
+        threshold_entropy=0.5,
         expert_init="orthogonal",
         num_epochs=1,
         batch_size=16,
@@ -294,6 +377,7 @@ def test_classifier_passes_the_options_to_the_layers(clf_bert_dir, sentiment_dat
     for layer in layers:
         assert layer.balance_score["default"] == "probs"
         assert layer.threshold_budget["default"] == 2.0
+        assert layer.threshold_entropy["default"] == 0.5
         assert layer.expert_init["default"] == "orthogonal"
         assert layer.tau_max["default"] == pytest.approx(1 / 8)
     assert clf.max_threshold_ == pytest.approx(1 / 8)
@@ -311,3 +395,28 @@ def test_classifier_rejects_a_budget_without_adaptive_routing(clf_bert_dir, sent
     )
     with pytest.raises(ValueError, match="needs routing='adaptive'"):
         clf.fit(X[:16], y[:16])
+
+
+def test_classifier_rejects_a_bad_threshold_entropy(clf_bert_dir, sentiment_data):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from sparsekit.adamole import AdaMoLEClassifier
+
+    X, y, _, _ = sentiment_data
+    for bad in (0.0, -0.5):
+        clf = AdaMoLEClassifier(base_model=clf_bert_dir, threshold_entropy=bad, num_epochs=1)
+        with pytest.raises(InvalidParameterError, match="threshold_entropy"):
+            clf.fit(X[:16], y[:16])
+    clf = AdaMoLEClassifier(
+        base_model=clf_bert_dir, routing="topk", threshold_entropy=1.0, num_epochs=1
+    )
+    with pytest.raises(ValueError, match="needs routing='adaptive'"):
+        clf.fit(X[:16], y[:16])
+
+
+def test_classifier_defaults_to_the_balance_loss_on_probs():
+    """The estimator's default is the study's choice; the peft-level config keeps the paper's."""
+    from sparsekit.adamole import AdaMoLEClassifier
+
+    assert AdaMoLEClassifier().get_params()["balance_score"] == "probs"
+    assert AdaMoLEConfig().balance_score == "adapted"

@@ -7,11 +7,11 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 joblib = pytest.importorskip("joblib")
 
 
-def test_gridsearch_adamole_dask_equals_default(clf_bert_dir, sentiment_data):
+def test_gridsearch_adamole_dask_equals_default(clf_bert_dir, sentiment_data, dask_client):
     from sparsekit.adamole import AdaMoLEClassifier
 
     X, y, Xt, _ = sentiment_data
@@ -28,19 +28,7 @@ def test_gridsearch_adamole_dask_equals_default(clf_bert_dir, sentiment_data):
     grid = {"learning_rate": [1e-3, 5e-3]}
     cv = StratifiedKFold(2, shuffle=True, random_state=0)
     local = GridSearchCV(est, grid, cv=cv, n_jobs=1, scoring="neg_log_loss").fit(X, y)
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            env=env,
-        ) as cluster,
-        distributed.Client(cluster),
-        joblib.parallel_backend("dask"),
-    ):
+    with joblib.parallel_backend("dask"):
         remote = GridSearchCV(est, grid, cv=cv, n_jobs=-1, scoring="neg_log_loss").fit(X, y)
     assert remote.best_params_ == local.best_params_
     for key in ("split0_test_score", "split1_test_score", "mean_test_score"):

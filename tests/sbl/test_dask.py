@@ -151,27 +151,6 @@ def test_classifier_dask_class_weight_and_exact_note():
 
 
 # ---------------------------------------------------------------------------------- distributed
-@pytest.fixture(scope="module")
-def dask_client():
-    """A two-worker LocalCluster of processes, one thread each, loopback only, no dashboard."""
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
-        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
-    )
-    client = distributed.Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
 def test_local_cluster_fits_equal_numpy(dask_client):
     X, y, sw = _regression(n=400, seed=4)
     dX = dask_client.persist(_chunked(X, 100))

@@ -9,28 +9,8 @@ from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
 
-distributed = pytest.importorskip("distributed")
+pytest.importorskip("distributed")
 joblib = pytest.importorskip("joblib")
-
-
-@pytest.fixture(scope="module")
-def dask_client():
-    """A two-worker LocalCluster of processes, one thread each, loopback only, no dashboard."""
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        worker_dashboard_address=None,
-        env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"},
-    )
-    client = distributed.Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
 
 
 def _regression(n=120, seed=0):

@@ -30,7 +30,7 @@ from numba import prange
 
 from ..utils._numba import jit
 from ._dask_input import _blocks, _da, is_dask_array
-from ._design import _BIG, DesignMatrix
+from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._kernels import compact_columns_inplace, weighted_sq_column_norms
 
 
@@ -230,7 +230,7 @@ class DaskDesignMatrix(DesignMatrix):
                 "Input X contains NaN or infinity (in at least one chunk); clean the data "
                 "(e.g. with dask's da.nan_to_num or by dropping rows) before fitting."
             )
-        d = np.where((amax > _BIG) | ((amax < 1.0 / _BIG) & (amax > 0.0)), amax, 1.0)
+        d = moment_divisor(amax)
         sums = self._reduce(_sum_block, x_blocks, w_blocks, d, self.sparse)
         mean = sums / self.weight_sum
         part = self._reduce(_ssd_block, x_blocks, w_blocks, d, mean, self.sparse)
@@ -239,21 +239,9 @@ class DaskDesignMatrix(DesignMatrix):
             ssd = ssd + mean**2 * np.maximum(self.weight_sum - w_on, 0.0)
         else:
             ssd = part
-        mean = mean * d
-        spread = np.sqrt(ssd / self.weight_sum) * d
-        # The same rules as DesignMatrix (constant, unusable and informative columns).
-        size = np.abs(mean) + spread
-        tiny = np.finfo(np.float64).tiny
-        if center or intercept_column:
-            constant = ~(spread > 1e-10 * np.maximum(size, tiny))
-        else:
-            constant = ~(size > tiny)
-        rms = spread if center else np.sqrt(spread**2 + mean**2)
-        with np.errstate(divide="ignore", over="ignore"):
-            constant |= ~np.isfinite(1.0 / rms) | ~np.isfinite(rms) | ~np.isfinite(mean)
-        self.offset = mean if center else np.zeros(n_cols)
-        self.inv_scale = np.zeros(n_cols)
-        self.inv_scale[~constant] = 1.0 / rms[~constant]
+        self.offset, self.inv_scale, constant = column_scaling(
+            mean, ssd, self.weight_sum, d, center=center, intercept_column=intercept_column
+        )
         pos = np.flatnonzero(~constant)
         self.active = pos
         self._Phi = Xb.map_blocks(

@@ -46,6 +46,41 @@ def _sparse_column_moments(B, sw, weight_sum):
 _BIG = 1e100
 
 
+def moment_divisor(amax):
+    """Per-column divisor for computing moments: squares of entries beyond ~1e154 overflow and
+    those below ~1e-154 underflow, so such columns' moments are taken on a copy divided by their
+    largest magnitude ``amax`` (1 for every other column)."""
+    return np.where((amax > _BIG) | ((amax < 1.0 / _BIG) & (amax > 0.0)), amax, 1.0)
+
+
+def column_scaling(mean, ssd, weight_sum, d, *, center, intercept_column):
+    """Offsets and inverse scales of the basis columns from their weighted moments.
+
+    ``mean`` and ``ssd`` (weighted sum of squared deviations) are those of the columns divided
+    by ``d`` (:func:`moment_divisor`). Returns ``(offset, inv_scale, constant)``: the column
+    means when centring (else zeros), 1 / RMS (zero for dropped columns), and the mask of
+    columns dropped as carrying no information or not scalable in float64.
+    """
+    mean = mean * d
+    spread = np.sqrt(ssd / weight_sum) * d
+    # A column carries no information when its spread is negligible next to its size; with an
+    # intercept (explicit or by centring) a constant non-zero column is redundant too.
+    size = np.abs(mean) + spread
+    tiny = np.finfo(np.float64).tiny
+    if center or intercept_column:
+        constant = ~(spread > 1e-10 * np.maximum(size, tiny))
+    else:
+        constant = ~(size > tiny)
+    # Columns too small (or too large) to scale to unit RMS in float64 are unusable too.
+    rms = spread if center else np.sqrt(spread**2 + mean**2)
+    with np.errstate(divide="ignore", over="ignore"):
+        constant |= ~np.isfinite(1.0 / rms) | ~np.isfinite(rms) | ~np.isfinite(mean)
+    offset = mean if center else np.zeros(mean.shape[0])
+    inv_scale = np.zeros(mean.shape[0])
+    inv_scale[~constant] = 1.0 / rms[~constant]
+    return offset, inv_scale, constant
+
+
 def _width(v):
     """Number of right-hand sides of a product (1 for a vector)."""
     return 1 if v.ndim == 1 else v.shape[1]
@@ -89,9 +124,7 @@ class DesignMatrix:
         else:
             Phi = B if own and B.flags.f_contiguous else np.array(B, dtype=B.dtype, order="F")
             amax = np.maximum(Phi.max(axis=0), -Phi.min(axis=0)).astype(np.float64)
-        # Squares of entries beyond ~1e154 overflow and those below ~1e-154 underflow: compute
-        # the moments of such columns on a copy divided by their largest magnitude.
-        d = np.where((amax > _BIG) | ((amax < 1.0 / _BIG) & (amax > 0.0)), amax, 1.0)
+        d = moment_divisor(amax)
         if self.sparse:
             Bm = self._B if np.all(d == 1.0) else self._B @ sp.diags(1.0 / d)
             mean, ssd = _sparse_column_moments(sp.csc_matrix(Bm), sw, self.weight_sum)
@@ -100,23 +133,9 @@ class DesignMatrix:
             with parallel(2 * Bm.size):
                 mean, ssd = weighted_column_moments(Bm, sw)
         del Bm
-        mean = mean * d
-        spread = np.sqrt(ssd / self.weight_sum) * d
-        # A column carries no information when its spread is negligible next to its size; with an
-        # intercept (explicit or by centring) a constant non-zero column is redundant too.
-        size = np.abs(mean) + spread
-        tiny = np.finfo(np.float64).tiny
-        if center or intercept_column:
-            constant = ~(spread > 1e-10 * np.maximum(size, tiny))
-        else:
-            constant = ~(size > tiny)
-        # Columns too small (or too large) to scale to unit RMS in float64 are unusable too.
-        rms = spread if center else np.sqrt(spread**2 + mean**2)
-        with np.errstate(divide="ignore", over="ignore"):
-            constant |= ~np.isfinite(1.0 / rms) | ~np.isfinite(rms) | ~np.isfinite(mean)
-        offset = mean if center else np.zeros(n_cols)
-        inv_scale = np.zeros(n_cols)
-        inv_scale[~constant] = 1.0 / rms[~constant]
+        offset, inv_scale, constant = column_scaling(
+            mean, ssd, self.weight_sum, d, center=center, intercept_column=intercept_column
+        )
         self.offset = np.zeros(self.n_basis)
         self.offset[column_index] = offset
         self.inv_scale = np.zeros(self.n_basis)

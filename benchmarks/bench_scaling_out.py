@@ -23,6 +23,7 @@ Usage (2 cores are enough; run where nothing else competes for them if the times
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -38,9 +39,28 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def _two_workers():
+    """A client on a LocalCluster of 2 single-threaded worker processes, loopback only."""
+    from distributed import Client, LocalCluster
+
+    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env=env,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
 def bench_search(n, repeats):
     import joblib
-    from distributed import Client, LocalCluster
     from sklearn.model_selection import GridSearchCV, KFold
 
     from sparsekit import DQNSBLRegressor
@@ -51,17 +71,7 @@ def bench_search(n, repeats):
     grid = {"gamma": [0.1, 0.3, 1.0]}
     cv = KFold(5, shuffle=True, random_state=0)
     est = DQNSBLRegressor(kernel="rbf")
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env=env,
-    )
-    client = Client(cluster)
-    try:
+    with _two_workers():
         GridSearchCV(est, grid, cv=cv).fit(X, y)  # numba compile, here and on the workers
         with joblib.parallel_backend("dask"):
             GridSearchCV(est, grid, cv=cv, n_jobs=-1).fit(X, y)
@@ -74,9 +84,6 @@ def bench_search(n, repeats):
             with joblib.parallel_backend("dask"):
                 remote = GridSearchCV(est, grid, cv=cv, n_jobs=-1).fit(X, y)
             t_dask.append(time.perf_counter() - t0)
-    finally:
-        client.close()
-        cluster.close()
     keys = [k for k in local.cv_results_ if k.startswith("split")]
     gap = max(np.abs(local.cv_results_[k] - remote.cv_results_[k]).max() for k in keys)
     return {
@@ -124,21 +131,11 @@ def _warm_up():
 def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
     import dask
     import dask.array as da
-    from distributed import Client, LocalCluster, wait
+    from distributed import wait
 
     from sparsekit import DQNSBLRegressor
 
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        env=env,
-    )
-    client = Client(cluster)
-    try:
+    with _two_workers() as client:
         rng = np.random.default_rng(0)
         coef = np.zeros(M)
         support = np.sort(rng.choice(M, n_relevant, replace=False))
@@ -171,9 +168,6 @@ def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
         t0 = time.perf_counter()
         sub = DQNSBLRegressor().fit(X[:n_sub], y[:n_sub])
         t_dask_sub = time.perf_counter() - t0
-    finally:
-        client.close()
-        cluster.close()
     found = np.flatnonzero(est.coef_)
     return {
         "n": n,

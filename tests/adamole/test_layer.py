@@ -18,6 +18,8 @@ from torch import nn
 from sparsekit.adamole import AdaMoLEConfig, AdaMoLELinear
 from sparsekit.adamole._layer import _route
 
+from .layer_helpers import PARAMETER_SYMBOLS
+
 ROUTINGS = ["adaptive", "topk", "threshold", "dense"]
 D_IN, D_OUT, N, R = 24, 20, 4, 3
 
@@ -70,17 +72,6 @@ def loop_reference(x, P, *, routing, n_experts, rank, scaling, tau_max, top_k):
     return y + out.reshape(*x.shape[:-1], -1)
 
 
-_NAMES = {
-    "base_layer.weight": "W0",
-    "base_layer.bias": "b0",
-    "lora_A.default.weight": "A",
-    "lora_B.default.weight": "B",
-    "lora_gate.default.weight": "Wg",
-    "lora_threshold.default.weight": "Wt",
-    "lora_threshold.default.bias": "bt",
-}
-
-
 def make_layer(dtype=torch.float32, seed=0, gate_std=0.5, **cfg):
     kwargs = {"num_experts": N, "r": R, "lora_alpha": 6, "init_lora_weights": False}
     kwargs.update(cfg)
@@ -95,7 +86,7 @@ def make_layer(dtype=torch.float32, seed=0, gate_std=0.5, **cfg):
 
 def reference_params(layer):
     return {
-        _NAMES[name]: p.detach().to("cpu", torch.float64).requires_grad_()
+        PARAMETER_SYMBOLS[name]: p.detach().to("cpu", torch.float64).requires_grad_()
         for name, p in layer.named_parameters()
     }
 
@@ -144,7 +135,7 @@ def compare_with_reference(layer, dtype, seed=1, device="cpu"):
     assert_matches(x.grad, x_ref.grad, dtype, "grad x")
     for name, p in layer.named_parameters():
         assert p.grad is not None, f"no gradient for {name}"
-        assert_matches(p.grad, P[_NAMES[name]].grad, dtype, f"grad {name}")
+        assert_matches(p.grad, P[PARAMETER_SYMBOLS[name]].grad, dtype, f"grad {name}")
 
 
 # ----------------------------------------------------------------------------- equivalence
@@ -194,7 +185,7 @@ def test_unfused_path_with_dropout_module(routing):
     assert_matches(out, full, torch.float32, "output")
     (full * g.double()).sum().backward()
     for name, p in layer.named_parameters():
-        assert_matches(p.grad, P[_NAMES[name]].grad, torch.float32, f"grad {name}")
+        assert_matches(p.grad, P[PARAMETER_SYMBOLS[name]].grad, torch.float32, f"grad {name}")
 
 
 def _reference_split_inputs(layer, x, x_experts, P):

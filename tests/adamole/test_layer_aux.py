@@ -17,23 +17,7 @@ from sparsekit.adamole import (
     routing_statistics,
 )
 
-
-def hand_made_layer(reduction="sum"):
-    """N=2 experts on d=2 with gate = identity and threshold net = 0, so that for a token x:
-    p = softmax(x) and tau = sigmoid(0) * tau_max = 0.5 * 1/2 = 0.25."""
-    config = AdaMoLEConfig(
-        num_experts=2, r=1, init_lora_weights=False, aux_loss_reduction=reduction
-    )
-    layer = AdaMoLELinear(nn.Linear(2, 2), "default", config=config)
-    with torch.no_grad():
-        layer.lora_gate["default"].weight.copy_(torch.eye(2))
-        layer.lora_threshold["default"].weight.zero_()
-        layer.lora_threshold["default"].bias.zero_()
-    return layer
-
-
-# tokens: p = [0.8, 0.2], [0.5, 0.5], [0.1, 0.9]; a = p - 0.25 = [.55, -.05], [.25, .25], [-.15, .65]
-HAND_X = torch.tensor([[[math.log(4.0), 0.0], [0.0, 0.0], [0.0, math.log(9.0)]]])
+from .layer_helpers import HAND_X, hand_made_layer
 
 
 class Two(nn.Module):
@@ -131,7 +115,7 @@ def test_nothing_is_recorded_outside_the_context():
 
 
 def test_sum_and_mean_reduction():
-    first, second = hand_made_layer("sum"), hand_made_layer("sum")
+    first, second = hand_made_layer(), hand_made_layer()
     with torch.no_grad():
         second.lora_gate["default"].weight.mul_(2.0)
     model = Two(first, second)

@@ -22,16 +22,9 @@ from torch import nn
 
 from sparsekit.adamole import AdaMoLEConfig, AdaMoLELinear, collect_aux_loss, routing_statistics
 
+from .layer_helpers import HAND_X, PARAMETER_SYMBOLS, hand_made_layer
+
 D_IN, D_OUT, N, R = 24, 20, 4, 3
-_NAMES = {
-    "base_layer.weight": "W0",
-    "base_layer.bias": "b0",
-    "lora_A.default.weight": "A",
-    "lora_B.default.weight": "B",
-    "lora_gate.default.weight": "Wg",
-    "lora_threshold.default.weight": "Wt",
-    "lora_threshold.default.bias": "bt",
-}
 
 
 def subset_count_distribution(chance):
@@ -113,7 +106,10 @@ def compare(layer, *, balance_score, budget, entropy=None, valid=None, aux_weigh
     with collect_aux_loss(layer, attention_mask=mask) as aux:
         out = layer(x)
     ((out * g).sum() + aux_weight * aux.loss).backward()
-    P = {_NAMES[n]: p.detach().double().requires_grad_() for n, p in layer.named_parameters()}
+    P = {
+        PARAMETER_SYMBOLS[n]: p.detach().double().requires_grad_()
+        for n, p in layer.named_parameters()
+    }
     x_ref = x.detach().double().requires_grad_()
     ref_out, ref_aux = loop_reference(
         x_ref,
@@ -131,7 +127,9 @@ def compare(layer, *, balance_score, budget, entropy=None, valid=None, aux_weigh
     torch.testing.assert_close(aux.loss.detach().double(), ref_aux.detach(), **tol)
     torch.testing.assert_close(x.grad.double(), x_ref.grad, **tol)
     for name, p in layer.named_parameters():
-        torch.testing.assert_close(p.grad.double(), P[_NAMES[name]].grad, **tol, msg=name)
+        torch.testing.assert_close(
+            p.grad.double(), P[PARAMETER_SYMBOLS[name]].grad, **tol, msg=name
+        )
     return aux.loss.item(), ref_aux.item()
 
 
@@ -173,19 +171,6 @@ def test_the_options_change_the_loss():
 
 
 # ----------------------------------------------------------------------------- what they do
-def hand_made_layer(**cfg):
-    """N=2, d=2, gate = identity, threshold net = 0: p = softmax(x), tau = 0.25 = tau_max / 2."""
-    config = AdaMoLEConfig(num_experts=2, r=1, init_lora_weights=False, **cfg)
-    layer = AdaMoLELinear(nn.Linear(2, 2), "default", config=config)
-    with torch.no_grad():
-        layer.lora_gate["default"].weight.copy_(torch.eye(2))
-        layer.lora_threshold["default"].weight.zero_()
-        layer.lora_threshold["default"].bias.zero_()
-    return layer
-
-
-# p = [0.8, 0.2], [0.5, 0.5], [0.1, 0.9]; active counts 1, 2, 1
-HAND_X = torch.tensor([[[math.log(4.0), 0.0], [0.0, 0.0], [0.0, math.log(9.0)]]])
 
 
 def test_balance_on_probs_does_not_push_the_threshold():

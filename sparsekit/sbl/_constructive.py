@@ -62,6 +62,13 @@ def _basis_gain(a, s, q):
     return 0.5 * (np.log(a) - np.log(a + s) + q * q / (a + s))
 
 
+def addition_gain(s, q):
+    """Rise of the log marginal likelihood from adding a basis with sparsity and quality factors
+    ``s``, ``q`` (``q^2 > s > 0``) at its optimal precision ``s^2 / (q^2 - s)``: the maximum of
+    :func:`_basis_gain` over the precision (Tipping & Faul 2003)."""
+    return 0.5 * ((q * q - s) / s + np.log(s / (q * q)))
+
+
 class _Proposal:
     """The best action of one iteration and the factors it was chosen from."""
 
@@ -209,7 +216,7 @@ class FastMarginalLikelihood:
         theta[over] = 0.0
         gain = np.full(self.M, -np.inf)
         good = ~self.in_model & (theta > 0)
-        gain[good] = 0.5 * (theta[good] / s[good] + np.log(s[good] / (q[good] ** 2)))
+        gain[good] = addition_gain(s[good], q[good])
         s_in, q_in, th_in = s[idx], q[idx], theta[idx]
         keep_in = th_in > 0
         lam_new = np.where(keep_in, s_in * s_in / np.where(keep_in, th_in, 1.0), np.inf)

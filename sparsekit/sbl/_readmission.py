@@ -33,6 +33,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from ._constructive import addition_gain
+
 BLOCK = 256  # candidate columns per block of a sweep
 PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
 GAIN_TOL = 1e-6  # evidence gain per unit of sample weight below which an addition is noise
@@ -149,7 +151,7 @@ def _score(js, blk, shift, sq, Qb, models, excluded, threshold_lambda, found):
         if not good.any():
             continue
         s, q, theta = s[good], q[good], theta[good]
-        gain = 0.5 * (theta / s + np.log(s / (q * q)))
+        gain = addition_gain(s, q)
         found[k].append((gain, js[good], s * s / theta))
 
 

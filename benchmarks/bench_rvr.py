@@ -43,7 +43,7 @@ from sklearn.svm import SVR
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import environment, markdown_table, sinc, write_results
 from _harness import load_average, time_call
 
 from sparsekit import DQNSBLRegressor
@@ -53,14 +53,6 @@ FOLDS = 5
 
 
 # --------------------------------------------------------------------------- problems
-def sinc(split):
-    rng = np.random.default_rng(split)
-    X = rng.uniform(-10, 10, (100, 1))
-    y = np.sinc(X[:, 0] / np.pi) + 0.1 * rng.normal(size=100)
-    Xt = np.linspace(-10, 10, 1000)[:, None]
-    return X, y, Xt, np.sinc(Xt[:, 0] / np.pi)
-
-
 def _friedman(make, split, noise_frac=None):
     X, y = make(240, noise=0.0, random_state=split)
     Xt, yt = make(1000, noise=0.0, random_state=split + 1000)

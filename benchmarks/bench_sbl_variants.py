@@ -27,18 +27,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import environment, markdown_table, sinc, write_results
 from _harness import time_call
 
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
-
-
-def sinc(seed):
-    rng = np.random.default_rng(seed)
-    X = rng.uniform(-10, 10, (100, 1))
-    y = np.sinc(X[:, 0] / np.pi) + 0.1 * rng.normal(size=100)
-    Xt = np.linspace(-10, 10, 1000)[:, None]
-    return X, y, Xt, np.sinc(Xt[:, 0] / np.pi)
 
 
 def _friedman(make, seed):

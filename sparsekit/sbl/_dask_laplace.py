@@ -89,36 +89,53 @@ def _vector(v):
     return np.ascontiguousarray(v, dtype=np.float64)
 
 
-def _pass(design, fn, T, sw, *args):
-    """Sum over the design's row blocks of ``fn(Phi block, T block, sw block, *args)`` (``args``
-    are passed whole to every block, so none may be a list)."""
-    return design._reduce(
-        fn, design._phi_blocks(), design._rows(T), design._rows(sw), *_scaling(design), *args
-    )
+class _Blocks:
+    """The row blocks of the design, targets and weights, taken once per exact step (turning a
+    dask array into its blocks costs more than a small pass)."""
+
+    def __init__(self, design, T, sw):
+        self.design = design
+        self.lists = (design._phi_blocks(), design._rows(T), design._rows(sw))
+        self.scaling = _scaling(design)
+
+    def reduce(self, fn, *args):
+        """Sum over the row blocks of ``fn(Phi block, T block, sw block, scaling..., *args)``
+        (``args`` are passed whole to every block, so none may be a list)."""
+        return self.design._reduce(fn, *self.lists, *self.scaling, *args)
 
 
 # ---------------------------------------------------------------------------------- bernoulli
+def _bernoulli_block_terms(A, t, s, w):
+    """Data loss, ``A' r`` and ``A' diag(b) A`` of rows A (``r = sw (p - t)``, ``b = sw p (1 - p)``)."""
+    n = A.shape[0]
+    p, r, b = np.empty(n), np.empty(n), np.empty(n)
+    loss = _bernoulli_terms(_vector(A @ w), t, s, p, r, b)
+    return loss, A.T @ r, A.T @ (A * b[:, None])
+
+
+def _bernoulli_zeros(m):
+    """Terms of :func:`_bernoulli_block_terms` over no rows (a block may be empty)."""
+    return 0.0, np.zeros(m), np.zeros((m, m))
+
+
 def _bernoulli_terms_block(Phi, T, sw, offset, inv_scale, intercept, problems):
-    """Per one-vs-rest problem ``(k, idx, w)``: data loss, ``Phi_idx' r`` and
-    ``Phi_idx' diag(b) Phi_idx`` over this block (``r = sw (p - t)``, ``b = sw p (1 - p)``)."""
-    out = [[0.0, np.zeros(idx.size), np.zeros((idx.size, idx.size))] for _k, idx, _w in problems]
+    """Per one-vs-rest problem ``(k, idx, w)``: its data loss, gradient and curvature terms
+    (:func:`_bernoulli_block_terms`) over this block."""
+    out = [list(_bernoulli_zeros(idx.size)) for _k, idx, _w in problems]
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s = _vector(sw[start:stop])
-        n = stop - start
-        p, r, b = np.empty(n), np.empty(n), np.empty(n)
         for acc, (k, idx, w) in zip(out, problems):
-            Ak = A[:, idx]
-            z = _vector(Ak @ w)
-            acc[0] += _bernoulli_terms(z, _vector(T[start:stop, k]), s, p, r, b)
-            acc[1] += Ak.T @ r
-            acc[2] += Ak.T @ (Ak * b[:, None])
+            terms = _bernoulli_block_terms(A[:, idx], _vector(T[start:stop, k]), s, w)
+            for i in range(3):
+                acc[i] = acc[i] + terms[i]
     return tuple(tuple(acc) for acc in out)
 
 
-def _bernoulli_losses_block(Phi, T, sw, offset, inv_scale, intercept, problems):
+def _bernoulli_search_block(Phi, T, sw, offset, inv_scale, intercept, problems):
     """Per problem ``(k, idx, w, step)``: the data loss at ``w + eta step`` for every ``eta`` in
-    ``_ETAS`` over this block."""
-    out = [np.zeros(_ETAS.size) for _ in problems]
+    ``_ETAS``, and the terms of :func:`_bernoulli_block_terms` at the full step ``w + step``
+    (the next Newton iteration's, when the search accepts it), over this block."""
+    out = [[np.zeros(_ETAS.size), *_bernoulli_zeros(idx.size)] for _k, idx, _w, _s in problems]
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s = _vector(sw[start:stop])
         for acc, (k, idx, w, step) in zip(out, problems):
@@ -126,8 +143,11 @@ def _bernoulli_losses_block(Phi, T, sw, offset, inv_scale, intercept, problems):
             z, dz = Ak @ w, Ak @ step
             t = _vector(T[start:stop, k])
             for i, eta in enumerate(_ETAS):
-                acc[i] += _bernoulli_loss(_vector(z + eta * dz), t, s)
-    return tuple(out)
+                acc[0][i] += _bernoulli_loss(_vector(z + eta * dz), t, s)
+            terms = _bernoulli_block_terms(Ak, t, s, w + step)
+            for i in range(3):
+                acc[i + 1] = acc[i + 1] + terms[i]
+    return tuple(tuple(acc) for acc in out)
 
 
 def _factor(H):
@@ -146,12 +166,12 @@ class _Problem:
     def __init__(self, k, idx, w, lam):
         self.k, self.idx, self.w, self.lam = k, idx, w, lam
         self.running = True
+        self.terms = None  # (loss, X' r, X' diag(b) X) at w, when the last search gave them
         self.loss = 0.0
-        self.cf = None
-        self.step = None
+        self.cf = self.g = self.step = None
 
 
-def newton_bernoulli(design, T, sw, W, lam, mask, gtol):
+def newton_bernoulli(blocks, W, lam, mask, gtol):
     """Damped Newton to the posterior mode of every one-vs-rest problem (columns of ``W``), as
     :func:`._classifier_kernels.laplace_newton_bernoulli` does on a dense basis.
 
@@ -166,13 +186,19 @@ def newton_bernoulli(design, T, sw, W, lam, mask, gtol):
         live = [pb for pb in probs if pb.running]
         if not live:
             break
-        terms = _pass(
-            design, _bernoulli_terms_block, T, sw, tuple((pb.k, pb.idx, pb.w) for pb in live)
-        )
+        need = [pb for pb in live if pb.terms is None]
+        if need:
+            fresh = blocks.reduce(
+                _bernoulli_terms_block, tuple((pb.k, pb.idx, pb.w) for pb in need)
+            )
+            for pb, terms in zip(need, fresh):
+                pb.terms = terms
         search = []
-        for pb, (loss, g, G) in zip(live, terms):
+        for pb in live:
+            loss, g, G = pb.terms
+            pb.terms = None
             g = g + pb.lam * pb.w
-            H = G
+            H = np.array(G, dtype=np.float64)
             H[np.diag_indices_from(H)] += pb.lam
             pb.loss = float(loss)
             pb.cf, _ = _factor(H)
@@ -184,14 +210,10 @@ def newton_bernoulli(design, T, sw, W, lam, mask, gtol):
             search.append(pb)
         if not search:
             break
-        losses = _pass(
-            design,
-            _bernoulli_losses_block,
-            T,
-            sw,
-            tuple((pb.k, pb.idx, pb.w, pb.step) for pb in search),
+        found = blocks.reduce(
+            _bernoulli_search_block, tuple((pb.k, pb.idx, pb.w, pb.step) for pb in search)
         )
-        for pb, trial in zip(search, losses):
+        for pb, (trial, *full_step_terms) in zip(search, found):
             step, w = pb.step, pb.w
             if np.max(np.abs(step), initial=0.0) <= NEWTON_SMALL_STEP * max(
                 1.0, np.max(np.abs(w), initial=0.0)
@@ -203,10 +225,11 @@ def newton_bernoulli(design, T, sw, W, lam, mask, gtol):
                 continue
             e0 = pb.loss + 0.5 * np.sum(pb.lam * w * w)
             gp = float(pb.g @ step)
-            for eta, lt in zip(_ETAS, trial):
+            for i, (eta, lt) in enumerate(zip(_ETAS, trial)):
                 wt = w + eta * step
                 if lt + 0.5 * np.sum(pb.lam * wt * wt) <= e0 + ARMIJO_C1 * eta * gp:
                     pb.w = wt
+                    pb.terms = tuple(full_step_terms) if i == 0 else None
                     break
             else:
                 pb.running = False  # no further decrease possible: at the mode
@@ -219,35 +242,51 @@ def newton_bernoulli(design, T, sw, W, lam, mask, gtol):
 
 
 # ---------------------------------------------------------------------------------- softmax
-def _softmax_terms_block(Phi, T, sw, offset, inv_scale, intercept, W):
-    """Data loss, ``Phi' sw (P - T)`` and the class blocks ``Phi' diag(c_kj) Phi`` (k <= j,
-    ``c_kj = sw p_k (delta_kj - p_j)``) of the multinomial model over this block."""
+def _softmax_block_terms(A, Tb, s, W):
+    """Data loss, ``A' sw (P - T)`` and the class blocks ``A' diag(c_kj) A`` (k <= j,
+    ``c_kj = sw p_k (delta_kj - p_j)``) of the multinomial model on rows A."""
+    K = W.shape[1]
+    Z = A @ W
+    P = probabilities(Z, "softmax")
+    blocks = []
+    for k in range(K):
+        for j in range(k, K):
+            c = s * P[:, k] * ((1.0 if j == k else 0.0) - P[:, j])
+            blocks.append(A.T @ (A * c[:, None]))
+    return data_loss(Z, Tb, s, "softmax")[0], A.T @ (s[:, None] * (P - Tb)), tuple(blocks)
+
+
+def _softmax_zeros(W):
+    """Terms of :func:`_softmax_block_terms` over no rows (a block may be empty)."""
     m, K = W.shape
-    loss, grad = 0.0, np.zeros((m, K))
-    blocks = [np.zeros((m, m)) for _ in range(K * (K + 1) // 2)]
+    return 0.0, np.zeros((m, K)), tuple(np.zeros((m, m)) for _ in range(K * (K + 1) // 2))
+
+
+def _add_terms(acc, terms):
+    loss, grad, blocks = acc
+    return loss + terms[0], grad + terms[1], tuple(a + b for a, b in zip(blocks, terms[2]))
+
+
+def _softmax_terms_block(Phi, T, sw, offset, inv_scale, intercept, W):
+    """:func:`_softmax_block_terms` over this block."""
+    acc = _softmax_zeros(W)
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s, Tb = _vector(sw[start:stop]), np.asarray(T[start:stop], dtype=np.float64)
-        Z = A @ W
-        P = probabilities(Z, "softmax")
-        loss += data_loss(Z, Tb, s, "softmax")[0]
-        grad += A.T @ (s[:, None] * (P - Tb))
-        pos = 0
-        for k in range(K):
-            for j in range(k, K):
-                c = s * P[:, k] * ((1.0 if j == k else 0.0) - P[:, j])
-                blocks[pos] += A.T @ (A * c[:, None])
-                pos += 1
-    return loss, grad, tuple(blocks)
+        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, W))
+    return acc
 
 
-def _softmax_losses_block(Phi, T, sw, offset, inv_scale, intercept, W, step):
-    out = np.zeros(_ETAS.size)
+def _softmax_search_block(Phi, T, sw, offset, inv_scale, intercept, W, step):
+    """The data loss at ``W + eta step`` for every ``eta`` in ``_ETAS``, and the terms at the
+    full step, over this block."""
+    out, acc = np.zeros(_ETAS.size), _softmax_zeros(W)
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s, Tb = _vector(sw[start:stop]), np.asarray(T[start:stop], dtype=np.float64)
         Z, dZ = A @ W, A @ step
         for i, eta in enumerate(_ETAS):
             out[i] += data_loss(Z + eta * dZ, Tb, s, "softmax")[0]
-    return out
+        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, W + step))
+    return out, acc
 
 
 def _softmax_precision(blocks, mask, lam_flat):
@@ -269,16 +308,19 @@ def _softmax_precision(blocks, mask, lam_flat):
     return H
 
 
-def newton_softmax(design, T, sw, W, lam, mask):
+def newton_softmax(blocks, W, lam, mask):
     """Exact posterior mode of the multinomial model, as :func:`._newton_softmax` in memory;
     returns (W, loss, chol, flat index)."""
     m, K = W.shape
     idx = np.flatnonzero(mask.T.reshape(-1))  # coefficient (j, k) at flat position k * m + j
     lam_flat = lam.T.reshape(-1)[idx]
     stop = False
+    terms = None
     for it in range(NEWTON_MAX_ITER + 1):
-        loss, grad, blocks = _pass(design, _softmax_terms_block, T, sw, W)
-        cf, _ = _factor(_softmax_precision(blocks, mask, lam_flat))
+        if terms is None:
+            terms = blocks.reduce(_softmax_terms_block, W)
+        loss, grad, hess = terms
+        cf, _ = _factor(_softmax_precision(hess, mask, lam_flat))
         if stop or it == NEWTON_MAX_ITER:
             break
         g = (grad + lam * W).T.reshape(-1)[idx]
@@ -288,15 +330,18 @@ def newton_softmax(design, T, sw, W, lam, mask):
         step = step.reshape(K, m).T
         loss0 = float(loss) + 0.5 * np.sum(lam * W * W * mask)
         gp = float(g @ step_flat)
-        trial = _pass(design, _softmax_losses_block, T, sw, W, step)
-        eta = 0.0
-        for e, lt in zip(_ETAS, trial):
+        trial, full_step_terms = blocks.reduce(_softmax_search_block, W, step)
+        eta, terms = 0.0, None
+        for i, (e, lt) in enumerate(zip(_ETAS, trial)):
             Wt = W + e * step
             if lt + 0.5 * np.sum(lam * Wt * Wt * mask) <= loss0 + ARMIJO_C1 * e * gp:
                 eta = e
+                terms = full_step_terms if i == 0 else None
                 break
         W = W + eta * step
         stop = eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(W)))
+        if eta == 0.0:
+            terms = (loss, grad, hess)  # W did not move
     return W, float(loss), cf, idx
 
 
@@ -307,12 +352,11 @@ def exact_step_chunked(design, state, T, sw, likelihood):
     W, lam, mask = state.W, state.lam, state.mask
     n_coef, K = W.shape
     sigma_diag = np.zeros((n_coef, K))
+    blocks = _Blocks(design, T, sw)
     if likelihood == "bernoulli":
         gtol = EXACT_GTOL_REL * design.weight_sum
         sigma_full, class_loss, class_ld = [], [], []
-        for k, (idx, w, loss, S, ld) in enumerate(
-            newton_bernoulli(design, T, sw, W, lam, mask, gtol)
-        ):
+        for k, (idx, w, loss, S, ld) in enumerate(newton_bernoulli(blocks, W, lam, mask, gtol)):
             W[:, k] = 0.0
             W[idx, k] = w
             sigma_diag[idx, k] = np.diag(S)
@@ -323,7 +367,7 @@ def exact_step_chunked(design, state, T, sw, likelihood):
         state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
         loss_total, logdet = float(np.sum(class_loss)), float(np.sum(class_ld))
     else:
-        W_new, loss_total, cf, idx = newton_softmax(design, T, sw, W, lam, mask)
+        W_new, loss_total, cf, idx = newton_softmax(blocks, W, lam, mask)
         W[...] = W_new * mask
         S = cho_solve(cf, np.eye(idx.size), check_finite=False)
         flat = np.zeros(n_coef * K)

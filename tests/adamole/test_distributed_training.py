@@ -120,6 +120,7 @@ def _one_process(model_dir, data, settings, batch_size):
         num_experts=settings["num_experts"],
         expert_rank=4,
         aux_loss_coef=settings["aux_loss_coef"],
+        threshold_budget=settings.get("threshold_budget"),
         lora_dropout=settings["lora_dropout"],
         head="classifier",
         batch_size=batch_size,
@@ -179,6 +180,24 @@ def test_two_processes_with_aux_loss_match_one_process(tmp_path, clf_bert_dir, d
         np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
     )
     assert r0["predictions"] == [str(c) for c in single.predict(data["X_test"])]
+    for h_dist, h_one in zip(r0["history"], single.history_):
+        assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
+        assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+
+
+def test_two_processes_with_threshold_budget_match_one_process(tmp_path, clf_bert_dir, data):
+    """The threshold-budget term ``(mean_t k_t - budget)^2`` takes the mean smooth count of the
+    global batch (its token sum and count all-reduced in the forward, with their gradient), so
+    the two-process fit is the one-process fit on the same global batch; with per-rank means the
+    squared term (and its gradient) would be the average over the ranks of their own."""
+    settings = _settings(aux_loss_coef=0.5, threshold_budget=3.0)
+    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
+    r0, r1 = ranks
+    assert r0["predictions"] == r1["predictions"]
+    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
+    np.testing.assert_allclose(
+        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    )
     for h_dist, h_one in zip(r0["history"], single.history_):
         assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
         assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)

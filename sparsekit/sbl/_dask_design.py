@@ -10,16 +10,18 @@ blocks with the centring and scaling applied inside the products). Every pass ru
 - ``matvec`` returns a chunked (persisted) n-vector (or n-by-K array);
 - ``rmatvec``, ``sq_column_norms`` and ``gram`` sum per-chunk O(M) (or m-by-m) partials, and only
   those travel to the driver;
-- ``compact`` (pruning) slices the blocks on the workers.
+- ``compact`` (pruning) slices the blocks on the workers, and ``insert_columns`` (the classifier's
+  re-admission) rebuilds them with columns taken from X's chunks.
 
 Per-sample vectors (targets, weights, residuals, probabilities) are dask arrays with the same row
 chunks, so the solvers' elementwise arithmetic on them stays on the workers; their reductions
 (sums of squares, losses) are scalars or K-vectors.
 
-Not chunked, so not run on dask input: kernel bases (one column per sample; the n-by-n kernel is
-the thing that does not fit), the constructive path for p >= n/2 (it reads single columns and a
-small dense model; such data fit in memory), and the classifier's exact Laplace phase (Newton on
-the dense active basis). The estimators say so with a clear error or note.
+The classifier's exact Laplace phase and re-admission sweeps have their own chunked passes in
+:mod:`._dask_laplace`. Not chunked, so not run on dask input: kernel bases (one column per sample;
+the n-by-n kernel is the thing that does not fit) and the constructive path for p >= n/2 (it reads
+single columns and a small dense model; such data fit in memory). The estimators say so with a
+clear error.
 """
 
 from __future__ import annotations

@@ -26,11 +26,8 @@ from ._classifier_solver import (
     probabilities,
 )
 from ._dask_design import make_design
-from ._dask_input import (
-    classifier_exact_note,
-    dask_classification_targets,
-    is_dask_array,
-)
+from ._dask_input import dask_classification_targets, is_dask_array
+from ._dask_laplace import DaskCandidateColumns
 from ._features import compute_kernel, training_basis
 from ._readmission import CandidateColumns
 
@@ -293,7 +290,6 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             likelihood = "bernoulli" if self.multi_class == "ovr" else "softmax"
         self._likelihood = likelihood
         dtype = X.dtype
-        chunked = is_dask_array(X)
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
             B, own, column_index = training_basis(self, X, self._gamma, sw)
@@ -318,12 +314,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 "inner_max_iter": self.inner_max_iter,
                 "inner_tol": self.inner_tol,
                 "inner_forcing": LINEAR_INNER_FORCING if self.kernel is None else 0.0,
-                "exact_switch": classifier_exact_note(self) if chunked else self.exact_switch,
+                "exact_switch": self.exact_switch,
                 "threshold_lambda": self.threshold_lambda,
             }
             on_iter = self._print_progress if self.verbose else None
-            # re-admission runs in the exact phase, which a chunked (dask) fit does not have
-            candidates = None if chunked else self._candidate_columns(X, design.n_basis)
+            candidates = self._candidate_columns(X, design.n_basis)
             fit_path(
                 design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
             )
@@ -339,6 +334,8 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
 
     def _candidate_columns(self, X, n_basis):
         """Source of the training basis columns, for re-admitting pruned bases."""
+        if is_dask_array(X):
+            return DaskCandidateColumns(X, n_basis)
         if self.kernel is None or self.kernel == "precomputed":
             B = X.tocsc() if sp.issparse(X) else X
             return CandidateColumns(lambda js: B[:, js], n_basis)

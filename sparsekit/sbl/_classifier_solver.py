@@ -290,6 +290,10 @@ def exact_step(design, state, T, sw, likelihood):
     Sets ``state.W``, ``state.sigma_diag`` and ``state.sigma_full``; returns the data loss and
     the log-determinant of the Laplace precision (summed over the columns).
     """
+    if getattr(design, "chunked", False):  # dask: the same steps as map/reduce over row blocks
+        from ._dask_laplace import exact_step_chunked
+
+        return exact_step_chunked(design, state, T, sw, likelihood)
     Phi = _dense_basis(design)
     W, lam, mask = state.W, state.lam, state.mask
     n_coef, K = W.shape

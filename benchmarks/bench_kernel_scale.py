@@ -40,6 +40,7 @@ from _harness import load_average
 
 N_TEST = 2000
 LONG_FIT_S = 60.0  # fits longer than this run once
+FULL_KERNEL_MAX = 5000  # sparsekit.sbl._kernel_basis.FULL_KERNEL_MAX: "auto" path by n
 
 
 def load(dataset):
@@ -167,9 +168,13 @@ def table(results):
         s = svc.get(r["dataset"], {})
         ok = r["status"] == "ok"
         fit = r["fit_s"] if ok else f"> {r['fit_s']:.0f}"
+        mode = r["arm"].split("=")[1]
+        n_train = r.get("n_train") or (0 if r["dataset"] == "magic" else int(r["dataset"]))
+        path = "subset" if mode == "subset" or n_train > FULL_KERNEL_MAX else "full"
         row = {
             "n": r["dataset"] if r["dataset"] == "magic" else f"{int(r['dataset']):,}",
-            "kernel_basis": r["arm"].split("=")[1],
+            "kernel_basis": mode,
+            "path": path,
             "DQN fit s": fit,
             "SVC fit s": s.get("fit_s", ""),
             "DQN / SVC": (r["fit_s"] / s["fit_s"]) if ok and s.get("fit_s") else "",
@@ -177,6 +182,7 @@ def table(results):
             "acc SVC": s.get("accuracy", ""),
             "vectors DQN": r.get("vectors", ""),
             "vectors SVC": s.get("vectors", ""),
+            "DQN iterations": r.get("n_iter", ""),
             "DQN peak MiB": r.get("peak_mib", ""),
             "SVC peak MiB": s.get("peak_mib", ""),
             "growth": "",
@@ -185,7 +191,7 @@ def table(results):
             ),
             "DQN raw fit s": ", ".join(f"{t:.1f}" for t in r.get("fit_s_all", [])),
         }
-        key = r["arm"]
+        key = path
         if r["dataset"] != "magic" and ok:
             if key in prev:
                 n0, t0 = prev[key]
@@ -193,6 +199,17 @@ def table(results):
             prev[key] = (int(r["dataset"]), r["fit_s"])
         rows.append(row)
     return rows
+
+
+def report(results):
+    rows = table(results)
+    cols = [(k, k) for k in rows[0]] if rows else []
+    return (
+        "DQNSBLClassifier against SVC, RBF kernel, one thread, each fit in its own process "
+        "(`benchmarks/bench_kernel_scale.py`). path: the kernel basis the fit used (full: the "
+        "n x n kernel; subset: a pool of 8 sqrt(n) samples and scans over all). growth: fit "
+        "time over the previous size's on the same path.\n\n" + markdown_table(rows, cols)
+    )
 
 
 def figure(results, path):
@@ -230,7 +247,13 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=int, default=1500, help="seconds per worker")
     p.add_argument("--name", default="sbl_kernel_scale")
+    p.add_argument("--rebuild", action="store_true", help="table and figure from the saved JSON")
     args = p.parse_args()
+    if args.rebuild:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        write_results(args.name, report(saved["results"]), saved)
+        figure(saved["results"], RESULTS / f"{args.name}.png")
+        return
     if args.worker:
         arm, dataset, repeats = args.worker
         worker(arm, dataset, int(repeats))
@@ -245,13 +268,9 @@ def main():
             r = run_worker(arm, ds, args.repeats, args.timeout)
             print(json.dumps(r), flush=True)
             results.append(r)
-            cols = [(k, k) for k in table(results)[0]] if table(results) else []
-            md = (
-                "DQNSBLClassifier against SVC, RBF kernel, one thread, each fit in its own "
-                "process (`benchmarks/bench_kernel_scale.py`).\n\n"
-                + markdown_table(table(results), cols)
+            write_results(
+                args.name, report(results), {"environment": environment(), "results": results}
             )
-            write_results(args.name, md, {"environment": environment(), "results": results})
     figure(results, RESULTS / f"{args.name}.png")
 
 

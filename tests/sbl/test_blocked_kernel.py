@@ -295,3 +295,27 @@ def test_insert_columns_grows_a_full_buffer():
     d.insert_columns(np.array([1, 2, 4, 5]), B[:, [1, 2, 4, 5]])
     assert_array_equal(d.active, np.arange(6))
     assert_allclose(d.dense_active(), full.dense_active())
+
+
+@pytest.mark.parametrize("variant", ["sparse", "float32", "zero_weights", "warm_start"])
+def test_subset_path_input_variants(moons, small_pool, variant):
+    """Sparse and float32 input, samples of weight zero (never bases) and a warm start all fit
+    on the subset path, predicting as the dense float64 fit does (within 2 pp)."""
+    import scipy.sparse as sp
+
+    X, y, Xt, yt = moons
+    ref = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset").fit(X, y)
+    est = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset")
+    if variant == "sparse":
+        est.fit(sp.csr_matrix(X), y)
+    elif variant == "float32":
+        est.fit(X.astype(np.float32), y)
+    elif variant == "zero_weights":
+        sw = np.ones(X.shape[0])
+        sw[::5] = 0.0
+        est.fit(X, y, sample_weight=sw)
+        assert not np.isin(est.relevance_, np.flatnonzero(sw == 0)).any()
+    else:
+        est.set_params(warm_start=True).fit(X, y)
+        est.fit(X, y)
+    assert est.score(Xt, yt) >= ref.score(Xt, yt) - 0.02

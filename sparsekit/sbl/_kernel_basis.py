@@ -163,7 +163,9 @@ class KernelSubset:
 
     def fit(self, design, state, T, sw, likelihood, params, on_iter=None):
         """Alternate the ordinary path on the pool with scans over all samples (module
-        docstring) until a scan adds nothing, ``max_iter`` is used up or ``MAX_SCANS`` scans ran."""
+        docstring) until a scan adds nothing, ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
+        the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
+        exact posterior to scan at, and the model holds pool samples only)."""
         candidates = self.candidate_columns(design.n_basis)
         while True:
             fit_path(design, state, T, sw, likelihood, params, on_iter, candidates)

@@ -28,7 +28,8 @@ from ._classifier_solver import (
 from ._dask_design import make_design
 from ._dask_input import dask_classification_targets, is_dask_array
 from ._dask_laplace import DaskCandidateColumns
-from ._features import compute_kernel, training_basis
+from ._features import compute_kernel, distinct_rows, training_basis
+from ._kernel_basis import FULL_KERNEL_MAX, KernelSubset, use_subset
 from ._readmission import CandidateColumns
 
 SEPARATION_PROBABILITY = 0.9
@@ -75,6 +76,16 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         Zero coefficient of the polynomial and sigmoid kernels.
     kernel_params : dict, default=None
         Extra keyword arguments for a callable kernel (or overrides for a named one).
+    kernel_basis : {"auto", "full", "subset"}, default="auto"
+        How a kernel basis is held during fit. "full": the n-by-n kernel matrix (memory
+        O(n^2)). "subset": never more than O(n m0) kernel entries; the fit starts from the
+        kernel columns of m0 = 8 sqrt(n) training samples (clipped to [500, 2000]) drawn at
+        random with a fixed seed, and the exact phase's re-admission, extended by scans over all
+        training samples in blocks of 256, adds any sample whose evidence gain says so; it ends
+        when no sample outside the model passes Tipping and Faul's add test, the stopping rule of
+        the full path. Needs a kernel computed from X (not None or "precomputed"), binary or
+        one-vs-rest problems and the exact finish (``exact_switch > 0``). "auto": "subset" for
+        more than 5,000 distinct training samples where it applies, "full" otherwise.
     multi_class : {"ovr", "multinomial"}, default="ovr"
         With more than two classes: independent one-vs-rest problems (solved together, each with
         its own precisions and relevance vectors), or one softmax model.
@@ -174,7 +185,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
     not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
     between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
-    kernel bases), compacted in place as bases are pruned.
+    kernel bases, or its columns for the starting subset with ``kernel_basis="subset"``),
+    compacted in place as bases are pruned. The subset path ends at a local optimum of the
+    evidence that can differ from the full path's (other relevance vectors, similar accuracy);
+    each scan over all samples costs O(n^2 (d + m)) time for m relevance vectors, in blocks of
+    O(256 n) memory.
 
     References
     ----------
@@ -206,6 +221,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         "fit_intercept": ["boolean"],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "moderated": ["boolean"],
+        "kernel_basis": [StrOptions({"auto", "full", "subset"})],
     }
 
     def __init__(
@@ -216,6 +232,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         degree=3,
         coef0=1,
         kernel_params=None,
+        kernel_basis="auto",
         multi_class="ovr",
         solver="dqn",
         diag_update="dbfgs",
@@ -240,6 +257,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         self.degree = degree
         self.coef0 = coef0
         self.kernel_params = kernel_params
+        self.kernel_basis = kernel_basis
         self.multi_class = multi_class
         self.solver = solver
         self.diag_update = diag_update
@@ -292,7 +310,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         dtype = X.dtype
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
-            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            subset = self._kernel_subset(X, sw, likelihood)
+            if subset is None:
+                B, own, column_index = training_basis(self, X, self._gamma, sw)
+            else:
+                B, own, column_index = subset.initial_basis()
             design = make_design(
                 B,
                 sw,
@@ -318,10 +340,13 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 "threshold_lambda": self.threshold_lambda,
             }
             on_iter = self._print_progress if self.verbose else None
-            candidates = self._candidate_columns(X, design.n_basis)
-            fit_path(
-                design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
-            )
+            if subset is not None:
+                subset.fit(design, state, T, sw, likelihood, params, on_iter=on_iter)
+            else:
+                candidates = self._candidate_columns(X, design.n_basis)
+                fit_path(
+                    design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
+                )
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -331,6 +356,23 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             self._check_evidence(design, state, T, sw, counts)
             self._store_fit(X, design, state, dtype)
         return self
+
+    def _kernel_subset(self, X, sw, likelihood):
+        """The subset path of this fit (``kernel_basis``), or None for the full basis."""
+        if is_dask_array(X) or self.kernel_basis == "full":
+            return None
+        no_kernel = self.kernel is None or (
+            isinstance(self.kernel, str) and self.kernel == "precomputed"
+        )
+        if self.kernel_basis == "auto" and no_kernel:
+            return None
+        distinct = None
+        if self.kernel_basis == "auto" and X.shape[0] > FULL_KERNEL_MAX:
+            distinct = distinct_rows(X, sw)
+        n_distinct = X.shape[0] if distinct is None else distinct.size
+        if not use_subset(self, n_distinct, likelihood):
+            return None
+        return KernelSubset(self, X, sw, self._gamma, distinct)
 
     def _candidate_columns(self, X, n_basis):
         """Source of the training basis columns, for re-admitting pruned bases."""

@@ -155,6 +155,30 @@ def _score(js, blk, shift, sq, Qb, models, excluded, threshold_lambda, found):
         found[k].append((gain, js[good], s * s / theta))
 
 
+def sweep_terms(design, state, T, sw):
+    """What a sweep needs from the current exact posterior: the curvature weights ``Bw`` and
+    residuals ``R`` (n, K), per class the model's ``(B Phi_A, Sigma)``, and the (K, n_basis) mask
+    of bases that are not candidates (in the model, or re-admitted MAX_READMIT times already)."""
+    f = 1 if design.intercept_column else 0
+    n, K = T.shape
+    Pa = np.asarray(design.dense_active(), dtype=np.float64)
+    Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
+    P = expit(Phi @ state.W)
+    Bw = sw[:, None] * P * (1.0 - P)
+    R = sw[:, None] * (T - P)
+    models = []
+    for k in range(K):
+        idx, S = state.sigma_full[k]
+        models.append((Bw[:, k : k + 1] * Phi[:, idx], S))
+    excluded = np.zeros((K, design.n_basis), dtype=bool)
+    for k in range(K):
+        excluded[k, design.active[state.mask[f:, k]]] = True
+    for (j, k), c in state.readmitted.items():
+        if c >= MAX_READMIT:
+            excluded[k, j] = True
+    return Bw, R, models, excluded
+
+
 def propose_additions(design, state, T, sw, candidates, threshold_lambda):
     """Score the candidate bases for every one-vs-rest problem at the current exact posterior.
 
@@ -170,26 +194,10 @@ def propose_additions(design, state, T, sw, candidates, threshold_lambda):
     """
     if getattr(candidates, "chunked", False):  # dask: chunk-wise terms (_dask_laplace.py)
         return candidates.propose_additions(design, state, T, sw, threshold_lambda)
-    f = 1 if design.intercept_column else 0
-    n, K = T.shape
-    Pa = np.asarray(design.dense_active(), dtype=np.float64)
-    Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
-    P = expit(Phi @ state.W)
-    Bw = sw[:, None] * P * (1.0 - P)
-    R = sw[:, None] * (T - P)
-    models = []
-    for k in range(K):
-        idx, S = state.sigma_full[k]
-        models.append((Bw[:, k : k + 1] * Phi[:, idx], S))
+    K = T.shape[1]
+    Bw, R, models, excluded = sweep_terms(design, state, T, sw)
     valid = np.flatnonzero(design.inv_scale > 0.0)
     found = [[] for _ in range(K)]  # per class: (gains, basis indices, precisions) per block
-    # not candidates: the bases in the model, and those re-admitted MAX_READMIT times already
-    excluded = np.zeros((K, design.n_basis), dtype=bool)
-    for k in range(K):
-        excluded[k, design.active[state.mask[f:, k]]] = True
-    for (j, k), c in state.readmitted.items():
-        if c >= MAX_READMIT:
-            excluded[k, j] = True
     for start in range(0, valid.size, BLOCK):
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)

@@ -174,9 +174,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     -----
     The diagonal approximation under-estimates posterior variances of correlated bases
     (``(H^-1)_jj >= 1 / H_jj``), so the "dqn" phase prunes more eagerly than exact SBL; the exact
-    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
-    not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
-    between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
+    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary, one-vs-rest and
+    ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept between
+    sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
     kernel bases), compacted in place as bases are pruned.
 
     References

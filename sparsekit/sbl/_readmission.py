@@ -66,13 +66,17 @@ class CandidateColumns:
         self._have = None
 
     def raw(self, js):
-        """Unscaled columns ``js``."""
+        """Unscaled columns ``js`` (possibly a read-only view of the cache: do not modify)."""
         js = np.asarray(js, dtype=np.intp)
         if self._full is not None:
             missing = js[~self._have[js]]
             if missing.size:
                 self._full[:, missing] = np.asarray(self._raw_block(missing), dtype=np.float64)
                 self._have[missing] = True
+            if js.size and js[-1] - js[0] == js.size - 1 and np.all(np.diff(js) == 1):
+                view = self._full[:, js[0] : js[-1] + 1]  # a sweep's blocks are ranges
+                view.flags.writeable = False
+                return view
             return self._full[:, js]
         B = self._raw_block(js)
         if sp.issparse(B):

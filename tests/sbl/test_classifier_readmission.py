@@ -287,3 +287,22 @@ def test_softmax_add_test_matches_the_laplace_evidence():
             s = H[-1, -1] - 1.0 - hA @ np.linalg.solve(H0, hA)
             if g * g > s:  # worth adding: at its optimal precision it gains less than the best
                 assert gain(i, k, s * s / (g * g - s)) <= best + 1e-9 * abs(best)
+
+
+def test_candidate_cache_serves_any_subset_and_computes_each_column_once():
+    """The kernel-column cache is filled by column: a later subset computes only the columns it
+    has not seen, ranges come back as read-only views, and every answer equals the source."""
+    B = np.random.RandomState(0).normal(size=(20, 50))
+    calls = []
+
+    def source(js):
+        calls.append(list(js))
+        return B[:, js]
+
+    cand = CandidateColumns(source, 50, cache=True)
+    first = cand.raw(np.arange(10, 30))
+    assert_array_equal(first, B[:, 10:30])
+    assert_array_equal(cand.raw(np.array([3, 15, 40])), B[:, [3, 15, 40]])
+    assert_array_equal(cand.raw(np.arange(10, 30)), B[:, 10:30])
+    assert calls == [list(range(10, 30)), [3, 40]]
+    assert not cand.raw(np.arange(12, 20)).flags.writeable

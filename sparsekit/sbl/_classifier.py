@@ -182,14 +182,13 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     -----
     The diagonal approximation under-estimates posterior variances of correlated bases
     (``(H^-1)_jj >= 1 / H_jj``), so the "dqn" phase prunes more eagerly than exact SBL; the exact
-    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
-    not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
-    between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
-    kernel bases, or its columns for the starting subset with ``kernel_basis="subset"``),
-    compacted in place as bases are pruned. The subset path ends at a local optimum of the
-    evidence that can differ from the full path's (other relevance vectors, similar accuracy);
-    each scan over all samples costs O(n^2 (d + m)) time for m relevance vectors, in blocks of
-    O(256 n) memory.
+    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary, one-vs-rest and
+    ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept between
+    sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for kernel
+    bases, or its columns for the starting subset with ``kernel_basis="subset"``), compacted in
+    place as bases are pruned. The subset path ends at a local optimum of the evidence that can
+    differ from the full path's (other relevance vectors, similar accuracy); each scan over all
+    samples costs O(n^2 (d + m)) time for m relevance vectors, in blocks of O(256 n) memory.
 
     References
     ----------

@@ -507,8 +507,8 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None, candidates=
     ``params["solver"] == "exact"``), then exact Laplace iterations; stop with a stable active
     set and small changes of the relevant log precisions for ``n_iter_no_change`` iterations.
 
-    With a ``candidates`` source (:class:`._readmission.CandidateColumns`) and a Bernoulli
-    likelihood, the exact phase re-admits pruned bases by Tipping and Faul's test: a sweep over
+    With a ``candidates`` source (:class:`._readmission.CandidateColumns`), the exact phase
+    re-admits pruned bases by Tipping and Faul's test (one-vs-rest and softmax): a sweep over
     every basis function at the first exact iteration, after every sweep that added a basis, and
     before the phase may stop, so it stops only when no basis outside the model is worth adding;
     and each iteration also prunes, per class, the basis whose removal raises the evidence most
@@ -518,7 +518,7 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None, candidates=
     calm = 0
     exact = params["solver"] == "exact"
     settle = _DqnSettle(params["n_iter_no_change"])
-    readmit = candidates is not None and likelihood == "bernoulli"
+    readmit = candidates is not None
     sweep_next = True
     if readmit:
         # a warm start may leave bases out of every class's model: they are candidates only
@@ -535,7 +535,7 @@ def fit_path(design, state, T, sw, likelihood, params, on_iter=None, candidates=
             tol = params["tol"]
             if readmit and (sweep_next or calm + 1 >= params["n_iter_no_change"]):
                 additions = propose_additions(
-                    design, state, T, sw, candidates, params["threshold_lambda"]
+                    design, state, T, sw, candidates, params["threshold_lambda"], likelihood
                 )
                 sweep_next = bool(additions)
         else:

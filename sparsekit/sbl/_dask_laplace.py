@@ -46,9 +46,14 @@ from ._classifier_solver import (
     data_loss,
     probabilities,
 )
-from ._constructive import addition_gain
 from ._dask_input import _blocks
-from ._readmission import BLOCK, GAIN_TOL, MAX_READMIT, PER_SWEEP
+from ._readmission import (
+    BLOCK,
+    choose_additions,
+    excluded_bases,
+    score_class,
+    softmax_cross,
+)
 
 ROWS = 8192  # rows of a block densified at a time inside a task
 GROUP_BYTES = 64 * 2**20  # candidate terms (phi' B Phi_A) per reduce of a re-admission sweep
@@ -384,20 +389,30 @@ def _take_columns(B, js):
     return B[:, js]
 
 
-def _candidate_block(X, Phi, T, sw, offset, inv_scale, intercept, W, models, js, c_off, c_scale):
+def _candidate_block(
+    X, Phi, T, sw, offset, inv_scale, intercept, W, models, softmax, js, c_off, c_scale
+):
     """Candidate terms of columns ``js`` of one row block of the original X: ``phi' B phi`` and
-    ``phi' sw (t - p)`` per class (|js|, K), and ``phi' B Phi_idx`` per class's model."""
+    ``phi' sw (t - p)`` per class (|js|, K), and per class ``phi' B Phi_idx`` against its model
+    (one-vs-rest: ``models[k]`` indexes class k's coefficients), or against every class's model
+    coefficients with the class-coupled softmax curvature (``softmax``: ``models[l]`` indexes
+    class l's coefficients, :func:`._readmission.softmax_cross`)."""
     K = W.shape[1]
     nj = js.size
     sq, qb = np.zeros((nj, K)), np.zeros((nj, K))
-    cross = [np.zeros((nj, idx.size)) for idx in models]
+    width = sum(idx.size for idx in models)
+    cross = [np.zeros((nj, width if softmax else idx.size)) for idx in models]
     X = sp.csr_matrix(X) if sp.issparse(X) else X
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s = _vector(sw[start:stop])
-        P = expit(A @ W)
+        Z = A @ W
+        P = probabilities(Z, "softmax") if softmax else expit(Z)
         Bw = s[:, None] * P * (1.0 - P)
         R = s[:, None] * (np.asarray(T[start:stop], dtype=np.float64) - P)
-        BP = [Bw[:, k : k + 1] * A[:, idx] for k, idx in enumerate(models)]
+        if softmax:
+            BP = softmax_cross(A, P, s, models)
+        else:
+            BP = [Bw[:, k : k + 1] * A[:, idx] for k, idx in enumerate(models)]
         Xs = X[start:stop]
         for a in range(0, nj, BLOCK):
             sel = slice(a, a + BLOCK)
@@ -442,24 +457,22 @@ class DaskCandidateColumns:
             _take_columns, js, chunks=(X.chunks[0], (js.size,)), dtype=X.dtype, meta=X._meta
         )
 
-    def propose_additions(self, design, state, T, sw, threshold_lambda):
+    def propose_additions(self, design, state, T, sw, threshold_lambda, likelihood="bernoulli"):
         """:func:`._readmission.propose_additions` for a chunked design: the same scores and
         choice, the candidate terms reduced over the row blocks of X."""
-        f = 1 if design.intercept_column else 0
         K = state.W.shape[1]
-        models = tuple(state.sigma_full[k][0] for k in range(K))
+        softmax = likelihood == "softmax"
+        if softmax:  # class l's model coefficients, class-major as state.sigma_full[0]
+            models = tuple(np.flatnonzero(state.mask[:, k]) for k in range(K))
+        else:
+            models = tuple(state.sigma_full[k][0] for k in range(K))
         valid = np.flatnonzero(design.inv_scale > 0.0)
-        excluded = np.zeros((K, design.n_basis), dtype=bool)
-        for k in range(K):
-            excluded[k, design.active[state.mask[f:, k]]] = True
-        for (j, k), c in state.readmitted.items():
-            if c >= MAX_READMIT:
-                excluded[k, j] = True
+        excluded = excluded_bases(design, state)
         X = self._data()
         if X.chunks[0] != design.row_chunks:
             X = X.rechunk({0: design.row_chunks})
         x_blocks = _blocks(X)
-        width = max(1, sum(idx.size for idx in models) + 2 * K)
+        width = max(1, (K if softmax else 1) * sum(idx.size for idx in models) + 2 * K)
         group = max(BLOCK, GROUP_BYTES // (8 * width) // BLOCK * BLOCK)
         found = [[] for _ in range(K)]
         for start in range(0, valid.size, group):
@@ -473,28 +486,14 @@ class DaskCandidateColumns:
                 *_scaling(design),
                 state.W,
                 models,
+                softmax,
                 js,
                 design.offset[js],
                 design.inv_scale[js],
             )
             for k in range(K):
-                S = state.sigma_full[k][1]
+                S = state.sigma_full[0 if softmax else k][1]
                 C = cross[k]
                 s = sq[:, k] - np.einsum("ij,ij->i", C @ S, C)
-                q = qb[:, k]
-                theta = q * q - s
-                good = (theta > 0.0) & (s > 0.0) & ~excluded[k, js]
-                good &= theta * threshold_lambda > s * s
-                if good.any():
-                    s, q, theta = s[good], q[good], theta[good]
-                    found[k].append((addition_gain(s, q), js[good], s * s / theta))
-        tol = GAIN_TOL * design.weight_sum
-        out = []
-        for k in range(K):
-            if not found[k]:
-                continue
-            gain, js, lam = (np.concatenate(a) for a in zip(*found[k]))
-            for i in np.argsort(-gain)[:PER_SWEEP]:
-                if gain[i] > tol:
-                    out.append((int(js[i]), k, float(lam[i])))
-        return out
+                score_class(k, js, s, qb[:, k], excluded, threshold_lambda, found)
+        return choose_additions(found, design)

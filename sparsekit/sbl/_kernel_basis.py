@@ -46,7 +46,7 @@ from ._classifier_solver import fit_path
 from ._design import column_scaling, moment_divisor
 from ._features import compute_kernel, distinct_rows
 from ._kernels import weighted_column_moments
-from ._readmission import GAIN_TOL, CandidateColumns, _score, sweep_terms
+from ._readmission import CandidateColumns, _score, choose_additions, sweep_terms
 
 FULL_KERNEL_MAX = 5000  # "auto": the full kernel up to this many distinct training samples
 SUBSET_PER_ROOT = 8  # pool size m0 = 8 sqrt(n), clipped to [SUBSET_MIN, SUBSET_MAX]
@@ -215,16 +215,11 @@ class KernelSubset:
             inv_scale.update(zip(js.tolist(), s.tolist()))
             sq = (blk * blk).T @ Bw
             Qb = blk.T @ R
-            _score(js, blk, None, sq, Qb, models, excluded, threshold_lambda, found)
-        tol = GAIN_TOL * design.weight_sum
-        per_class = scan_additions(self.m0)
-        new = set()
-        for k in range(K):
-            if not found[k]:
-                continue
-            gain, js, _lam = (np.concatenate(a) for a in zip(*found[k]))
-            best = np.argsort(-gain)[:per_class]
-            new.update(int(j) for j in js[best[gain[best] > tol]])
+            _score(
+                js, blk, np.ones(js.size), None, sq, Qb, models, excluded, threshold_lambda, found
+            )
+        chosen = choose_additions(found, design, per_class=scan_additions(self.m0))
+        new = {j for j, _k, _lam in chosen}
         if not new:
             return 0
         js = np.asarray(sorted(new), dtype=np.intp)

@@ -18,19 +18,14 @@ from ..exceptions import EvidenceWarning
 from ..utils._threads import fit_threads
 from ._base import BaseDQNSBL
 from ._classifier_prediction import ClassifierPredictionMixin
-from ._classifier_solver import (
-    FREE_LAMBDA,
-    LINEAR_INNER_FORCING,
-    ClassifierState,
-    fit_path,
-    probabilities,
-)
+from ._classifier_solver import FREE_LAMBDA, LIKELIHOODS, LINEAR_INNER_FORCING, probabilities
 from ._dask_design import make_design
 from ._dask_input import (
     classifier_exact_note,
     dask_classification_targets,
     is_dask_array,
 )
+from ._engine import PathSettings, PathState, run_path
 from ._features import compute_kernel, training_basis
 from ._readmission import CandidateColumns
 
@@ -306,27 +301,26 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 column_index=column_index,
             )
             del B
-            state = self._initial_state(design, T.shape[1], likelihood, warm)
-            params = {
-                "solver": self.solver,
-                "diag_update": self.diag_update,
-                "update": self.update,
-                "max_iter": self.max_iter,
-                "tol": self.tol,
-                "dqn_tol": self.dqn_tol,
-                "n_iter_no_change": self.n_iter_no_change,
-                "inner_max_iter": self.inner_max_iter,
-                "inner_tol": self.inner_tol,
-                "inner_forcing": LINEAR_INNER_FORCING if self.kernel is None else 0.0,
-                "exact_switch": classifier_exact_note(self) if chunked else self.exact_switch,
-                "threshold_lambda": self.threshold_lambda,
-            }
+            lik = LIKELIHOODS[likelihood](T, sw)
+            state = self._initial_state(design, T.shape[1], lik, warm)
+            settings = PathSettings(
+                solver=self.solver,
+                diag_update=self.diag_update,
+                update=self.update,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                dqn_tol=self.dqn_tol,
+                n_iter_no_change=self.n_iter_no_change,
+                inner_max_iter=self.inner_max_iter,
+                inner_tol=self.inner_tol,
+                inner_forcing=LINEAR_INNER_FORCING if self.kernel is None else 0.0,
+                exact_switch=classifier_exact_note(self) if chunked else self.exact_switch,
+                threshold_lambda=self.threshold_lambda,
+            )
             on_iter = self._print_progress if self.verbose else None
             # re-admission runs in the exact phase, which a chunked (dask) fit does not have
             candidates = None if chunked else self._candidate_columns(X, design.n_basis)
-            fit_path(
-                design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
-            )
+            run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -379,7 +373,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             T[np.arange(y_enc.shape[0]), y_enc] = 1.0
         return X, sw, classes, T, counts
 
-    def _initial_state(self, design, K, likelihood, warm):
+    def _initial_state(self, design, K, lik, warm):
         n_coef = design.n_coef
         f = int(design.intercept_column)
         wsum = design.weight_sum
@@ -389,11 +383,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         if f:
             lam[0] = FREE_LAMBDA
         mask = np.ones((n_coef, K), dtype=bool)
-        if likelihood == "bernoulli":
-            d0 = 0.25 * wsum  # exact curvature diagonal at w = 0 for unit-RMS columns
-        else:
-            d0 = wsum * (1.0 / K) * (1.0 - 1.0 / K)
-        D = np.full((n_coef, K), d0)
+        D = np.full((n_coef, K), lik.initial_curvature(wsum, K))
         if (
             warm is not None
             and warm["lam"].shape == (K, design.n_basis)
@@ -405,13 +395,13 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             W[f:] = np.where(ok, warm["W"][:, design.active].T, 0.0)
             if f:
                 W[0] = warm["W0"]
-            if likelihood == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
+            if lik.readmits and (self.solver == "exact" or self.exact_switch > 0):
                 # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
                 # previous model alone rather than putting every pruned basis back.
                 mask[f:] = ok
-        return ClassifierState(W=W, lam=lam, mask=mask, D=D)
+        return PathState(W, lam, mask=mask, curvature=D)
 
-    def _print_progress(self, state, design, dlog):
+    def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")
         print(
             f"[{type(self).__name__}] iter {state.n_iter:4d} ({state.phase}): "
@@ -428,7 +418,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 EvidenceWarning,
             )
             return
-        Z = design.matvec(state.W)
+        Z = design.matvec(state.coef)
         P = probabilities(Z, self._likelihood)
         # Probability of the true class (softmax; T one-hot) or of each binary problem's true
         # side, over the samples with positive weight (elementwise, so chunked input stays so).
@@ -448,11 +438,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             )
 
     def _store_fit(self, X, design, state, dtype):
-        K = state.W.shape[1]
+        K = state.coef.shape[1]
         f = int(design.intercept_column)
         M = design.n_basis
         self._store_basis(X, design)
-        coef_rel, shift = design.unscale(state.W)  # (m, K), (K,)
+        coef_rel, shift = design.unscale(state.coef)  # (m, K), (K,)
         if not f:
             shift = np.broadcast_to(shift, (K,)).astype(np.float64)
         s = design.inv_scale[design.active]
@@ -501,10 +491,10 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         self.n_iter_ = int(state.n_iter)
         self.scores_ = list(state.scores)
         W_full = np.zeros((K, M))
-        W_full[:, design.active] = state.W[f:].T
+        W_full[:, design.active] = state.coef[f:].T
         self._warm = {
             "lam": lam_full.copy(),
             "W": W_full,
-            "W0": state.W[0].copy() if f else None,
+            "W0": state.coef[0].copy() if f else None,
             "intercept_column": design.intercept_column,
         }

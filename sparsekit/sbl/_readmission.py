@@ -158,7 +158,7 @@ def _score(js, blk, shift, sq, Qb, models, excluded, threshold_lambda, found):
 def propose_additions(design, state, T, sw, candidates, threshold_lambda):
     """Score the candidate bases for every one-vs-rest problem at the current exact posterior.
 
-    Uses ``state.W`` and ``state.sigma_full`` as left by the exact step (consistent with
+    Uses ``state.coef`` and ``state.sigma_full`` as left by the exact step (consistent with
     ``state.mask``). Returns a list of ``(basis index, class, precision)``: for each class, the
     candidate outside its model with the largest evidence gain, when that gain is worth having.
 
@@ -172,7 +172,7 @@ def propose_additions(design, state, T, sw, candidates, threshold_lambda):
     n, K = T.shape
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
-    P = expit(Phi @ state.W)
+    P = expit(Phi @ state.coef)
     Bw = sw[:, None] * P * (1.0 - P)
     R = sw[:, None] * (T - P)
     models = []
@@ -214,17 +214,17 @@ def apply_additions(design, state, candidates, additions, d0):
         positions = design.insert_columns(js, candidates.raw(js))
         rows = positions + f
         for r in rows:  # positions are increasing: each insert shifts the later ones already
-            state.W = np.insert(state.W, r, 0.0, axis=0)
+            state.coef = np.insert(state.coef, r, 0.0, axis=0)
             state.lam = np.insert(state.lam, r, 1.0, axis=0)
             state.mask = np.insert(state.mask, r, False, axis=0)
-            state.D = np.insert(state.D, r, d0, axis=0)
+            state.curvature = np.insert(state.curvature, r, d0, axis=0)
             if state.sigma_diag is not None:
                 state.sigma_diag = np.insert(state.sigma_diag, r, 0.0, axis=0)
     for j, k, a in additions:
         r = int(np.flatnonzero(design.active == j)[0]) + f
         state.mask[r, k] = True
         state.lam[r, k] = a
-        state.W[r, k] = 0.0
+        state.coef[r, k] = 0.0
         state.pruned_lam.pop((int(j), int(k)), None)
         state.readmitted[int(j), int(k)] = state.readmitted.get((int(j), int(k)), 0) + 1
     state.sigma_full = None  # stale: the next exact step recomputes it

@@ -35,6 +35,17 @@ def _regression(n=200, p=30, seed=0):
     return X, y
 
 
+def _hard(n=300, p=140, seed=7):
+    """Correlated columns and many small coefficients: a long diagonal phase."""
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, p))
+    X = Z + 0.8 * np.roll(Z, 1, axis=1) + 0.5 * rng.normal(size=(n, 1))
+    coef = rng.normal(size=p) * (rng.uniform(size=p) < 0.3)
+    coef[:5] = [3.0, -2.0, 1.5, 1.0, -1.0]
+    y = X @ coef + 1.0 * rng.normal(size=n)
+    return X, y, rng.uniform(0.1, 2.0, size=n)
+
+
 def _wide(n=60, p=200, k=3, seed=1):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, p))
@@ -56,6 +67,7 @@ def regressor_configs():
     w = np.random.default_rng(5).uniform(0.2, 3.0, size=X.shape[0])
     Xw, yw = _wide()
     Xm, ym = _regression(n=400, p=150, seed=6)
+    Xh, yh, wh = _hard()
     xs, ys = _sinc()
     Xs = sp.random(300, 120, density=0.1, random_state=3, format="csr")
     ysp = np.asarray(Xs[:, :5] @ np.arange(1.0, 6.0)).ravel() + 0.1 * np.random.default_rng(
@@ -70,6 +82,9 @@ def regressor_configs():
         "reg_mid": (DQNSBLRegressor(compute_score=True), Xm, ym, None),
         "reg_mid_diag_only": (DQNSBLRegressor(exact_switch=0, compute_score=True), Xm, ym, None),
         "reg_mid_em": (DQNSBLRegressor(update="em", exact_switch=0), Xm, ym, None),
+        "reg_hard": (DQNSBLRegressor(compute_score=True), Xh, yh, None),
+        "reg_hard_diag_only": (DQNSBLRegressor(exact_switch=0, compute_score=True), Xh, yh, None),
+        "reg_hard_switch40": (DQNSBLRegressor(exact_switch=40), Xh, yh, wh),
         "reg_em": (DQNSBLRegressor(update="em"), X, y, None),
         "reg_exact": (DQNSBLRegressor(solver="exact", compute_score=True), X, y, None),
         "reg_exact_priors": (
@@ -239,6 +254,9 @@ def main(argv=None):
     group.add_argument("--compare", help="compare with the results in this .npz")
     parser.add_argument("--rtol", type=float, default=1e-10)
     args = parser.parse_args(argv)
+    import sparsekit
+
+    print("sparsekit from", sparsekit.__file__)
     results = run()
     if args.save:
         np.savez(args.save, **results)

@@ -378,7 +378,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         f = int(design.intercept_column)
         wsum = design.weight_sum
         lam0 = wsum / float(max(n_coef, 1)) ** 2  # 1/M^2 on unit-norm columns (SB1, sklearn-rvm)
-        W = np.zeros((n_coef, K))
+        coef = np.zeros((n_coef, K))
         lam = np.full((n_coef, K), lam0)
         if f:
             lam[0] = FREE_LAMBDA
@@ -392,14 +392,14 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             lam_w = warm["lam"][:, design.active].T
             ok = np.isfinite(lam_w) & (lam_w < self.threshold_lambda)
             lam[f:] = np.where(ok, lam_w, lam0)
-            W[f:] = np.where(ok, warm["W"][:, design.active].T, 0.0)
+            coef[f:] = np.where(ok, warm["coef"][:, design.active].T, 0.0)
             if f:
-                W[0] = warm["W0"]
+                coef[0] = warm["coef0"]
             if lik.readmits and (self.solver == "exact" or self.exact_switch > 0):
                 # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
                 # previous model alone rather than putting every pruned basis back.
                 mask[f:] = ok
-        return PathState(W, lam, mask=mask, curvature=D)
+        return PathState(coef, lam, mask=mask, curvature=D)
 
     def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")
@@ -490,11 +490,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         self._intercept = np.asarray(shift, dtype=np.float64).reshape(K)
         self.n_iter_ = int(state.n_iter)
         self.scores_ = list(state.scores)
-        W_full = np.zeros((K, M))
-        W_full[:, design.active] = state.coef[f:].T
+        coef_full = np.zeros((K, M))
+        coef_full[:, design.active] = state.coef[f:].T
         self._warm = {
             "lam": lam_full.copy(),
-            "W": W_full,
-            "W0": state.coef[0].copy() if f else None,
+            "coef": coef_full,
+            "coef0": state.coef[0].copy() if f else None,
             "intercept_column": design.intercept_column,
         }

@@ -88,14 +88,14 @@ def dqn_inner(design, state, T, sw, likelihood, settings):
 
     Returns the data loss at the final point (per column, or shape (1,) for softmax).
     """
-    W, lam, mask, D = state.coef, state.lam, state.mask, state.curvature
+    coef, lam, mask, D = state.coef, state.lam, state.mask, state.curvature
     wsum = design.weight_sum
     d_min, d_max = D_MIN_REL * wsum, D_MAX_REL * wsum
     gtol = settings.inner_tol * wsum
     diag_update = settings.diag_update
-    Z = design.matvec(W)
+    Z = design.matvec(coef)
     loss, R, P = _loss_resid(Z, T, sw, likelihood)
-    G = design.rmatvec(R) + lam * W
+    G = design.rmatvec(R) + lam * coef
     G[~mask] = 0.0
     if diag_update == "exact":
         D[...] = _exact_diag(design, P, sw, likelihood)
@@ -106,8 +106,8 @@ def dqn_inner(design, state, T, sw, likelihood, settings):
         Pd = -G / (D + lam)
         Q = design.matvec(Pd)
         gp = _reduce(G * Pd, likelihood)
-        a0 = 0.5 * _reduce(lam * W * W, likelihood)
-        a1 = _reduce(lam * W * Pd, likelihood)
+        a0 = 0.5 * _reduce(lam * coef * coef, likelihood)
+        a1 = _reduce(lam * coef * Pd, likelihood)
         a2 = _reduce(lam * Pd * Pd, likelihood)
         E0 = loss + a0
         eta = np.ones_like(E0)
@@ -126,10 +126,10 @@ def dqn_inner(design, state, T, sw, likelihood, settings):
         if not accepted.any():
             break
         S = eta * Pd
-        W += S
+        coef += S
         Z += eta * Q
         loss, R, P = _loss_resid(Z, T, sw, likelihood)
-        G_new = design.rmatvec(R) + lam * W
+        G_new = design.rmatvec(R) + lam * coef
         G_new[~mask] = 0.0
         if diag_update == "exact":
             D[...] = _exact_diag(design, P, sw, likelihood)
@@ -137,7 +137,7 @@ def dqn_inner(design, state, T, sw, likelihood, settings):
             Y = (G_new - G) - lam * S
             update = dbfgs_update if diag_update == "dbfgs" else psb_update
             if likelihood == "bernoulli":
-                for k in range(W.shape[1]):
+                for k in range(coef.shape[1]):
                     if accepted[k]:
                         dk = np.ascontiguousarray(D[:, k])
                         update(dk, S[:, k].copy(), Y[:, k].copy(), d_min, d_max, 1e-12)
@@ -202,16 +202,16 @@ def _softmax_hessian(Phi, P, sw, mask, lam_flat):
     return H
 
 
-def _newton_softmax(Phi, T, sw, W, lam, mask):
-    """Exact posterior mode of the multinomial model; returns (W, loss, chol, flat index)."""
-    m, K = W.shape
+def _newton_softmax(Phi, T, sw, coef, lam, mask):
+    """Exact posterior mode of the multinomial model; returns (coef, loss, chol, flat index)."""
+    m, K = coef.shape
     # coefficient (j, k) sits at flat position k * m + j (class-major blocks)
     idx = np.flatnonzero(mask.T.reshape(-1))
     lam_flat = lam.T.reshape(-1)[idx]
-    Z = Phi @ W
+    Z = Phi @ coef
     for _ in range(NEWTON_MAX_ITER):
         P = probabilities(Z, "softmax")
-        Gm = Phi.T @ (sw[:, None] * (P - T)) + lam * W
+        Gm = Phi.T @ (sw[:, None] * (P - T)) + lam * coef
         g = Gm.T.reshape(-1)[idx]
         H = _softmax_hessian(Phi, P, sw, mask, lam_flat)
         cf, _ = cholesky_jittered(H)
@@ -220,25 +220,27 @@ def _newton_softmax(Phi, T, sw, W, lam, mask):
         step[idx] = step_flat
         step = step.reshape(K, m).T
         dZ = Phi @ step
-        loss0 = data_loss(Z, T, sw, "softmax")[0] + 0.5 * np.sum(lam * W * W * mask)
+        loss0 = data_loss(Z, T, sw, "softmax")[0] + 0.5 * np.sum(lam * coef * coef * mask)
         gp = g @ step_flat
         eta = 1.0
         for _ in range(MAX_HALVINGS):
-            Wt = W + eta * step
-            lt = data_loss(Z + eta * dZ, T, sw, "softmax")[0] + 0.5 * np.sum(lam * Wt * Wt * mask)
+            coef_t = coef + eta * step
+            lt = data_loss(Z + eta * dZ, T, sw, "softmax")[0] + 0.5 * np.sum(
+                lam * coef_t * coef_t * mask
+            )
             if lt <= loss0 + ARMIJO_C1 * eta * gp:
                 break
             eta *= 0.5
         else:
             eta = 0.0
-        W = W + eta * step
+        coef = coef + eta * step
         Z = Z + eta * dZ
-        if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(W))):
+        if eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(coef))):
             break
     P = probabilities(Z, "softmax")
     H = _softmax_hessian(Phi, P, sw, mask, lam_flat)
     cf, _ = cholesky_jittered(H)
-    return W, data_loss(Z, T, sw, "softmax")[0], cf, idx
+    return coef, data_loss(Z, T, sw, "softmax")[0], cf, idx
 
 
 def exact_step(design, state, T, sw, likelihood):
@@ -248,8 +250,8 @@ def exact_step(design, state, T, sw, likelihood):
     the log-determinant of the Laplace precision (summed over the columns).
     """
     Phi = _dense_basis(design)
-    W, lam, mask = state.coef, state.lam, state.mask
-    n_coef, K = W.shape
+    coef, lam, mask = state.coef, state.lam, state.mask
+    n_coef, K = coef.shape
     sigma_diag = np.zeros((n_coef, K))
     loss_total = 0.0
     logdet = 0.0
@@ -263,7 +265,7 @@ def exact_step(design, state, T, sw, likelihood):
                 np.ascontiguousarray(Phi[:, idx]),
                 T[:, k],
                 sw,
-                np.ascontiguousarray(W[idx, k]),
+                np.ascontiguousarray(coef[idx, k]),
                 np.ascontiguousarray(lam[idx, k]),
                 NEWTON_MAX_ITER,
                 gtol,
@@ -275,8 +277,8 @@ def exact_step(design, state, T, sw, likelihood):
                     "The Laplace precision matrix is not positive definite even with jitter; "
                     "the basis is numerically degenerate."
                 )
-            W[:, k] = 0.0
-            W[idx, k] = w
+            coef[:, k] = 0.0
+            coef[idx, k] = w
             sigma_diag[idx, k] = np.diag(S)
             sigma_full.append((idx, S))
             loss_total += loss
@@ -286,8 +288,8 @@ def exact_step(design, state, T, sw, likelihood):
         state.sigma_full = sigma_full
         state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
     else:
-        W_new, loss, cf, idx = _newton_softmax(Phi, T, sw, W, lam, mask)
-        W[...] = W_new * mask
+        coef_new, loss, cf, idx = _newton_softmax(Phi, T, sw, coef, lam, mask)
+        coef[...] = coef_new * mask
         S = cho_solve(cf, np.eye(idx.size), check_finite=False)
         flat = np.zeros(n_coef * K)
         flat[idx] = np.diag(S)
@@ -307,9 +309,9 @@ def _free_rows(design):
 def _class_evidence(loss, logdet, state, design):
     """Laplace evidence of each one-vs-rest problem, up to a constant, shape (K,)."""
     f = _free_rows(design)
-    lam, W, mask = state.lam, state.coef, state.mask
+    lam, coef, mask = state.lam, state.coef, state.mask
     log_lam = np.where(mask[f:], np.log(np.where(mask[f:], lam[f:], 1.0)), 0.0).sum(axis=0)
-    quad = np.where(mask, lam * W * W, 0.0).sum(axis=0)
+    quad = np.where(mask, lam * coef * coef, 0.0).sum(axis=0)
     return -np.asarray(loss) + 0.5 * log_lam - 0.5 * quad - 0.5 * np.asarray(logdet)
 
 

@@ -16,8 +16,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import SVC
 
 import sparsekit.sbl._classifier_solver as solver
+import sparsekit.sbl._engine as engine
 from sparsekit.sbl import DQNSBLClassifier
-from sparsekit.sbl._classifier_solver import ClassifierState, exact_step
+from sparsekit.sbl._classifier_solver import exact_step
 from sparsekit.sbl._design import DesignMatrix
 from sparsekit.sbl._readmission import (
     CandidateColumns,
@@ -41,14 +42,14 @@ def test_pruned_bases_return_and_match_the_exact_path(digits, monkeypatch):
     X, y, tr, te = digits
     yb = np.isin(y, [3, 5, 8, 9]).astype(int)
     added = []
-    propose = solver.propose_additions
+    propose = engine.propose_additions
 
     def recording(*args, **kwargs):
         out = propose(*args, **kwargs)
         added.extend(j for j, _k, _a in out)
         return out
 
-    monkeypatch.setattr(solver, "propose_additions", recording)
+    monkeypatch.setattr(engine, "propose_additions", recording)
     exact = DQNSBLClassifier(solver="exact").fit(X[tr], yb[tr])
     added.clear()
     clf = DQNSBLClassifier(exact_switch=30).fit(X[tr], yb[tr])
@@ -82,8 +83,8 @@ def _posterior(n=60, m_model=4, seed=0):
     m = design.n_coef
     lam = np.full((m, 1), 0.5)
     lam[0] = solver.FREE_LAMBDA
-    state = ClassifierState(
-        W=np.zeros((m, 1)), lam=lam, mask=np.ones((m, 1), dtype=bool), D=np.ones((m, 1))
+    state = engine.PathState(
+        np.zeros((m, 1)), lam, mask=np.ones((m, 1), dtype=bool), curvature=np.ones((m, 1))
     )
     exact_step(design, state, T, sw, "bernoulli")
     cand = CandidateColumns(lambda js: K[:, js], n)
@@ -99,7 +100,7 @@ def test_add_test_matches_the_gaussian_marginal_likelihood():
     Phi_all = K * scale
     ones = np.ones((K.shape[0], 1))
     PhiA = np.hstack([ones, Phi_all[:, design.active]])
-    w = state.W[:, 0]
+    w = state.coef[:, 0]
     p = expit(PhiA @ w)
     b = p * (1 - p)
     t_hat = PhiA @ w + (T[:, 0] - p) / b

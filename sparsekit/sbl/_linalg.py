@@ -28,21 +28,36 @@ def cholesky_jittered(H):
 
     Returns ``((c, True), jitter)`` as ``scipy.linalg.cho_factor`` would (``c`` holds the factor
     in its lower triangle) with the jitter that was needed (0.0 when none was). ``H`` is not
-    modified. Raises ``numpy.linalg.LinAlgError`` when even the largest jitter fails.
+    modified. Raises ``numpy.linalg.LinAlgError`` when even the largest jitter fails, or when the
+    factor is not finite (LAPACK passes NaN through without an error).
     """
     try:
-        return cho_factor(H, lower=True, check_finite=False), 0.0
-    except LinAlgError:
-        pass
+        return _checked(cho_factor(H, lower=True, check_finite=False)), 0.0
+    except LinAlgError as exc:
+        if "non-finite" in str(exc):
+            raise
     jitter = JITTER_REL * jitter_scale(np.max(np.abs(np.diag(H)), initial=0.0))
     eye = np.eye(H.shape[0])
     for _ in range(JITTER_STEPS):
         try:
-            return cho_factor(H + jitter * eye, lower=True, check_finite=False), jitter
-        except LinAlgError:
+            return _checked(cho_factor(H + jitter * eye, lower=True, check_finite=False)), jitter
+        except LinAlgError as exc:
+            if "non-finite" in str(exc):
+                raise
             jitter *= JITTER_GROWTH
     raise LinAlgError(
         "The posterior precision matrix is not positive definite even with a jitter of "
-        f"{jitter / JITTER_GROWTH:.3g} on its diagonal: the basis is numerically degenerate "
-        "(e.g. non-finite values). Check the input for inf/nan or extreme scales."
+        f"{jitter / JITTER_GROWTH:.3g} on its diagonal: the basis is numerically degenerate. "
+        "Check the input for extreme scales or duplicated columns with huge weights."
     )
+
+
+def _checked(factor):
+    c = factor[0]
+    if not np.all(np.isfinite(np.diagonal(c))):
+        raise LinAlgError(
+            "The posterior precision matrix has non-finite entries (inf or nan), so it cannot be "
+            "factorised: check the input and the sample weights for inf/nan or overflowing "
+            "values."
+        )
+    return factor

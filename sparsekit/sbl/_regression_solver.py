@@ -67,6 +67,7 @@ class Gaussian:
         self.stop_statistic = "ard" if self.ard else "coefficients"
         self._phit_t = None  # Phi' S t over the active set
         self._gram = None  # Phi' S Phi over the active set (exact phase)
+        self._exact_work = 0  # multiply-adds of one factorisation when the exact phase began
 
     def exact_size(self, design, state):
         return design.n_active
@@ -103,12 +104,14 @@ class Gaussian:
         if self._gram is None:
             self._gram = design.gram(self.sw)
             self._phit_t = design.rmatvec(self.sw * self.t)
+            self._exact_work = design.n_active**3
 
     def exact_step(self, design, state, settings):
         """Cholesky posterior over the active set; sets ``state.coef`` and ``state.sigma_diag``."""
         self._ensure_gram(design)
-        # O(m^3) factorisations: the fit's threads when large enough
-        with parallel(design.n_active**3):
+        # O(m^3) factorisations per iteration: the fit's threads for the whole phase when its
+        # first factorisation is large enough
+        with parallel(self._exact_work):
             mu, sigma, logdet = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
         state.coef = mu[:, None]
         state.sigma_diag = np.ascontiguousarray(np.diag(sigma))[:, None]
@@ -149,7 +152,8 @@ class Gaussian:
             return
         self._ensure_gram(design)
         if design.n_active > 0:
-            mu, sigma, _ = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
+            with parallel(self._exact_work):
+                mu, sigma, _ = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
             state.coef = mu[:, None]
             state.sigma_full = sigma
             state.sigma_diag = np.diag(sigma).copy()[:, None]

@@ -403,9 +403,16 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
 
     def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")
+        newton = ""
+        if state.phase == "exact" and state.newton_status is not None:
+            capped = sum(s == 1 for s in state.newton_status)
+            jittered = sum(s == 2 for s in state.newton_status)
+            if capped or jittered:
+                newton = f" Newton: {capped} at its iteration cap, {jittered} jittered"
         print(
             f"[{type(self).__name__}] iter {state.n_iter:4d} ({state.phase}): "
             f"active={design.n_active} log-evidence~{score:.6g} max|dlog lambda|={dlog:.3g}"
+            f"{newton}"
         )
 
     def _check_evidence(self, design, state, T, sw, counts):

@@ -257,7 +257,7 @@ def exact_step(design, state, T, sw, likelihood):
     logdet = 0.0
     if likelihood == "bernoulli":
         sigma_full = []
-        class_loss, class_ld = [], []
+        class_loss, class_ld, statuses = [], [], []
         gtol = EXACT_GTOL_REL * design.weight_sum
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
@@ -285,7 +285,9 @@ def exact_step(design, state, T, sw, likelihood):
             logdet += ld
             class_ld.append(ld)
             class_loss.append(loss)
+            statuses.append(int(status))
         state.sigma_full = sigma_full
+        state.newton_status = statuses
         state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
     else:
         coef_new, loss, cf, idx = _newton_softmax(Phi, T, sw, coef, lam, mask)

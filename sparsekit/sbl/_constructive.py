@@ -2,7 +2,7 @@
 
 Used by :class:`~sparsekit.DQNSBLRegressor` for kernel bases (relevance vector regression) and
 for the linear basis when the candidates can interpolate the targets (M >= n/2), the regime where
-the diagonal phase of :func:`._regression_solver.dqn_path` lets the noise precision explode.
+the diagonal phase of :func:`._engine.run_path` lets the noise precision explode.
 Notation as in :mod:`._regression_solver` (``lam`` weight precisions, ``beta`` noise precision,
 ``sw`` sample weights, ``wsum = sum(sw)``, Phi the scaled, centred basis). The settings are the
 estimator's :class:`._engine.PathSettings`; the Cholesky factorisations follow the jitter policy of

@@ -136,6 +136,9 @@ class PathState:
         self.logits = None  # training logits at the end of the last diagonal inner solve
         self.readmitted = {}  # (original column index, k) -> times re-admitted
         self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
+        # exact phase, bernoulli: per class, the status of the last Newton solve (0 converged,
+        # 1 stopped at its iteration cap, 2 converged on a jittered precision)
+        self.newton_status = None
 
     def free_rows(self, design):
         """Rows of the free intercept basis (never re-estimated nor pruned): 0 or 1."""

@@ -232,3 +232,16 @@ def test_both_estimators_run_the_one_outer_loop(monkeypatch):
     Xc, yc = make_classification(n_samples=120, n_features=6, random_state=0)
     clf = DQNSBLClassifier(kernel="rbf", exact_switch=10).fit(Xc, yc)
     assert len(calls) == clf.n_iter_ and set(calls) == {"dqn", "exact"}
+
+
+def test_newton_statuses_of_the_exact_step_are_reported(monkeypatch, capsys):
+    """The Laplace kernel's status (converged / at its iteration cap / jittered) is kept on the
+    state and shown by the verbose progress line, not dropped."""
+    import sparsekit.sbl._classifier_solver as cs
+
+    Xc, yc = make_classification(n_samples=80, n_features=5, random_state=0)
+    DQNSBLClassifier(kernel=None, solver="exact", max_iter=2, verbose=1).fit(Xc, yc)
+    assert "iteration cap" not in capsys.readouterr().out
+    monkeypatch.setattr(cs, "NEWTON_MAX_ITER", 1)
+    DQNSBLClassifier(kernel=None, solver="exact", max_iter=2, verbose=1).fit(Xc, yc)
+    assert "Newton: 1 at its iteration cap" in capsys.readouterr().out

@@ -4,7 +4,9 @@ The exact phase runs hundreds of outer iterations on a few dozen bases, where th
 of a numpy/scipy Newton loop (a dozen calls per step) dominates; these kernels do a whole Laplace
 step in one call. Products with the basis are plain loops while small and BLAS (``np.dot``) when
 ``n m^2`` is large; the m-by-m algebra (Cholesky, solves, inverse) is plain loops. Each kernel
-has a numpy reference in ``tests/sbl/naive_classifier.py``.
+has a numpy reference in ``tests/sbl/naive_classifier.py``. The Laplace precision is factorised
+with the jitter ladder of :mod:`._linalg` (its constants are compiled in: after changing them,
+delete ``sparsekit/sbl/__pycache__``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from scipy.linalg import cho_solve
 from scipy.special import expit, log_expit
 
 from ._classifier_kernels import laplace_newton_bernoulli
+from ._engine import free_rows
 from ._kernels import dbfgs_update, psb_update
 from ._linalg import cholesky_jittered
 
@@ -304,13 +305,9 @@ def exact_step(design, state, T, sw, likelihood):
 
 
 # ---------------------------------------------------------------------------------- evidence
-def _free_rows(design):
-    return 1 if design.intercept_column else 0
-
-
 def _class_evidence(loss, logdet, state, design):
     """Laplace evidence of each one-vs-rest problem, up to a constant, shape (K,)."""
-    f = _free_rows(design)
+    f = free_rows(design)
     lam, coef, mask = state.lam, state.coef, state.mask
     log_lam = np.where(mask[f:], np.log(np.where(mask[f:], lam[f:], 1.0)), 0.0).sum(axis=0)
     quad = np.where(mask, lam * coef * coef, 0.0).sum(axis=0)
@@ -319,7 +316,7 @@ def _class_evidence(loss, logdet, state, design):
 
 def _log_evidence(loss, logdet, state, design):
     """Laplace estimate of the log marginal likelihood, up to a constant."""
-    f = _free_rows(design)
+    f = free_rows(design)
     sub = state.mask[f:]
     prior = 0.5 * np.sum(np.log(state.lam[f:][sub])) - 0.5 * np.sum(
         (state.lam * state.coef * state.coef)[state.mask]
@@ -332,7 +329,7 @@ def exact_size(design, state, likelihood):
     class) or the active coefficients of all classes (softmax couples them)."""
     if likelihood == "bernoulli":
         return design.n_active
-    f = _free_rows(design)
+    f = free_rows(design)
     return int(state.mask[f:].sum())
 
 

@@ -140,9 +140,10 @@ class PathState:
         # 1 stopped at its iteration cap, 2 converged on a jittered precision)
         self.newton_status = None
 
-    def free_rows(self, design):
-        """Rows of the free intercept basis (never re-estimated nor pruned): 0 or 1."""
-        return 1 if design.intercept_column else 0
+
+def free_rows(design):
+    """Rows of the free intercept basis (never re-estimated nor pruned): 0 or 1."""
+    return 1 if design.intercept_column else 0
 
 
 def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
@@ -239,7 +240,7 @@ class _Update:
 def _reestimate(design, state, settings):
     """MacKay/EM update (Tipping 2001 eqs. 16, 44, 48) over the masked, non-free coefficients;
     None when there are none. Nothing in ``state`` changes."""
-    f = state.free_rows(design)
+    f = free_rows(design)
     sub = state.mask[f:]
     if not sub.any():
         return None
@@ -271,7 +272,7 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     log precision over the relevant coefficients (gamma above RELEVANT_GAMMA), and which rows of
     the state were kept (None when none was removed).
     """
-    f = state.free_rows(design)
+    f = free_rows(design)
     sub, lam_old, lam_new, gamma = update.sub, update.lam_old, update.lam_new, update.gamma
     coef, lam, mask = state.coef, state.lam, state.mask
     if damp is not False and np.any(damp):
@@ -303,7 +304,7 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
 def _compact_unused(design, state, lik):
     """Remove from the design (and the state) the bases that no column has in its model.
     Returns the boolean rows kept (None when nothing was removed)."""
-    f = state.free_rows(design)
+    f = free_rows(design)
     keep = state.mask[f:].any(axis=1)
     if keep.all():
         return None

@@ -6,6 +6,10 @@ two-process AdaMoLE training.
    true support recovered, the dask fit against the numpy fit on a subsample (the first
    ``--dask-sub`` rows, both ways), and each worker's resident memory (after X is persisted, and
    its peak) against the bytes of its chunks. ``--dask-n 0`` skips it.
+0b. ``DQNSBLClassifier(kernel=None)`` with its defaults (the exact Laplace phase and re-admission
+   run chunk-wise) on a float32 dask X on the same cluster, against the numpy fit of the same
+   data: fit times, iterations, the support, the largest coefficient difference. ``--clf-n``
+   sets its rows (0, the default, skips it).
 
 1. ``GridSearchCV(DQNSBLRegressor(kernel="rbf"))``, 3 gammas x 5 folds on n samples, with the
    default backend (``n_jobs=1``) and under ``joblib.parallel_backend("dask")`` on a LocalCluster
@@ -194,6 +198,84 @@ def bench_dask_arrays(n, M, rows, n_sub, n_relevant=20):
     }
 
 
+def _warm_up_classifier():
+    import dask
+    import dask.array as da
+
+    from sparsekit import DQNSBLClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (X[:, 0] + rng.logistic(size=200) > 0).astype(int)
+    with dask.config.set(scheduler="sync"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DQNSBLClassifier(kernel=None, max_iter=3).fit(da.from_array(X, chunks=(100, 5)), y)
+
+
+def bench_dask_classifier(n, M, rows, n_relevant=10):
+    """``DQNSBLClassifier(kernel=None)`` with its defaults (exact Laplace phase, re-admission) on
+    a float32 dask X on 2 workers, against the numpy fit of the same data (small enough to fit)."""
+    import dask
+    import dask.array as da
+    from distributed import wait
+
+    from sparsekit import DQNSBLClassifier
+
+    with _two_workers() as client:
+        rng = np.random.default_rng(0)
+        coef = np.zeros(M)
+        support = np.sort(rng.choice(M, n_relevant, replace=False))
+        coef[support] = rng.choice([-1.0, 1.0], n_relevant) * rng.uniform(0.5, 2.0, n_relevant)
+        gen = da.random.default_rng(2)
+        X = gen.standard_normal(size=(n, M), chunks=(rows, M), dtype=np.float32)
+        u = gen.uniform(size=n, chunks=rows)
+        X = client.persist(X)
+        y = client.persist((X.astype(np.float64) @ coef + 0.5 + np.log(u / (1 - u)) > 0) * 1)
+        wait([X, y])
+        client.rebalance()
+        client.run(_warm_up_classifier)
+        _warm_up_classifier()
+        Xn, yn = dask.compute(X, y)
+        t0 = time.perf_counter()
+        est = DQNSBLClassifier(kernel=None).fit(X, y)
+        t_dask = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = DQNSBLClassifier(kernel=None).fit(Xn, yn)
+    t_np = time.perf_counter() - t0
+    found = np.flatnonzero(est.coef_[0])
+    return {
+        "n": n,
+        "M": M,
+        "chunk_rows": rows,
+        "dask_fit_s": t_dask,
+        "numpy_fit_s": t_np,
+        "n_iter": [est.n_iter_, ref.n_iter_],
+        "relevant": int(found.size),
+        "true_support_found": bool(np.isin(support, found).all()),
+        "exact_phase": est._cov is not None,
+        # float64 internals (coef_ and sigma_ are float32, like X)
+        "max_coef_diff": float(np.abs(est._coef_rel - ref._coef_rel).max()),
+        "max_cov_rel_diff": float(
+            max(np.abs(a - b).max() / np.abs(b).max() for a, b in zip(est._cov, ref._cov))
+        ),
+        "same_relevance": bool(np.array_equal(est.relevance_, ref.relevance_)),
+    }
+
+
+def _dask_classifier_table(r):
+    return (
+        "| dask classifier (defaults: exact phase, re-admission) | result |\n|---|---|\n"
+        f"| data | n={r['n']:,}, M={r['M']}, float32, chunks of {r['chunk_rows']:,} rows, "
+        "2 workers x 1 thread |\n"
+        f"| fit | dask {r['dask_fit_s']:.1f} s, numpy {r['numpy_fit_s']:.1f} s; iterations "
+        f"{r['n_iter'][0]} / {r['n_iter'][1]}; {r['relevant']} relevant features, true support "
+        f"found: {r['true_support_found']}; exact phase ran: {r['exact_phase']} |\n"
+        f"| dask fit = numpy fit (float64) | max coef difference {r['max_coef_diff']:.1e}, "
+        f"covariance difference {r['max_cov_rel_diff']:.1e} (relative), same relevant set: "
+        f"{r['same_relevance']} |\n"
+    )
+
+
 def _dask_table(r):
     chunk = ", ".join(f"{c:.0f}" for c in r["worker_chunk_MiB"])
     peaks = ", ".join(f"{p:.0f}" for p in r["worker_peak_rss_MiB"])
@@ -294,8 +376,24 @@ def main():
     p.add_argument("--dask-m", type=int, default=1000)
     p.add_argument("--dask-rows", type=int, default=25_000)
     p.add_argument("--dask-sub", type=int, default=20_000)
+    p.add_argument("--clf-n", type=int, default=0, help="dask classifier rows (0: skip)")
+    p.add_argument("--clf-m", type=int, default=50)
+    p.add_argument("--clf-rows", type=int, default=25_000)
     args = p.parse_args()
     out = {"load_average": os.getloadavg()}
+    if args.clf_n:
+        r = bench_dask_classifier(args.clf_n, args.clf_m, args.clf_rows)
+        r["load_average"] = [out["load_average"][0], os.getloadavg()[0]]
+        print(json.dumps(r), flush=True)
+        results = ROOT / "benchmarks" / "results"
+        (results / "scaling_out_dask_classifier.json").write_text(json.dumps(r, indent=1))
+        cmd = "OMP_NUM_THREADS=1 PYTHONPATH=$PWD python benchmarks/bench_scaling_out.py"
+        (results / "scaling_out_dask_classifier.md").write_text(
+            f"`{cmd} --clf-n {args.clf_n} --clf-m {args.clf_m} --clf-rows {args.clf_rows} "
+            "--dask-n 0 --skip-search --skip-torchrun`, load average "
+            f"{r['load_average'][0]:.1f} at start, {r['load_average'][1]:.1f} at end\n\n"
+            + _dask_classifier_table(r)
+        )
     if args.dask_n:
         out["dask_arrays"] = bench_dask_arrays(
             args.dask_n, args.dask_m, args.dask_rows, args.dask_sub

@@ -115,6 +115,7 @@ def classifier_configs():
     Xb = Xl
     yb = (yl == 0).astype(int)
     w = np.random.default_rng(4).uniform(0.2, 3.0, size=len(ym))
+    Xs, ys = make_moons(n_samples=600, noise=0.3, random_state=1)
     return {
         "clf_moons": (DQNSBLClassifier(gamma=2.0), Xm, ym, None),
         "clf_moons_exact": (DQNSBLClassifier(gamma=2.0, solver="exact"), Xm, ym, None),
@@ -125,6 +126,7 @@ def classifier_configs():
         "clf_moons_weights": (DQNSBLClassifier(gamma=2.0), Xm, ym, w),
         "clf_digits_readmit": (DQNSBLClassifier(exact_switch=30), Xd, (yd >= 5).astype(int), None),
         "clf_digits_ovr": (DQNSBLClassifier(), Xd, yd4, None),
+        "clf_subset": (DQNSBLClassifier(gamma=2.0, kernel_basis="subset"), Xs, ys, None),
         "clf_digits_multinomial": (
             DQNSBLClassifier(multi_class="multinomial", max_iter=200),
             Xd,
@@ -195,6 +197,12 @@ def dask_configs():
             sw,
         ),
         "dask_clf": (DQNSBLClassifier(**clf), dX, da.from_array(yc, chunks=150), sw),
+        "dask_clf_exact_readmit": (
+            DQNSBLClassifier(kernel=None, exact_switch=8),
+            dX,
+            da.from_array(yc, chunks=150),
+            sw,
+        ),
     }
 
 

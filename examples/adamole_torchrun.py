@@ -67,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=48)
     p.add_argument("--num-experts", type=int, default=8)
     p.add_argument("--aux-loss-coef", type=float, default=1e-3)
+    p.add_argument(
+        "--threshold-budget", type=float, default=None, help="target mean active experts"
+    )
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--early-stopping", action="store_true")
     p.add_argument("--device", default=None, help="None (auto), cpu, cuda")
@@ -91,6 +94,7 @@ def main(argv=None):
         num_experts=args.num_experts,
         expert_rank=4,
         aux_loss_coef=args.aux_loss_coef,
+        threshold_budget=args.threshold_budget,
         lora_dropout=args.lora_dropout,
         head="classifier",
         batch_size=args.batch_size,

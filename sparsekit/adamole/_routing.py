@@ -215,6 +215,23 @@ def _routing_means(fmask, score, valid, sum_over_ranks=None):
     return (total[:n] / denom).to(score.dtype), (total[n : 2 * n] / denom).to(score.dtype)
 
 
+def _token_mean(values, valid, sum_over_ranks=None):
+    """Mean of per-token ``values`` over the batch's non-padding tokens; with ``sum_over_ranks``
+    (a multi-process fit) over the global batch, as :func:`_routing_means` does: the sum and the
+    token count are all-reduced (with autograd) before the division, so the budget term and its
+    gradient are those of one process on the global batch."""
+    if sum_over_ranks is None:
+        if valid is None:
+            return values.mean()
+        return (valid @ values) / valid.sum().clamp_min(1.0)
+    if valid is None:
+        local = torch.stack([values.sum().float(), values.new_tensor(values.shape[0]).float()])
+    else:
+        local = torch.stack([(valid @ values).float(), valid.sum().float()])
+    total = sum_over_ranks(local)
+    return (total[0] / total[1].clamp_min(1.0)).to(values.dtype)
+
+
 class AuxLoss:
     """Load-balancing losses of the AdaMoLE layers run inside :func:`collect_aux_loss`.
 
@@ -337,8 +354,6 @@ class AuxLoss:
         # the tensors the checkpointed forward saved.
         with torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
             fmask = mask.to(score.dtype)
-            if valid is not None:
-                denom = valid.sum().clamp_min(1.0)
             frac, prob = _routing_means(fmask, score, valid, self.sum_over_ranks)
             term = n_experts * (frac @ prob)
             if threshold_budget is not None:
@@ -346,10 +361,7 @@ class AuxLoss:
                     raise ValueError("threshold_budget needs adaptive routing (a learned tau).")
                 temperature = _BUDGET_TEMPERATURE * decision.tau_max
                 soft_count = torch.sigmoid(decision.margin / temperature).sum(-1)  # [T]
-                if valid is None:
-                    mean_count = soft_count.mean()
-                else:
-                    mean_count = (valid @ soft_count) / denom
+                mean_count = _token_mean(soft_count, valid, self.sum_over_ranks)
                 term = term + (mean_count - threshold_budget) ** 2
             if threshold_entropy is not None:
                 entropy = active_count_entropy(decision, valid)

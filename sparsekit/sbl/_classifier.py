@@ -20,13 +20,11 @@ from ._base import BaseDQNSBL
 from ._classifier_prediction import ClassifierPredictionMixin
 from ._classifier_solver import FREE_LAMBDA, LIKELIHOODS, LINEAR_INNER_FORCING, probabilities
 from ._dask_design import make_design
-from ._dask_input import (
-    classifier_exact_note,
-    dask_classification_targets,
-    is_dask_array,
-)
+from ._dask_input import dask_classification_targets, is_dask_array
+from ._dask_laplace import DaskCandidateColumns
 from ._engine import PathSettings, PathState, run_path
-from ._features import compute_kernel, training_basis
+from ._features import compute_kernel, distinct_rows, training_basis
+from ._kernel_basis import FULL_KERNEL_MAX, KernelSubset, use_subset
 from ._readmission import CandidateColumns
 
 SEPARATION_PROBABILITY = 0.9
@@ -73,6 +71,16 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         Zero coefficient of the polynomial and sigmoid kernels.
     kernel_params : dict, default=None
         Extra keyword arguments for a callable kernel (or overrides for a named one).
+    kernel_basis : {"auto", "full", "subset"}, default="auto"
+        How a kernel basis is held during fit. "full": the n-by-n kernel matrix (memory
+        O(n^2)). "subset": never more than O(n m0) kernel entries; the fit starts from the
+        kernel columns of m0 = 8 sqrt(n) training samples (clipped to [500, 2000]) drawn at
+        random with a fixed seed, and the exact phase's re-admission, extended by scans over all
+        training samples in blocks of 256, adds any sample whose evidence gain says so; it ends
+        when no sample outside the model passes Tipping and Faul's add test, the stopping rule of
+        the full path. Needs a kernel computed from X (not None or "precomputed"), binary or
+        one-vs-rest problems and the exact finish (``exact_switch > 0``). "auto": "subset" for
+        more than 5,000 distinct training samples where it applies, "full" otherwise.
     multi_class : {"ovr", "multinomial"}, default="ovr"
         With more than two classes: independent one-vs-rest problems (solved together, each with
         its own precisions and relevance vectors), or one softmax model.
@@ -169,10 +177,13 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     -----
     The diagonal approximation under-estimates posterior variances of correlated bases
     (``(H^-1)_jj >= 1 / H_jj``), so the "dqn" phase prunes more eagerly than exact SBL; the exact
-    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary and one-vs-rest;
-    not yet for ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept
-    between sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for
-    kernel bases), compacted in place as bases are pruned.
+    finish (``exact_switch``) corrects this: it re-admits pruned bases (binary, one-vs-rest and
+    ``multi_class="multinomial"``), recomputing their kernel columns in blocks (kept between
+    sweeps up to 64 MiB). Memory is one n-by-M copy of the basis (the kernel matrix for kernel
+    bases, or its columns for the starting subset with ``kernel_basis="subset"``), compacted in
+    place as bases are pruned. The subset path ends at a local optimum of the evidence that can
+    differ from the full path's (other relevance vectors, similar accuracy); each scan over all
+    samples costs O(n^2 (d + m)) time for m relevance vectors, in blocks of O(256 n) memory.
 
     References
     ----------
@@ -204,6 +215,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         "fit_intercept": ["boolean"],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "moderated": ["boolean"],
+        "kernel_basis": [StrOptions({"auto", "full", "subset"})],
     }
 
     def __init__(
@@ -214,6 +226,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         degree=3,
         coef0=1,
         kernel_params=None,
+        kernel_basis="auto",
         multi_class="ovr",
         solver="dqn",
         diag_update="dbfgs",
@@ -238,6 +251,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         self.degree = degree
         self.coef0 = coef0
         self.kernel_params = kernel_params
+        self.kernel_basis = kernel_basis
         self.multi_class = multi_class
         self.solver = solver
         self.diag_update = diag_update
@@ -288,10 +302,13 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             likelihood = "bernoulli" if self.multi_class == "ovr" else "softmax"
         self._likelihood = likelihood
         dtype = X.dtype
-        chunked = is_dask_array(X)
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
-            B, own, column_index = training_basis(self, X, self._gamma, sw)
+            subset = self._kernel_subset(X, sw, likelihood)
+            if subset is None:
+                B, own, column_index = training_basis(self, X, self._gamma, sw)
+            else:
+                B, own, column_index = subset.initial_basis()
             design = make_design(
                 B,
                 sw,
@@ -314,13 +331,15 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 inner_max_iter=self.inner_max_iter,
                 inner_tol=self.inner_tol,
                 inner_forcing=LINEAR_INNER_FORCING if self.kernel is None else 0.0,
-                exact_switch=classifier_exact_note(self) if chunked else self.exact_switch,
+                exact_switch=self.exact_switch,
                 threshold_lambda=self.threshold_lambda,
             )
             on_iter = self._print_progress if self.verbose else None
-            # re-admission runs in the exact phase, which a chunked (dask) fit does not have
-            candidates = None if chunked else self._candidate_columns(X, design.n_basis)
-            run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
+            if subset is not None:
+                subset.fit(design, state, lik, settings, on_iter=on_iter)
+            else:
+                candidates = self._candidate_columns(X, design.n_basis)
+                run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -331,8 +350,27 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             self._store_fit(X, design, state, dtype)
         return self
 
+    def _kernel_subset(self, X, sw, likelihood):
+        """The subset path of this fit (``kernel_basis``), or None for the full basis."""
+        if is_dask_array(X) or self.kernel_basis == "full":
+            return None
+        no_kernel = self.kernel is None or (
+            isinstance(self.kernel, str) and self.kernel == "precomputed"
+        )
+        if self.kernel_basis == "auto" and no_kernel:
+            return None
+        distinct = None
+        if self.kernel_basis == "auto" and X.shape[0] > FULL_KERNEL_MAX:
+            distinct = distinct_rows(X, sw)
+        n_distinct = X.shape[0] if distinct is None else distinct.size
+        if not use_subset(self, n_distinct, likelihood):
+            return None
+        return KernelSubset(self, X, sw, self._gamma, distinct)
+
     def _candidate_columns(self, X, n_basis):
         """Source of the training basis columns, for re-admitting pruned bases."""
+        if is_dask_array(X):
+            return DaskCandidateColumns(X, n_basis)
         if self.kernel is None or self.kernel == "precomputed":
             B = X.tocsc() if sp.issparse(X) else X
             return CandidateColumns(lambda js: B[:, js], n_basis)
@@ -395,7 +433,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             coef[f:] = np.where(ok, warm["coef"][:, design.active].T, 0.0)
             if f:
                 coef[0] = warm["coef0"]
-            if lik.readmits and (self.solver == "exact" or self.exact_switch > 0):
+            if lik.name == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
                 # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
                 # previous model alone rather than putting every pruned basis back.
                 mask[f:] = ok

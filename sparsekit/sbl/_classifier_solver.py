@@ -250,6 +250,10 @@ def exact_step(design, state, T, sw, likelihood):
     Sets ``state.coef``, ``state.sigma_diag`` and ``state.sigma_full``; returns the data loss and
     the log-determinant of the Laplace precision (summed over the columns).
     """
+    if getattr(design, "chunked", False):  # dask: the same steps as map/reduce over row blocks
+        from ._dask_laplace import exact_step_chunked
+
+        return exact_step_chunked(design, state, T, sw, likelihood)
     Phi = _dense_basis(design)
     coef, lam, mask = state.coef, state.lam, state.mask
     n_coef, K = coef.shape
@@ -414,7 +418,6 @@ class Softmax(Bernoulli):
     approximation; the exact phase couples the classes' coefficients in one precision matrix."""
 
     name = "softmax"
-    readmits = False  # not yet: the add test of :mod:`._readmission` is one-vs-rest
 
     def initial_curvature(self, wsum, K):
         """Diagonal block ``p_k (1 - p_k) wsum`` at w = 0, p_k = 1/K."""

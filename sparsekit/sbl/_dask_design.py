@@ -10,16 +10,18 @@ blocks with the centring and scaling applied inside the products). Every pass ru
 - ``matvec`` returns a chunked (persisted) n-vector (or n-by-K array);
 - ``rmatvec``, ``sq_column_norms`` and ``gram`` sum per-chunk O(M) (or m-by-m) partials, and only
   those travel to the driver;
-- ``compact`` (pruning) slices the blocks on the workers.
+- ``compact`` (pruning) slices the blocks on the workers, and ``insert_columns`` (the classifier's
+  re-admission) rebuilds them with columns taken from X's chunks.
 
 Per-sample vectors (targets, weights, residuals, probabilities) are dask arrays with the same row
 chunks, so the solvers' elementwise arithmetic on them stays on the workers; their reductions
 (sums of squares, losses) are scalars or K-vectors.
 
-Not chunked, so not run on dask input: kernel bases (one column per sample; the n-by-n kernel is
-the thing that does not fit), the constructive path for p >= n/2 (it reads single columns and a
-small dense model; such data fit in memory), and the classifier's exact Laplace phase (Newton on
-the dense active basis). The estimators say so with a clear error or note.
+The classifier's exact Laplace phase and re-admission sweeps have their own chunked passes in
+:mod:`._dask_laplace`. Not chunked, so not run on dask input: kernel bases (one column per sample;
+the n-by-n kernel is the thing that does not fit) and the constructive path for p >= n/2 (it reads
+single columns and a small dense model; such data fit in memory). The estimators say so with a
+clear error.
 """
 
 from __future__ import annotations
@@ -137,6 +139,20 @@ def _compact_block(Phi, idx):
         Phi = np.array(Phi, order="F")
     compact_columns_inplace(Phi, idx)
     return Phi[:, : idx.shape[0]]
+
+
+def _insert_block(Phi, raw, pos_old, pos_new, offset, inv_scale, dtype):
+    """The block with re-admitted columns (``raw``, unscaled) put at ``pos_new``, as
+    ``DesignMatrix.insert_columns`` does (sparse blocks stay raw; dense ones are scaled)."""
+    if sp.issparse(Phi):
+        cols = sp.csc_matrix(raw, dtype=dtype)
+        order = np.argsort(np.concatenate([pos_old, pos_new]))
+        return sp.csc_matrix(sp.hstack([Phi, cols], format="csc")[:, order])
+    out = np.empty((Phi.shape[0], pos_old.size + pos_new.size), dtype=dtype, order="F")
+    out[:, pos_old] = Phi
+    raw = np.asarray(raw.toarray() if sp.issparse(raw) else raw, dtype=np.float64)
+    out[:, pos_new] = ((raw - offset) * inv_scale).astype(dtype)
+    return out
 
 
 def _matvec_block(Phi, vs, shift):
@@ -386,6 +402,39 @@ class DaskDesignMatrix(DesignMatrix):
             meta=self._Phi._meta,
         ).persist()
         self.active = self.active[idx]
+
+    def insert_columns(self, js, raw):
+        """Put basis functions ``js`` (not active, increasing) back into the active set, from
+        ``raw``: their unscaled columns as a dask array chunked like the rows. The new blocks
+        are built on the workers (a fresh block replaces the compacted one); returns the
+        positions of the new columns in the active set, as ``DesignMatrix.insert_columns``."""
+        js = np.asarray(js, dtype=np.intp)
+        old = self.active
+        new_active = np.sort(np.concatenate([old, js]))
+        pos_new = np.searchsorted(new_active, js)
+        pos_old = np.searchsorted(new_active, old)
+        if raw.chunks[0] != self.row_chunks:
+            raw = raw.rechunk({0: self.row_chunks})
+        dtype = self._Phi.dtype
+        self._Phi = (
+            _da()
+            .map_blocks(
+                _insert_block,
+                self._Phi,
+                raw,
+                pos_old,
+                pos_new,
+                self.offset[js],
+                self.inv_scale[js],
+                dtype,
+                chunks=(self.row_chunks, (new_active.size,)),
+                dtype=dtype,
+                meta=self._Phi._meta,
+            )
+            .persist()
+        )
+        self.active = new_active
+        return pos_new
 
 
 def make_design(B, sample_weight, *, center, intercept_column, own=False, column_index=None):

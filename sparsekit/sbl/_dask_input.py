@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import sys
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -237,23 +236,3 @@ def chunkwise(est, method, X, **kwargs):
 def _predict_block(est, method, kwargs, index, block):
     out = getattr(est, method)(block, **kwargs)
     return out if index is None else out[index]
-
-
-def classifier_exact_note(est):
-    """The classifier's exact Laplace phase needs the dense active basis: on dask input,
-    ``solver="exact"`` is refused and the exact finish is skipped with a warning."""
-    if est.solver == "exact":
-        raise ValueError(
-            f"{type(est).__name__}(solver='exact') cannot fit dask arrays: its Newton steps need "
-            "the dense active basis in memory. Use solver='dqn' with exact_switch=0, or fit "
-            "X.compute()."
-        )
-    if est.exact_switch > 0:
-        warnings.warn(
-            f"{type(est).__name__}: the exact finish (exact_switch={est.exact_switch}) needs the "
-            "dense active basis in memory and is skipped on dask input; the fit is the DQN "
-            "phase's, as with exact_switch=0 (set it to silence this note).",
-            UserWarning,
-            stacklevel=3,
-        )
-    return 0

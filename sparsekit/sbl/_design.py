@@ -307,7 +307,12 @@ class DesignMatrix:
         else:
             Phi = self._Phi
             if new_active.size > Phi.shape[1]:
-                raise ValueError("insert_columns: more active columns than the buffer holds.")
+                # a basis built from a subset of the candidates can outgrow its buffer: double it
+                grown = np.empty(
+                    (Phi.shape[0], max(new_active.size, 2 * Phi.shape[1])), Phi.dtype, order="F"
+                )
+                grown[:, : old.size] = Phi[:, : old.size]
+                self._Phi = Phi = grown
             for c in range(old.size - 1, -1, -1):  # move right, last first (pos_old[c] >= c)
                 if pos_old[c] != c:
                     Phi[:, pos_old[c]] = Phi[:, c]

@@ -152,12 +152,12 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
     ``max_iter`` iterations have run (``state.converged`` tells which).
 
     With a ``candidates`` source (:class:`._readmission.CandidateColumns`) and a likelihood that
-    supports it (Bernoulli), the exact phase re-admits pruned bases by Tipping and Faul's test: a
-    sweep over every basis function at the first exact iteration, after every sweep that added a
-    basis, and before the phase may stop, so it stops only when no basis outside the model is
-    worth adding; each iteration also prunes, per class, the basis whose removal raises the
-    evidence most (Tipping and Faul's delete test) rather than waiting for its precision to creep
-    up to ``threshold_lambda``. ``on_iter(state, design, step, dlog)`` is called after every
+    supports it (one-vs-rest Bernoulli and Softmax), the exact phase re-admits pruned bases by
+    Tipping and Faul's test: a sweep over every basis function at the first exact iteration, after
+    every sweep that added a basis, and before the phase may stop, so it stops only when no basis
+    outside the model is worth adding; each iteration also prunes, per class, the basis whose
+    removal raises the evidence most (Tipping and Faul's delete test) rather than waiting for its
+    precision to creep up to ``threshold_lambda``. ``on_iter(state, design, step, dlog)`` is called after every
     iteration (``step`` is what the likelihood's posterior step returned).
     """
     exact = settings.solver == "exact"
@@ -189,7 +189,7 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
         additions = []
         if exact and readmit and (sweep_next or stop.calm + 1 >= settings.n_iter_no_change):
             additions = propose_additions(
-                design, state, lik.T, lik.sw, candidates, settings.threshold_lambda
+                design, state, lik.T, lik.sw, candidates, settings.threshold_lambda, lik.name
             )
             sweep_next = bool(additions)
         update = _reestimate(design, state, settings)

@@ -70,20 +70,21 @@ def _cli(settings):
     return out
 
 
-def _torchrun(tmp_path, model_dir, data, settings, nproc=2):
+def _torchrun(tmp_path, model_dir, data, settings, nproc=2, launcher="torchrun"):
     data_file = tmp_path / "data.json"
     data_file.write_text(json.dumps(data))
     out = tmp_path / "out"
+    if launcher == "torchrun":
+        launch = ["torch.distributed.run", "--nproc_per_node", str(nproc)]
+        launch += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    else:  # accelerate's multi-process launcher (torch.distributed.run underneath)
+        launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc)]
+        launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launch += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port())]
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
+        *launch,
         str(SCRIPT),
         "--base-model",
         model_dir,
@@ -120,6 +121,7 @@ def _one_process(model_dir, data, settings, batch_size):
         num_experts=settings["num_experts"],
         expert_rank=4,
         aux_loss_coef=settings["aux_loss_coef"],
+        threshold_budget=settings.get("threshold_budget"),
         lora_dropout=settings["lora_dropout"],
         head="classifier",
         batch_size=batch_size,
@@ -182,6 +184,41 @@ def test_two_processes_with_aux_loss_match_one_process(tmp_path, clf_bert_dir, d
     for h_dist, h_one in zip(r0["history"], single.history_):
         assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
         assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+
+
+def test_two_processes_with_threshold_budget_match_one_process(tmp_path, clf_bert_dir, data):
+    """The threshold-budget term ``(mean_t k_t - budget)^2`` takes the mean smooth count of the
+    global batch (its token sum and count all-reduced in the forward, with their gradient), so
+    the two-process fit is the one-process fit on the same global batch; with per-rank means the
+    squared term (and its gradient) would be the average over the ranks of their own."""
+    settings = _settings(aux_loss_coef=0.5, threshold_budget=3.0)
+    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
+    r0, r1 = ranks
+    assert r0["predictions"] == r1["predictions"]
+    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
+    np.testing.assert_allclose(
+        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    )
+    for h_dist, h_one in zip(r0["history"], single.history_):
+        assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
+        assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+
+
+def test_accelerate_launch_trains_with_ddp(tmp_path, clf_bert_dir, data):
+    """``accelerate launch --multi_gpu --num_processes 2`` on a CPU machine starts two gloo ranks
+    (it sets the same environment as torchrun) and gives the torchrun fit: the one-process fit on
+    the same global batch. (``accelerate launch --cpu`` starts a single process without MPI.)"""
+    pytest.importorskip("accelerate")
+    settings = _settings()
+    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings, launcher="accelerate")
+    r0, r1 = ranks
+    assert [h["world_size"] for h in r0["history"]] == [2, 2]
+    assert r0["n_steps"] == 2 * 96 // 16
+    np.testing.assert_array_equal(np.array(r0["proba"]), np.array(r1["proba"]))
+    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
+    np.testing.assert_allclose(
+        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    )
 
 
 def test_two_processes_agree_with_aux_loss_early_stopping_and_padding(tmp_path, clf_bert_dir, data):

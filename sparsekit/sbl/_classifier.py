@@ -18,16 +18,11 @@ from ..exceptions import EvidenceWarning
 from ..utils._threads import fit_threads
 from ._base import BaseDQNSBL
 from ._classifier_prediction import ClassifierPredictionMixin
-from ._classifier_solver import (
-    FREE_LAMBDA,
-    LINEAR_INNER_FORCING,
-    ClassifierState,
-    fit_path,
-    probabilities,
-)
+from ._classifier_solver import FREE_LAMBDA, LIKELIHOODS, LINEAR_INNER_FORCING, probabilities
 from ._dask_design import make_design
 from ._dask_input import dask_classification_targets, is_dask_array
 from ._dask_laplace import DaskCandidateColumns
+from ._engine import PathSettings, PathState, run_path
 from ._features import compute_kernel, distinct_rows, training_basis
 from ._kernel_basis import FULL_KERNEL_MAX, KernelSubset, use_subset
 from ._readmission import CandidateColumns
@@ -323,29 +318,28 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 column_index=column_index,
             )
             del B
-            state = self._initial_state(design, T.shape[1], likelihood, warm)
-            params = {
-                "solver": self.solver,
-                "diag_update": self.diag_update,
-                "update": self.update,
-                "max_iter": self.max_iter,
-                "tol": self.tol,
-                "dqn_tol": self.dqn_tol,
-                "n_iter_no_change": self.n_iter_no_change,
-                "inner_max_iter": self.inner_max_iter,
-                "inner_tol": self.inner_tol,
-                "inner_forcing": LINEAR_INNER_FORCING if self.kernel is None else 0.0,
-                "exact_switch": self.exact_switch,
-                "threshold_lambda": self.threshold_lambda,
-            }
+            lik = LIKELIHOODS[likelihood](T, sw)
+            state = self._initial_state(design, T.shape[1], lik, warm)
+            settings = PathSettings(
+                solver=self.solver,
+                diag_update=self.diag_update,
+                update=self.update,
+                max_iter=self.max_iter,
+                tol=self.tol,
+                dqn_tol=self.dqn_tol,
+                n_iter_no_change=self.n_iter_no_change,
+                inner_max_iter=self.inner_max_iter,
+                inner_tol=self.inner_tol,
+                inner_forcing=LINEAR_INNER_FORCING if self.kernel is None else 0.0,
+                exact_switch=self.exact_switch,
+                threshold_lambda=self.threshold_lambda,
+            )
             on_iter = self._print_progress if self.verbose else None
             if subset is not None:
-                subset.fit(design, state, T, sw, likelihood, params, on_iter=on_iter)
+                subset.fit(design, state, lik, settings, on_iter=on_iter)
             else:
                 candidates = self._candidate_columns(X, design.n_basis)
-                fit_path(
-                    design, state, T, sw, likelihood, params, on_iter=on_iter, candidates=candidates
-                )
+                run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
                 warnings.warn(
                     f"{type(self).__name__} did not converge in max_iter={self.max_iter} "
@@ -417,21 +411,17 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             T[np.arange(y_enc.shape[0]), y_enc] = 1.0
         return X, sw, classes, T, counts
 
-    def _initial_state(self, design, K, likelihood, warm):
+    def _initial_state(self, design, K, lik, warm):
         n_coef = design.n_coef
         f = int(design.intercept_column)
         wsum = design.weight_sum
         lam0 = wsum / float(max(n_coef, 1)) ** 2  # 1/M^2 on unit-norm columns (SB1, sklearn-rvm)
-        W = np.zeros((n_coef, K))
+        coef = np.zeros((n_coef, K))
         lam = np.full((n_coef, K), lam0)
         if f:
             lam[0] = FREE_LAMBDA
         mask = np.ones((n_coef, K), dtype=bool)
-        if likelihood == "bernoulli":
-            d0 = 0.25 * wsum  # exact curvature diagonal at w = 0 for unit-RMS columns
-        else:
-            d0 = wsum * (1.0 / K) * (1.0 - 1.0 / K)
-        D = np.full((n_coef, K), d0)
+        D = np.full((n_coef, K), lik.initial_curvature(wsum, K))
         if (
             warm is not None
             and warm["lam"].shape == (K, design.n_basis)
@@ -440,20 +430,27 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             lam_w = warm["lam"][:, design.active].T
             ok = np.isfinite(lam_w) & (lam_w < self.threshold_lambda)
             lam[f:] = np.where(ok, lam_w, lam0)
-            W[f:] = np.where(ok, warm["W"][:, design.active].T, 0.0)
+            coef[f:] = np.where(ok, warm["coef"][:, design.active].T, 0.0)
             if f:
-                W[0] = warm["W0"]
-            if likelihood == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
+                coef[0] = warm["coef0"]
+            if lik.name == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
                 # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
                 # previous model alone rather than putting every pruned basis back.
                 mask[f:] = ok
-        return ClassifierState(W=W, lam=lam, mask=mask, D=D)
+        return PathState(coef, lam, mask=mask, curvature=D)
 
-    def _print_progress(self, state, design, dlog):
+    def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")
+        newton = ""
+        if state.phase == "exact" and state.newton_status is not None:
+            capped = sum(s == 1 for s in state.newton_status)
+            jittered = sum(s == 2 for s in state.newton_status)
+            if capped or jittered:
+                newton = f" Newton: {capped} at its iteration cap, {jittered} jittered"
         print(
             f"[{type(self).__name__}] iter {state.n_iter:4d} ({state.phase}): "
             f"active={design.n_active} log-evidence~{score:.6g} max|dlog lambda|={dlog:.3g}"
+            f"{newton}"
         )
 
     def _check_evidence(self, design, state, T, sw, counts):
@@ -466,7 +463,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 EvidenceWarning,
             )
             return
-        Z = design.matvec(state.W)
+        Z = design.matvec(state.coef)
         P = probabilities(Z, self._likelihood)
         # Probability of the true class (softmax; T one-hot) or of each binary problem's true
         # side, over the samples with positive weight (elementwise, so chunked input stays so).
@@ -486,11 +483,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             )
 
     def _store_fit(self, X, design, state, dtype):
-        K = state.W.shape[1]
+        K = state.coef.shape[1]
         f = int(design.intercept_column)
         M = design.n_basis
         self._store_basis(X, design)
-        coef_rel, shift = design.unscale(state.W)  # (m, K), (K,)
+        coef_rel, shift = design.unscale(state.coef)  # (m, K), (K,)
         if not f:
             shift = np.broadcast_to(shift, (K,)).astype(np.float64)
         s = design.inv_scale[design.active]
@@ -538,11 +535,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         self._intercept = np.asarray(shift, dtype=np.float64).reshape(K)
         self.n_iter_ = int(state.n_iter)
         self.scores_ = list(state.scores)
-        W_full = np.zeros((K, M))
-        W_full[:, design.active] = state.W[f:].T
+        coef_full = np.zeros((K, M))
+        coef_full[:, design.active] = state.coef[f:].T
         self._warm = {
             "lam": lam_full.copy(),
-            "W": W_full,
-            "W0": state.W[0].copy() if f else None,
+            "coef": coef_full,
+            "coef0": state.coef[0].copy() if f else None,
             "intercept_column": design.intercept_column,
         }

@@ -4,7 +4,9 @@ The exact phase runs hundreds of outer iterations on a few dozen bases, where th
 of a numpy/scipy Newton loop (a dozen calls per step) dominates; these kernels do a whole Laplace
 step in one call. Products with the basis are plain loops while small and BLAS (``np.dot``) when
 ``n m^2`` is large; the m-by-m algebra (Cholesky, solves, inverse) is plain loops. Each kernel
-has a numpy reference in ``tests/sbl/naive_classifier.py``.
+has a numpy reference in ``tests/sbl/naive_classifier.py``. The Laplace precision is factorised
+with the jitter ladder of :mod:`._linalg` (its constants are compiled in: after changing them,
+delete ``sparsekit/sbl/__pycache__``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..utils._numba import jit
+from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 
 BLAS_MIN_WORK = 2e7  # n * m^2 above which the weighted Gram matrix goes to BLAS
 
@@ -175,22 +178,23 @@ def weighted_gram(Phi, b, use_blas):
 
 @jit
 def _laplace_precision(Phi, b, lam, H, use_blas):
-    """H = Phi' diag(b) Phi + diag(lam), factorised in place; jitter is added if needed."""
+    """H = Phi' diag(b) Phi + diag(lam), factorised in place; returns the jitter that was needed
+    (the ladder of :mod:`._linalg`), or -1.0 when none worked."""
     m = Phi.shape[1]
     G = weighted_gram(Phi, b, use_blas)
     scale = 1.0
     for j in range(m):
         G[j, j] += lam[j]
-        scale = max(scale, G[j, j])
+        scale = max(scale, abs(G[j, j]))
     jitter = 0.0
-    for _ in range(14):
+    for _ in range(JITTER_STEPS + 1):
         for i in range(m):
             for j in range(m):
                 H[i, j] = G[i, j]
             H[i, i] += jitter
         if cholesky_lower_inplace(H):
             return jitter
-        jitter = 1e-10 * scale if jitter == 0.0 else jitter * 10.0
+        jitter = JITTER_REL * scale if jitter == 0.0 else jitter * JITTER_GROWTH
     return -1.0
 
 

@@ -2,9 +2,11 @@
 
 Used by :class:`~sparsekit.DQNSBLRegressor` for kernel bases (relevance vector regression) and
 for the linear basis when the candidates can interpolate the targets (M >= n/2), the regime where
-the diagonal phase of :func:`._regression_solver.dqn_path` lets the noise precision explode.
+the diagonal phase of :func:`._engine.run_path` lets the noise precision explode.
 Notation as in :mod:`._regression_solver` (``lam`` weight precisions, ``beta`` noise precision,
-``sw`` sample weights, ``W = sum(sw)``, Phi the scaled, centred basis).
+``sw`` sample weights, ``wsum = sum(sw)``, Phi the scaled, centred basis). The settings are the
+estimator's :class:`._engine.PathSettings`; the Cholesky factorisations follow the jitter policy of
+:mod:`._linalg`.
 
 The model starts from one basis (or from a warm start) and each iteration takes the single action
 among "add a candidate", "re-estimate a precision" and "delete a basis" that raises the log
@@ -19,7 +21,7 @@ is worth adding exactly when ``Q_i^2 > S_i``. Pruning is therefore never final, 
 cannot interpolate the targets, so the noise precision stays honest when there are more
 candidates than samples.
 
-Two noise schedules (``params["noise_every"]``):
+Two noise schedules (``settings.noise_every``):
 
 - ``0`` (linear basis, M >= n/2): re-estimate the noise precision only once the model has settled
   for the current one. Updating it after every action there lets each added pure-noise feature
@@ -43,11 +45,11 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from ._regression_solver import (
-    BETA_MAX_FACTOR,
-    _cholesky,
-    _log_evidence,
-    _noise_update,
-    _posterior,
+    GaussianStep,
+    cholesky_precision,
+    log_evidence,
+    noise_update,
+    posterior,
 )
 
 _EPS = np.finfo(np.float64).eps
@@ -100,7 +102,7 @@ class FastMarginalLikelihood:
         self.design = design
         self.sw = sw
         self.p = phit_t
-        self.W = design.weight_sum
+        self.wsum = design.weight_sum
         self.M = design.n_active
         self.beta = beta
         self.model = []  # candidate indices in the model, in order of addition
@@ -125,15 +127,15 @@ class FastMarginalLikelihood:
         beta, C, idx = self.beta, self.C, self._index()
         if not self.model:
             self.Sigma, self.mu = np.zeros((0, 0)), np.zeros(0)
-            self.S, self.Q = np.full(self.M, beta * self.W), beta * self.p
+            self.S, self.Q = np.full(self.M, beta * self.wsum), beta * self.p
             return
-        c = _cholesky(np.ascontiguousarray(C[idx]), beta, self.lam)
+        c = cholesky_precision(np.ascontiguousarray(C[idx]), beta, self.lam)
         Linv = solve_triangular(c, np.eye(c.shape[0]), lower=True, check_finite=False)
         self.Sigma = Linv.T @ Linv
         self.mu = beta * (self.Sigma @ self.p[idx])
         # With L L' = beta G + diag(lam): phi_i'S Phi_A Sigma Phi_A'S phi_i = |L^-1 C_i|^2.
         V = Linv @ C.T
-        self.S = beta * self.W - beta * beta * np.einsum("ij,ij->j", V, V)
+        self.S = beta * self.wsum - beta * beta * np.einsum("ij,ij->j", V, V)
         self.Q = beta * self.p - beta * (C @ self.mu)
 
     def start(self, init=None):
@@ -146,7 +148,7 @@ class FastMarginalLikelihood:
                 self.add(int(j), float(a))
         else:
             j = int(np.argmax(np.abs(self.p)))
-            S, Q = self.beta * self.W, self.beta * self.p[j]
+            S, Q = self.beta * self.wsum, self.beta * self.p[j]
             self.add(j, S * S / (Q * Q - S) if Q * Q > S else S)
         self.refresh()
 
@@ -177,7 +179,7 @@ class FastMarginalLikelihood:
 
     def change(self, k, a_new, pruned_lam):
         """Set the precision of model basis ``k`` to ``a_new``; ``np.inf`` deletes it (its last
-        precision is recorded in ``pruned_lam`` under its original column index)."""
+        precision is recorded in ``pruned_lam`` under ``(original column index, 0)``)."""
         beta, lam, m = self.beta, self.lam, len(self.model)
         sk = self.Sigma[:, k].copy()
         inv_d = 0.0 if np.isinf(a_new) else 1.0 / (a_new - lam[k])
@@ -192,7 +194,7 @@ class FastMarginalLikelihood:
             lam[k] = a_new
             return
         self._C[:, k : m - 1] = self._C[:, k + 1 : m]
-        pruned_lam[int(self.design.active[self.model[k]])] = float(lam[k])
+        pruned_lam[int(self.design.active[self.model[k]]), 0] = float(lam[k])
         self.in_model[self.model[k]] = False
         del self.model[k]
         keep = np.arange(m) != k
@@ -267,51 +269,55 @@ class FastMarginalLikelihood:
         order = np.argsort(self.model) if self.model else np.zeros(0, dtype=np.intp)
         self.design.compact(self.in_model)
         state.beta = self.beta
+        state.mask = np.ones((len(self.model), 1), dtype=bool)
         if not self.model:
-            state.lam, state.mu = np.zeros(0), np.zeros(0)
-            state.sigma_full, state.sigma_diag = np.zeros((0, 0)), np.zeros(0)
+            state.lam, state.coef = np.zeros((0, 1)), np.zeros((0, 1))
+            state.sigma_full, state.sigma_diag = np.zeros((0, 0)), np.zeros((0, 1))
             return
         idx = self._index()[order]
-        state.lam = self.lam[order]
+        lam = self.lam[order]
         G = np.ascontiguousarray(self._C[idx][:, order])
-        state.mu, state.sigma_full, _ = _posterior(G, self.beta, state.lam, self.p[idx])
-        state.sigma_diag = np.diag(state.sigma_full).copy()
+        mu, state.sigma_full, _ = posterior(G, self.beta, lam, self.p[idx])
+        state.lam, state.coef = lam[:, None], mu[:, None]
+        state.sigma_diag = np.diag(state.sigma_full).copy()[:, None]
 
 
-def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
+def constructive_path(design, t, sw, state, *, settings, init=None, on_iter=None):
     """Run the constructive path on ``design`` from ``state`` (see the module docstring).
 
-    ``init = (candidate indices, precisions)`` warm-starts the model. Returns ``"converged"`` or
-    ``"max_iter"``; ``state`` holds the result and ``design`` is compacted to the model.
+    ``init = (candidate indices, precisions)`` warm-starts the model. ``state.converged`` tells
+    whether the path converged within ``settings.max_iter`` actions; ``state`` holds the result and
+    ``design`` is compacted to the model. ``on_iter(state, design, step, dlog)`` as for
+    :func:`._engine.run_path`, with ``step`` carrying the noise statistics before the action.
     """
-    W = design.weight_sum
-    beta_max = BETA_MAX_FACTOR / params["var_t"]
-    tol = params["tol"]
-    every = 0 if params["fix_noise"] else params.get("noise_every", 0)
+    wsum = design.weight_sum
+    tol = settings.tol
+    every = 0 if settings.fix_noise else settings.noise_every
+    state.phase = "fast"
     fml = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), state.beta)
     tt = float(sw @ (t * t))
     fml.start(init)
     since_refresh = 0
-    while fml.model and state.n_iter < params["max_iter"]:
+    while fml.model and state.n_iter < settings.max_iter:
         if since_refresh >= REFRESH:
             fml.refresh()
             since_refresh = 0
-        prop = fml.propose(params["threshold_lambda"])
+        prop = fml.propose(settings.threshold_lambda)
         state.n_iter += 1
         since_refresh += 1
         if not every or on_iter is not None:
             # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
             sse, gamma_sum = fml.noise_statistics(tt)
-        settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * W, tol=tol)
-        if params.get("compute_score") and fml.model:
+        settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * wsum, tol=tol)
+        if settings.compute_score and fml.model:
             sse_now, _ = fml.noise_statistics(tt)
             logdet = np.linalg.slogdet(fml.Sigma)[1]
             state.scores.append(
-                _log_evidence(W, fml.beta, fml.lam, fml.mu, sse_now, logdet, params)
+                log_evidence(wsum, fml.beta, fml.lam, fml.mu, sse_now, logdet, settings)
             )
         if on_iter is not None:
-            state.mu = fml.mu
-            on_iter("fast", state, design, sse)
+            state.coef = fml.mu[:, None]
+            on_iter(state, design, GaussianStep(fml.mu, sse, fml.beta), 0.0)
         if every:
             # A noise update refreshes everything, O(M m^2): with m model bases, spread the
             # updates to every m/10-th action so they cost about as much as the actions do.
@@ -323,10 +329,8 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
         elif not settled:
             continue
         beta_old = fml.beta
-        if not params["fix_noise"]:
-            fml.beta = _noise_update(
-                W, gamma_sum, sse, params["alpha_1"], params["alpha_2"], beta_max
-            )
+        if not settings.fix_noise:
+            fml.beta = noise_update(wsum, gamma_sum, sse, settings.alpha_1, settings.alpha_2)
         state.beta = fml.beta
         if settled and abs(np.log(fml.beta / beta_old)) < tol:
             state.converged = True
@@ -336,4 +340,3 @@ def constructive_path(design, t, sw, state, *, params, init=None, on_iter=None):
     if not fml.model:
         state.converged = True
     fml.finish(state)
-    return "converged" if state.converged else "max_iter"

@@ -12,8 +12,8 @@ sums over the samples is a reduce over the row blocks, and only m-by-m results t
   ``Phi' diag(sw p_k (delta_kj - p_j)) Phi``), for all one-vs-rest problems at once;
 - one pass per Armijo search gives the loss at every step length the in-memory search could try
   (1, 1/2, ..., 2^-39), so the search picks the same length without a round trip per halving;
-- the Cholesky factor (with :func:`._classifier_solver._cholesky`'s jitter rules), the step, the
-  covariance and the log-determinant are computed on the driver.
+- the Cholesky factor (with the jitter policy of :mod:`._linalg`), the step, the covariance and
+  the log-determinant are computed on the driver.
 
 The one-vs-rest problems iterate in lockstep (one pass serves all of them), each stopping by its
 own test, so each follows the in-memory iterates. Each block is processed ``ROWS`` rows at a time,
@@ -41,12 +41,12 @@ from ._classifier_solver import (
     MAX_HALVINGS,
     NEWTON_MAX_ITER,
     NEWTON_SMALL_STEP,
-    _cholesky,
     _class_evidence,
     data_loss,
     probabilities,
 )
 from ._dask_input import _blocks
+from ._linalg import cholesky_jittered
 from ._readmission import (
     BLOCK,
     choose_additions,
@@ -157,7 +157,7 @@ def _bernoulli_search_block(Phi, T, sw, offset, inv_scale, intercept, problems):
 
 def _factor(H):
     try:
-        return _cholesky(H)
+        return cholesky_jittered(H)
     except LinAlgError:
         raise FloatingPointError(
             "The Laplace precision matrix is not positive definite even with jitter; the basis "
@@ -176,17 +176,17 @@ class _Problem:
         self.cf = self.g = self.step = None
 
 
-def newton_bernoulli(blocks, W, lam, mask, gtol):
-    """Damped Newton to the posterior mode of every one-vs-rest problem (columns of ``W``), as
+def newton_bernoulli(blocks, coef, lam, mask, gtol):
+    """Damped Newton to the posterior mode of every one-vs-rest problem (columns of ``coef``), as
     :func:`._classifier_kernels.laplace_newton_bernoulli` does on a dense basis.
 
     Returns per problem ``(idx, w, loss, Sigma, logdet)``: its coefficients, the mode, the data
     loss there, ``Sigma = H^-1`` and ``log det H`` (H from the last factorisation, at the mode or
     just before a step below ``NEWTON_SMALL_STEP``)."""
     probs = []
-    for k in range(W.shape[1]):
+    for k in range(coef.shape[1]):
         idx = np.flatnonzero(mask[:, k])
-        probs.append(_Problem(k, idx, W[idx, k].copy(), lam[idx, k].copy()))
+        probs.append(_Problem(k, idx, coef[idx, k].copy(), lam[idx, k].copy()))
     for it in range(NEWTON_MAX_ITER + 1):
         live = [pb for pb in probs if pb.running]
         if not live:
@@ -247,11 +247,11 @@ def newton_bernoulli(blocks, W, lam, mask, gtol):
 
 
 # ---------------------------------------------------------------------------------- softmax
-def _softmax_block_terms(A, Tb, s, W):
+def _softmax_block_terms(A, Tb, s, coef):
     """Data loss, ``A' sw (P - T)`` and the class blocks ``A' diag(c_kj) A`` (k <= j,
     ``c_kj = sw p_k (delta_kj - p_j)``) of the multinomial model on rows A."""
-    K = W.shape[1]
-    Z = A @ W
+    K = coef.shape[1]
+    Z = A @ coef
     P = probabilities(Z, "softmax")
     blocks = []
     for k in range(K):
@@ -261,9 +261,9 @@ def _softmax_block_terms(A, Tb, s, W):
     return data_loss(Z, Tb, s, "softmax")[0], A.T @ (s[:, None] * (P - Tb)), tuple(blocks)
 
 
-def _softmax_zeros(W):
+def _softmax_zeros(coef):
     """Terms of :func:`_softmax_block_terms` over no rows (a block may be empty)."""
-    m, K = W.shape
+    m, K = coef.shape
     return 0.0, np.zeros((m, K)), tuple(np.zeros((m, m)) for _ in range(K * (K + 1) // 2))
 
 
@@ -272,25 +272,25 @@ def _add_terms(acc, terms):
     return loss + terms[0], grad + terms[1], tuple(a + b for a, b in zip(blocks, terms[2]))
 
 
-def _softmax_terms_block(Phi, T, sw, offset, inv_scale, intercept, W):
+def _softmax_terms_block(Phi, T, sw, offset, inv_scale, intercept, coef):
     """:func:`_softmax_block_terms` over this block."""
-    acc = _softmax_zeros(W)
+    acc = _softmax_zeros(coef)
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s, Tb = _vector(sw[start:stop]), np.asarray(T[start:stop], dtype=np.float64)
-        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, W))
+        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, coef))
     return acc
 
 
-def _softmax_search_block(Phi, T, sw, offset, inv_scale, intercept, W, step):
-    """The data loss at ``W + eta step`` for every ``eta`` in ``_ETAS``, and the terms at the
+def _softmax_search_block(Phi, T, sw, offset, inv_scale, intercept, coef, step):
+    """The data loss at ``coef + eta step`` for every ``eta`` in ``_ETAS``, and the terms at the
     full step, over this block."""
-    out, acc = np.zeros(_ETAS.size), _softmax_zeros(W)
+    out, acc = np.zeros(_ETAS.size), _softmax_zeros(coef)
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s, Tb = _vector(sw[start:stop]), np.asarray(T[start:stop], dtype=np.float64)
-        Z, dZ = A @ W, A @ step
+        Z, dZ = A @ coef, A @ step
         for i, eta in enumerate(_ETAS):
             out[i] += data_loss(Z + eta * dZ, Tb, s, "softmax")[0]
-        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, W + step))
+        acc = _add_terms(acc, _softmax_block_terms(A, Tb, s, coef + step))
     return out, acc
 
 
@@ -313,57 +313,57 @@ def _softmax_precision(blocks, mask, lam_flat):
     return H
 
 
-def newton_softmax(blocks, W, lam, mask):
+def newton_softmax(blocks, coef, lam, mask):
     """Exact posterior mode of the multinomial model, as :func:`._newton_softmax` in memory;
-    returns (W, loss, chol, flat index)."""
-    m, K = W.shape
+    returns (coef, loss, chol, flat index)."""
+    m, K = coef.shape
     idx = np.flatnonzero(mask.T.reshape(-1))  # coefficient (j, k) at flat position k * m + j
     lam_flat = lam.T.reshape(-1)[idx]
     stop = False
     terms = None
     for it in range(NEWTON_MAX_ITER + 1):
         if terms is None:
-            terms = blocks.reduce(_softmax_terms_block, W)
+            terms = blocks.reduce(_softmax_terms_block, coef)
         loss, grad, hess = terms
         cf, _ = _factor(_softmax_precision(hess, mask, lam_flat))
         if stop or it == NEWTON_MAX_ITER:
             break
-        g = (grad + lam * W).T.reshape(-1)[idx]
+        g = (grad + lam * coef).T.reshape(-1)[idx]
         step_flat = -cho_solve(cf, g, check_finite=False)
         step = np.zeros(K * m)
         step[idx] = step_flat
         step = step.reshape(K, m).T
-        loss0 = float(loss) + 0.5 * np.sum(lam * W * W * mask)
+        loss0 = float(loss) + 0.5 * np.sum(lam * coef * coef * mask)
         gp = float(g @ step_flat)
-        trial, full_step_terms = blocks.reduce(_softmax_search_block, W, step)
+        trial, full_step_terms = blocks.reduce(_softmax_search_block, coef, step)
         eta, terms = 0.0, None
         for i, (e, lt) in enumerate(zip(_ETAS, trial)):
-            Wt = W + e * step
-            if lt + 0.5 * np.sum(lam * Wt * Wt * mask) <= loss0 + ARMIJO_C1 * e * gp:
+            coef_t = coef + e * step
+            if lt + 0.5 * np.sum(lam * coef_t * coef_t * mask) <= loss0 + ARMIJO_C1 * e * gp:
                 eta = e
                 terms = full_step_terms if i == 0 else None
                 break
-        W = W + eta * step
-        stop = eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(W)))
+        coef = coef + eta * step
+        stop = eta == 0.0 or np.max(np.abs(eta * step)) <= 1e-9 * max(1.0, np.max(np.abs(coef)))
         if eta == 0.0:
-            terms = (loss, grad, hess)  # W did not move
-    return W, float(loss), cf, idx
+            terms = (loss, grad, hess)  # coef did not move
+    return coef, float(loss), cf, idx
 
 
 # ---------------------------------------------------------------------------------- exact step
 def exact_step_chunked(design, state, T, sw, likelihood):
     """:func:`._classifier_solver.exact_step` on a chunked design: the same state updates and
     return value (data loss, log-determinant of the Laplace precision)."""
-    W, lam, mask = state.W, state.lam, state.mask
-    n_coef, K = W.shape
+    coef, lam, mask = state.coef, state.lam, state.mask
+    n_coef, K = coef.shape
     sigma_diag = np.zeros((n_coef, K))
     blocks = _Blocks(design, T, sw)
     if likelihood == "bernoulli":
         gtol = EXACT_GTOL_REL * design.weight_sum
         sigma_full, class_loss, class_ld = [], [], []
-        for k, (idx, w, loss, S, ld) in enumerate(newton_bernoulli(blocks, W, lam, mask, gtol)):
-            W[:, k] = 0.0
-            W[idx, k] = w
+        for k, (idx, w, loss, S, ld) in enumerate(newton_bernoulli(blocks, coef, lam, mask, gtol)):
+            coef[:, k] = 0.0
+            coef[idx, k] = w
             sigma_diag[idx, k] = np.diag(S)
             sigma_full.append((idx, S))
             class_loss.append(loss)
@@ -372,8 +372,8 @@ def exact_step_chunked(design, state, T, sw, likelihood):
         state.class_evidence.append(_class_evidence(class_loss, class_ld, state, design))
         loss_total, logdet = float(np.sum(class_loss)), float(np.sum(class_ld))
     else:
-        W_new, loss_total, cf, idx = newton_softmax(blocks, W, lam, mask)
-        W[...] = W_new * mask
+        coef_new, loss_total, cf, idx = newton_softmax(blocks, coef, lam, mask)
+        coef[...] = coef_new * mask
         S = cho_solve(cf, np.eye(idx.size), check_finite=False)
         flat = np.zeros(n_coef * K)
         flat[idx] = np.diag(S)
@@ -390,14 +390,14 @@ def _take_columns(B, js):
 
 
 def _candidate_block(
-    X, Phi, T, sw, offset, inv_scale, intercept, W, models, softmax, js, c_off, c_scale
+    X, Phi, T, sw, offset, inv_scale, intercept, coef, models, softmax, js, c_off, c_scale
 ):
     """Candidate terms of columns ``js`` of one row block of the original X: ``phi' B phi`` and
     ``phi' sw (t - p)`` per class (|js|, K), and per class ``phi' B Phi_idx`` against its model
     (one-vs-rest: ``models[k]`` indexes class k's coefficients), or against every class's model
     coefficients with the class-coupled softmax curvature (``softmax``: ``models[l]`` indexes
     class l's coefficients, :func:`._readmission.softmax_cross`)."""
-    K = W.shape[1]
+    K = coef.shape[1]
     nj = js.size
     sq, qb = np.zeros((nj, K)), np.zeros((nj, K))
     width = sum(idx.size for idx in models)
@@ -405,7 +405,7 @@ def _candidate_block(
     X = sp.csr_matrix(X) if sp.issparse(X) else X
     for start, stop, A in _row_slices(Phi, offset, inv_scale, intercept):
         s = _vector(sw[start:stop])
-        Z = A @ W
+        Z = A @ coef
         P = probabilities(Z, "softmax") if softmax else expit(Z)
         Bw = s[:, None] * P * (1.0 - P)
         R = s[:, None] * (np.asarray(T[start:stop], dtype=np.float64) - P)
@@ -460,7 +460,7 @@ class DaskCandidateColumns:
     def propose_additions(self, design, state, T, sw, threshold_lambda, likelihood="bernoulli"):
         """:func:`._readmission.propose_additions` for a chunked design: the same scores and
         choice, the candidate terms reduced over the row blocks of X."""
-        K = state.W.shape[1]
+        K = state.coef.shape[1]
         softmax = likelihood == "softmax"
         if softmax:  # class l's model coefficients, class-major as state.sigma_full[0]
             models = tuple(np.flatnonzero(state.mask[:, k]) for k in range(K))
@@ -484,7 +484,7 @@ class DaskCandidateColumns:
                 design._rows(T),
                 design._rows(sw),
                 *_scaling(design),
-                state.W,
+                state.coef,
                 models,
                 softmax,
                 js,

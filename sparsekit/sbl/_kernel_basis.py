@@ -8,7 +8,7 @@ hundreds of relevance vectors), and the exact phase's re-admission (Tipping & Fa
 
 1. the basis starts as the kernel columns of a *pool* of ``subset_size(n)`` training samples drawn
    at random (fixed seed), ``K(X, X[pool])``, computed in row blocks into one n-by-m0 buffer;
-2. the ordinary path (:func:`._classifier_solver.fit_path`) runs on it: the diagonal phase prunes
+2. the ordinary path (:func:`._engine.run_path`) runs on it: the diagonal phase prunes
    the pool down to ``exact_switch`` bases, then the exact phase re-admits bases *from the pool*
    (their columns recomputed in blocks) until none is worth adding;
 3. a *scan* scores every other distinct training sample by the same add test at the exact
@@ -42,8 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..utils._threads import parallel
-from ._classifier_solver import fit_path
 from ._design import column_scaling, moment_divisor
+from ._engine import run_path
 from ._features import compute_kernel, distinct_rows
 from ._kernels import weighted_column_moments
 from ._readmission import CandidateColumns, _score, choose_additions, sweep_terms
@@ -161,21 +161,21 @@ class KernelSubset:
         """Source of pool columns for the exact phase's sweeps (recomputed in blocks)."""
         return CandidateColumns(self._kernel, n_basis, cache=True)
 
-    def fit(self, design, state, T, sw, likelihood, params, on_iter=None):
+    def fit(self, design, state, lik, settings, on_iter=None):
         """Alternate the ordinary path on the pool with scans over all samples (module
         docstring) until a scan adds nothing, ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
         the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
         exact posterior to scan at, and the model holds pool samples only)."""
         candidates = self.candidate_columns(design.n_basis)
         while True:
-            fit_path(design, state, T, sw, likelihood, params, on_iter, candidates)
+            run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if (
                 state.sigma_full is None  # no exact posterior: the diagonal phase ended the fit
-                or state.n_iter >= params["max_iter"]
+                or state.n_iter >= settings.max_iter
                 or self.n_scans >= MAX_SCANS
             ):
                 return state
-            if not self.scan(design, state, T, sw, params["threshold_lambda"]):
+            if not self.scan(design, state, lik.T, lik.sw, settings.threshold_lambda):
                 return state
             state.converged = False
             # new pool columns: the cached pool blocks no longer match the sweep's blocks

@@ -73,19 +73,20 @@ def weighted_sq_column_norms(Phi, b):
 
 
 @jit
-def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floor, alpha_floor):
-    """Re-estimate the weight precisions from the posterior mean and the covariance diagonal.
+def reestimate_lambda(mu, sigma_diag, lam, mode, lambda_1, lambda_2, gamma_floor, lambda_floor):
+    """Re-estimate the weight precisions ``lam`` from the posterior mean and covariance diagonal.
 
-    Returns ``(alpha_new, gamma)`` with ``gamma_i = 1 - alpha_i * Sigma_ii`` clipped to
+    Returns ``(lam_new, gamma)`` with ``gamma_i = 1 - lam_i * Sigma_ii`` clipped to
     ``[gamma_floor, 1]``. ``mode`` is MACKAY (Tipping 2001 eq. 16, with Gamma hyperpriors eq. 44:
     ``(gamma + 2 l1) / (mu^2 + 2 l2)``) or EM (eq. 48: ``(1 + 2 l1) / (mu^2 + Sigma_ii + 2 l2)``).
-    A weight at exactly zero with no hyperprior gets an infinite precision (it will be pruned).
+    A weight at exactly zero with no hyperprior gets an infinite precision (it will be pruned);
+    no precision falls below ``lambda_floor``.
     """
     m = mu.shape[0]
-    alpha_new = np.empty(m, dtype=np.float64)
+    lam_new = np.empty(m, dtype=np.float64)
     gamma = np.empty(m, dtype=np.float64)
     for j in range(m):
-        g = 1.0 - alpha[j] * sigma_diag[j]
+        g = 1.0 - lam[j] * sigma_diag[j]
         if g < gamma_floor:
             g = gamma_floor
         elif g > 1.0:
@@ -102,9 +103,9 @@ def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floo
             a = np.inf
         else:
             a = num / den
-        a = max(a, alpha_floor)
-        alpha_new[j] = a
-    return alpha_new, gamma
+        a = max(a, lambda_floor)
+        lam_new[j] = a
+    return lam_new, gamma
 
 
 @jit

@@ -183,7 +183,7 @@ def excluded_bases(design, state):
     """(K, n_basis) mask of the bases that are not candidates of a class: in its model, or
     re-admitted MAX_READMIT times already."""
     f = 1 if design.intercept_column else 0
-    K = state.W.shape[1]
+    K = state.coef.shape[1]
     excluded = np.zeros((K, design.n_basis), dtype=bool)
     for k in range(K):
         excluded[k, design.active[state.mask[f:, k]]] = True
@@ -216,7 +216,7 @@ def _softmax_models(Phi, P, sw, state):
     are kept here, so the test agrees with a brute-force evaluation of the Laplace evidence.
     """
     _idx, S = state.sigma_full[0]  # class-major: class k's model coefficients, then k + 1's
-    cols = [np.flatnonzero(state.mask[:, k]) for k in range(state.W.shape[1])]
+    cols = [np.flatnonzero(state.mask[:, k]) for k in range(state.coef.shape[1])]
     return [(BP, S) for BP in softmax_cross(Phi, P, sw, cols)]
 
 
@@ -243,7 +243,7 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
     n, K = T.shape
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
-    Z = Phi @ state.W
+    Z = Phi @ state.coef
     softmax = likelihood == "softmax"
     P = _softmax(Z) if softmax else expit(Z)
     Bw = sw[:, None] * P * (1.0 - P)
@@ -259,7 +259,7 @@ def propose_additions(design, state, T, sw, candidates, threshold_lambda, likeli
     """Score the candidate bases for every one-vs-rest problem (or every class of a softmax
     model, :func:`_softmax_models`) at the current exact posterior.
 
-    Uses ``state.W`` and ``state.sigma_full`` as left by the exact step (consistent with
+    Uses ``state.coef`` and ``state.sigma_full`` as left by the exact step (consistent with
     ``state.mask``). Returns a list of ``(basis index, class, precision)``: for each class, the
     candidate outside its model with the largest evidence gain, when that gain is worth having.
 
@@ -296,17 +296,17 @@ def apply_additions(design, state, candidates, additions, d0):
         positions = design.insert_columns(js, candidates.raw(js))
         rows = positions + f
         for r in rows:  # positions are increasing: each insert shifts the later ones already
-            state.W = np.insert(state.W, r, 0.0, axis=0)
+            state.coef = np.insert(state.coef, r, 0.0, axis=0)
             state.lam = np.insert(state.lam, r, 1.0, axis=0)
             state.mask = np.insert(state.mask, r, False, axis=0)
-            state.D = np.insert(state.D, r, d0, axis=0)
+            state.curvature = np.insert(state.curvature, r, d0, axis=0)
             if state.sigma_diag is not None:
                 state.sigma_diag = np.insert(state.sigma_diag, r, 0.0, axis=0)
     for j, k, a in additions:
         r = int(np.flatnonzero(design.active == j)[0]) + f
         state.mask[r, k] = True
         state.lam[r, k] = a
-        state.W[r, k] = 0.0
+        state.coef[r, k] = 0.0
         state.pruned_lam.pop((int(j), int(k)), None)
         state.readmitted[int(j), int(k)] = state.readmitted.get((int(j), int(k)), 0) + 1
     state.sigma_full = None  # stale: the next exact step recomputes it

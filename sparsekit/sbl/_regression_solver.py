@@ -1,76 +1,178 @@
-"""Type-II maximum likelihood for sparse Bayesian linear regression on a ``DesignMatrix``.
+"""The Gaussian likelihood of sparse Bayesian linear regression on a ``DesignMatrix``.
 
-Everything here works on the scaled basis Phi (unit weighted RMS columns, centred). Notation:
-``lam`` are the weight precisions (ARDRegression's ``lambda_``), ``beta`` the noise precision
-(ARDRegression's ``alpha_``), ``sw`` sample weights, ``W = sum(sw)`` the effective sample size.
+Everything here works on the scaled basis Phi (unit weighted RMS columns, centred) and a
+standardised target ``t`` (unit weighted variance). Notation: ``lam`` are the weight precisions
+(ARDRegression's ``lambda_``), ``beta`` the noise precision (ARDRegression's ``alpha_``), ``sw``
+sample weights, ``wsum = sum(sw)`` the effective sample size.
 
-Two solvers:
+The outer loop is :func:`._engine.run_path`; :class:`Gaussian` supplies its two posterior steps:
 
-- :func:`dqn_path` never forms an m-by-m matrix. The posterior mean solves
-  ``(beta Phi' S Phi + diag(lam)) mu = beta Phi' S t`` by Jacobi-preconditioned conjugate gradients,
-  warm-started, two passes over Phi per iteration. The covariance diagonal is the diagonal of the
-  inverse of the data curvature's diagonal plus the prior, ``1 / (beta * W + lam)`` (the curvature
-  diagonal of a unit-RMS column is exactly ``W``), so hyperparameter updates cost O(m).
-- :func:`exact_path` follows ARDRegression's loop (same order, initial values and hyperpriors) with
-  a Cholesky factorisation of the m-by-m posterior precision. It is the oracle for tests, the
-  solver for small problems, and the "exact finish" of the DQN path once few bases remain.
+- the diagonal phase never forms an m-by-m matrix. The posterior mean solves
+  ``(beta Phi' S Phi + diag(lam)) mu = beta Phi' S t`` by Jacobi-preconditioned conjugate
+  gradients, warm-started, two passes over Phi per iteration. The data-curvature diagonal of a
+  unit-RMS column is exactly ``beta * wsum``, so ``Sigma_jj ~ 1 / (beta * wsum + lam_j)`` and the
+  hyperparameter updates cost O(m);
+- the exact phase follows ARDRegression's loop (same order, initial values and hyperpriors) with a
+  Cholesky factorisation of the m-by-m posterior precision. It is the oracle for tests, the solver
+  for small problems (``solver="exact"``), and the "exact finish" of the diagonal phase once few
+  bases remain.
 
-The third, Tipping & Faul's constructive path for M >= n/2, lives in :mod:`._constructive`.
+The third path, Tipping & Faul's constructive one for kernels and M >= n/2, lives in
+:mod:`._constructive`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import cho_solve, solve_triangular
 
-from ._kernels import EM, MACKAY, reestimate_alpha
+from ..utils._threads import parallel
+from ._linalg import cholesky_jittered
 
-_EPS = np.finfo(np.float64).eps
-GAMMA_FLOOR = 1e-12
-LAMBDA_FLOOR = 1e-12
-BETA_MAX_FACTOR = 1e6  # SparseBayes v2 CONTROLS.BetaMaxFactor
-GAMMA_SUM_CAP = 0.95  # sum(gamma) <= 0.95 W in the diagonal noise update (W - sum(gamma) -> 0)
+BETA_MAX_FACTOR = 1e6  # SparseBayes v2 CONTROLS.BetaMaxFactor: beta <= 1e6 / var(t), var(t) = 1
+GAMMA_SUM_CAP = 0.95  # sum(gamma) <= 0.95 wsum in the capped noise update (wsum - sum(gamma) -> 0)
 
 
-class PathState:
-    """Mutable state of a fit: active precisions, posterior mean, noise precision, history."""
+class GaussianStep:
+    """What one posterior step leaves for the re-estimate, the noise update and the evidence."""
 
-    def __init__(self, lam, mu, beta):
-        self.lam = lam
-        self.mu = mu
-        self.beta = beta
-        self.sigma_diag = None
-        self.sigma_full = None
-        self.n_iter = 0
-        self.converged = False
-        self.scores = []
-        self.pruned_lam = {}  # original column index -> precision at pruning time
-        self.phit_t = None  # Phi' S t over the active set
+    def __init__(self, mu, sse, beta, logdet=None):
+        self.mu = mu  # posterior mean (m,)
+        self.sse = sse  # weighted residual sum of squares at mu
+        self.beta = beta  # the noise precision the step used
+        self.logdet = logdet  # log det of the posterior precision (diagonal phase: of its diagonal)
 
 
-def _noise_update(W, gamma_sum, sse, alpha_1, alpha_2, beta_max, capped=True):
-    """Noise precision (Tipping 2001 eq. 18 with a Gamma hyperprior). ``capped`` bounds it (and
-    sum(gamma)) as SparseBayes does; ARDRegression's loop (``capped=False``) does not."""
+class Gaussian:
+    """Gaussian likelihood ``t ~ N(Phi w, 1 / (beta S))`` for :func:`._engine.run_path`.
+
+    Parameters
+    ----------
+    t : ndarray of shape (n_samples,)
+        Standardised targets.
+    sw : ndarray of shape (n_samples,)
+        Sample weights.
+    settings : PathSettings
+        ``solver="exact"`` selects ARDRegression's stop test and uncapped noise update.
+    """
+
+    readmits = False  # the Gaussian's re-admission is the constructive path
+    uses_settle_test = False
+    stops_when_empty = True
+
+    def __init__(self, t, sw, settings):
+        self.t = t
+        self.sw = sw
+        self.ard = settings.solver == "exact"
+        self.stop_statistic = "ard" if self.ard else "coefficients"
+        self._phit_t = None  # Phi' S t over the active set
+        self._gram = None  # Phi' S Phi over the active set (exact phase)
+        self._exact_work = 0  # multiply-adds of one factorisation when the exact phase began
+
+    def exact_size(self, design, state):
+        return design.n_active
+
+    def start(self, design, state):
+        self._phit_t = design.rmatvec(self.sw * self.t)
+
+    def compact(self, keep_rows):
+        self._phit_t = self._phit_t[keep_rows]
+        if self._gram is not None:
+            self._gram = self._gram[np.ix_(keep_rows, keep_rows)]
+
+    def curvature(self, design, state):
+        """Data-curvature diagonal: ``beta * wsum`` for every unit-RMS column."""
+        return state.beta * design.weight_sum
+
+    def inner_solve(self, design, state, settings):
+        """Posterior mean by preconditioned CG (warm-started); sets ``state.coef``."""
+        mu, z = _pcg(
+            design,
+            self._phit_t,
+            self.sw,
+            state.beta,
+            state.lam[:, 0],
+            state.coef[:, 0],
+            settings.inner_max_iter,
+            settings.inner_tol,
+        )
+        state.coef = mu[:, None]
+        e = self.t - z
+        return GaussianStep(mu, float(self.sw @ (e * e)), state.beta)
+
+    def _ensure_gram(self, design):
+        if self._gram is None:
+            self._gram = design.gram(self.sw)
+            self._phit_t = design.rmatvec(self.sw * self.t)
+            self._exact_work = design.n_active**3
+
+    def exact_step(self, design, state, settings):
+        """Cholesky posterior over the active set; sets ``state.coef`` and ``state.sigma_diag``."""
+        self._ensure_gram(design)
+        # O(m^3) factorisations per iteration: the fit's threads for the whole phase when its
+        # first factorisation is large enough
+        with parallel(self._exact_work):
+            mu, sigma, logdet = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
+        state.coef = mu[:, None]
+        state.sigma_diag = np.ascontiguousarray(np.diag(sigma))[:, None]
+        e = self.t - design.matvec(mu)
+        return GaussianStep(mu, float(self.sw @ (e * e)), state.beta, logdet)
+
+    def update_noise(self, design, state, step, gamma, settings, exact):
+        """Noise precision (Tipping 2001 eq. 18, Gamma hyperprior): capped as SparseBayes does,
+        except on ARDRegression's path (``solver="exact"``)."""
+        state.beta = noise_update(
+            design.weight_sum,
+            float(gamma.sum()),
+            step.sse,
+            settings.alpha_1,
+            settings.alpha_2,
+            capped=not (exact and self.ard),
+        )
+
+    def log_evidence(self, design, state, step, update, settings, exact):
+        """ARDRegression's objective when ``compute_score`` (else None): in the exact phase at the
+        updated hyperparameters, pruned weights at zero (ARDRegression's order); in the diagonal
+        phase at those the step used, with the diagonal log-determinant."""
+        if not settings.compute_score:
+            return None
+        if exact:
+            lam = update.lam_new
+            mu = np.where(lam < settings.threshold_lambda, step.mu, 0.0)
+            beta = state.beta
+        else:
+            lam, mu, beta = update.lam_old, step.mu, step.beta
+        return log_evidence(design.weight_sum, beta, lam, mu, step.sse, -step.logdet, settings)
+
+    def finish(self, design, state, settings, exact):
+        """Final posterior at the final hyperparameters (as ARDRegression does after its loop);
+        the diagonal phase keeps its last mean."""
+        if not exact:
+            state.sigma_diag = 1.0 / (state.beta * design.weight_sum + state.lam)
+            return
+        self._ensure_gram(design)
+        if design.n_active > 0:
+            with parallel(self._exact_work):
+                mu, sigma, _ = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
+            state.coef = mu[:, None]
+            state.sigma_full = sigma
+            state.sigma_diag = np.diag(sigma).copy()[:, None]
+        else:
+            state.coef = np.zeros((0, 1))
+            state.sigma_diag = np.zeros((0, 1))
+            state.sigma_full = np.zeros((0, 0))
+            state.converged = True
+
+
+def noise_update(wsum, gamma_sum, sse, alpha_1, alpha_2, capped=True):
+    """Noise precision (Tipping 2001 eq. 18 with a Gamma hyperprior). ``capped`` bounds it (by
+    ``BETA_MAX_FACTOR``, the target having unit variance) and ``sum(gamma)`` as SparseBayes does;
+    ARDRegression's loop (``capped=False``) does not."""
     if not capped:
-        return (W - gamma_sum + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
-    g = min(gamma_sum, GAMMA_SUM_CAP * W)
-    beta = (W - g + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
-    return min(beta, beta_max)
-
-
-def _prune(design, state, lam_new, threshold):
-    """Drop bases whose precision reached the threshold; returns True if the active set changed."""
-    keep = lam_new < threshold
-    if keep.all():
-        state.lam = lam_new
-        return False
-    for j in np.flatnonzero(~keep):
-        state.pruned_lam[int(design.active[j])] = float(lam_new[j])
-    design.compact(keep)
-    state.lam = lam_new[keep]
-    state.mu = state.mu[keep]
-    state.phit_t = state.phit_t[keep]
-    return True
+        return (wsum - gamma_sum + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
+    g = min(gamma_sum, GAMMA_SUM_CAP * wsum)
+    beta = (wsum - g + 2.0 * alpha_1) / (sse + 2.0 * alpha_2)
+    return min(beta, BETA_MAX_FACTOR)
 
 
 def _pcg(design, phit_t, sw, beta, lam, mu0, max_iter, rtol):
@@ -78,8 +180,7 @@ def _pcg(design, phit_t, sw, beta, lam, mu0, max_iter, rtol):
 
     ``phit_t`` is Phi'S t. Returns ``(mu, z)`` with ``z = Phi @ mu`` maintained incrementally.
     """
-    W = design.weight_sum
-    precond = 1.0 / (beta * W + lam)
+    precond = 1.0 / (beta * design.weight_sum + lam)
     rhs = beta * phit_t
     b_norm = np.linalg.norm(rhs)
     if b_norm == 0.0:
@@ -113,184 +214,31 @@ def _pcg(design, phit_t, sw, beta, lam, mu0, max_iter, rtol):
     return mu, z
 
 
-def dqn_path(design, t, sw, state, *, params, on_iter=None):
-    """Diagonal (O(m) per hyperparameter update) SBL regression path; see module docstring.
-
-    Stops when, for ``n_iter_no_change`` consecutive iterations, the active set is unchanged and
-    ``max|d mu| <= tol * max|mu|`` (docs/algorithms/dqn_sbl.rst, "Stopping"; the log-precision rule alone
-    never fires for a diagonal solver), or hands over to :func:`exact_path` as soon as at most
-    ``exact_switch`` bases remain.
-    """
-    W = design.weight_sum
-    mode = EM if params["update"] == "em" else MACKAY
-    beta_max = BETA_MAX_FACTOR / params["var_t"]
-    calm = 0
-    state.phit_t = design.rmatvec(sw * t)
-    while state.n_iter < params["max_iter"]:
-        if design.n_active == 0:
-            state.converged = True
-            state.mu = np.zeros(0)
-            state.sigma_diag = np.zeros(0)
-            return "empty"
-        if design.n_active <= params["exact_switch"]:
-            return "switch"
-        mu_old = state.mu
-        mu, z = _pcg(
-            design,
-            state.phit_t,
-            sw,
-            state.beta,
-            state.lam,
-            state.mu,
-            params["inner_max_iter"],
-            params["inner_tol"],
-        )
-        state.mu = mu
-        e = t - z
-        sse = float(sw @ (e * e))
-        sigma_diag = 1.0 / (state.beta * W + state.lam)
-        lam_new, gamma = reestimate_alpha(
-            mu,
-            sigma_diag,
-            state.lam,
-            mode,
-            params["lambda_1"],
-            params["lambda_2"],
-            GAMMA_FLOOR,
-            LAMBDA_FLOOR,
-        )
-        if params["compute_score"]:
-            state.scores.append(
-                _log_evidence(W, state.beta, state.lam, mu, sse, np.sum(np.log(sigma_diag)), params)
-            )
-        if not params["fix_noise"]:
-            state.beta = _noise_update(
-                W, float(gamma.sum()), sse, params["alpha_1"], params["alpha_2"], beta_max
-            )
-        state.n_iter += 1
-        dmu = np.max(np.abs(mu - mu_old)) if mu_old.shape == mu.shape else np.inf
-        small = dmu <= params["tol"] * max(np.max(np.abs(mu)), _EPS)
-        changed = _prune(design, state, lam_new, params["threshold_lambda"])
-        calm = calm + 1 if (small and not changed) else 0
-        if on_iter is not None:
-            on_iter("dqn", state, design, sse)
-        if calm >= params["n_iter_no_change"]:
-            state.converged = True
-            state.sigma_diag = 1.0 / (state.beta * W + state.lam)
-            return "converged"
-    state.sigma_diag = 1.0 / (state.beta * W + state.lam)
-    return "max_iter"
-
-
-def _cholesky(G, beta, lam):
-    """Lower Cholesky factor of the posterior precision beta G + diag(lam)."""
+def cholesky_precision(G, beta, lam):
+    """Lower Cholesky factor of the posterior precision ``beta G + diag(lam)`` (jitter policy of
+    :mod:`._linalg`)."""
     H = beta * G
     H[np.diag_indices_from(H)] += lam
-    try:
-        c, _ = cho_factor(H, lower=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        # Numerically singular (e.g. duplicated columns with tiny precisions): regularise slightly.
-        H[np.diag_indices_from(H)] += _EPS * max(np.trace(H) / H.shape[0], 1.0) * 1e3
-        c, _ = cho_factor(H, lower=True, check_finite=False)
+    (c, _), _ = cholesky_jittered(H)
     return c
 
 
-def _posterior(G, beta, lam, Phit_t):
-    """Cholesky posterior: returns (mu, Sigma, logdet Sigma) for precision beta G + diag(lam)."""
-    c = _cholesky(G, beta, lam)
+def posterior(G, beta, lam, phit_t):
+    """Cholesky posterior: ``(mu, Sigma, log det H)`` for the precision ``H = beta G + diag(lam)``."""
+    c = cholesky_precision(G, beta, lam)
     Linv = solve_triangular(c, np.eye(c.shape[0]), lower=True, check_finite=False)
     Sigma = Linv.T @ Linv
-    mu = beta * cho_solve((c, True), Phit_t, check_finite=False)
-    logdet = -2.0 * np.sum(np.log(np.diag(c)))
+    mu = beta * cho_solve((c, True), phit_t, check_finite=False)
+    logdet = 2.0 * np.sum(np.log(np.diag(c)))
     return mu, Sigma, logdet
 
 
-def exact_path(design, t, sw, state, *, params, ard_stop, on_iter=None):
-    """Full-covariance SBL regression, in ARDRegression's loop order.
-
-    ``ard_stop=True`` is ``solver="exact"``: ARDRegression's convergence test (sum |d mu| < tol)
-    and its uncapped noise update, so the iterates are ARDRegression's. Otherwise (the exact
-    finish of the "dqn" solver) the relative coefficient rule of :func:`dqn_path` and the
-    SparseBayes caps on the noise precision.
-    """
-    W = design.weight_sum
-    beta_max = BETA_MAX_FACTOR / params["var_t"]
-    mode = EM if params["update"] == "em" else MACKAY
-    calm = 0
-    mu_old = None
-    G = design.gram(sw)
-    state.phit_t = design.rmatvec(sw * t)
-    sigma, logdet = None, 0.0
-    while state.n_iter < params["max_iter"] and design.n_active > 0:
-        mu, sigma, logdet = _posterior(G, state.beta, state.lam, state.phit_t)
-        state.mu = mu
-        e = t - design.matvec(mu)
-        sse = float(sw @ (e * e))
-        lam_new, gamma = reestimate_alpha(
-            mu,
-            np.ascontiguousarray(np.diag(sigma)),
-            state.lam,
-            mode,
-            params["lambda_1"],
-            params["lambda_2"],
-            GAMMA_FLOOR,
-            LAMBDA_FLOOR,
-        )
-        if not params["fix_noise"]:
-            state.beta = _noise_update(
-                W,
-                float(gamma.sum()),
-                sse,
-                params["alpha_1"],
-                params["alpha_2"],
-                beta_max,
-                capped=not ard_stop,
-            )
-        state.n_iter += 1
-        keep = lam_new < params["threshold_lambda"]
-        changed = not keep.all()
-        mu_cmp = np.where(keep, mu, 0.0)
-        if params["compute_score"]:
-            state.scores.append(_log_evidence(W, state.beta, lam_new, mu_cmp, sse, logdet, params))
-        if ard_stop:
-            done = mu_old is not None and np.sum(np.abs(mu_old - mu_cmp)) < params["tol"]
-            mu_old = mu_cmp
-        else:
-            small = mu_old is not None and np.max(np.abs(mu_cmp - mu_old)) <= params["tol"] * max(
-                np.max(np.abs(mu_cmp)), _EPS
-            )
-            mu_old = mu_cmp
-            calm = calm + 1 if (small and not changed) else 0
-            done = calm >= params["n_iter_no_change"]
-        if changed:
-            _prune(design, state, lam_new, params["threshold_lambda"])
-            mu_old = mu_old[keep]
-            G = G[np.ix_(keep, keep)]
-        else:
-            state.lam = lam_new
-        if on_iter is not None:
-            on_iter("exact", state, design, sse)
-        if done:
-            state.converged = True
-            break
-    if design.n_active > 0:
-        # Final posterior with the last hyperparameters (as ARDRegression does after its loop).
-        mu, sigma, logdet = _posterior(G, state.beta, state.lam, state.phit_t)
-        state.mu = mu
-        state.sigma_full = sigma
-        state.sigma_diag = np.diag(sigma).copy()
-    else:
-        state.mu = np.zeros(0)
-        state.sigma_diag = np.zeros(0)
-        state.sigma_full = np.zeros((0, 0))
-        state.converged = True
-
-
-def _log_evidence(W, beta, lam, mu, sse, logdet_sigma, params):
+def log_evidence(wsum, beta, lam, mu, sse, logdet_sigma, settings):
     """ARDRegression's objective (log marginal likelihood up to a constant, with hyperpriors)."""
-    l1, l2, a1, a2 = params["lambda_1"], params["lambda_2"], params["alpha_1"], params["alpha_2"]
+    l1, l2 = settings.lambda_1, settings.lambda_2
+    a1, a2 = settings.alpha_1, settings.alpha_2
     s = float(np.sum(l1 * np.log(lam) - l2 * lam))
     s += a1 * np.log(beta) - a2 * beta
-    s += 0.5 * (logdet_sigma + W * np.log(beta) + np.sum(np.log(lam)))
+    s += 0.5 * (logdet_sigma + wsum * np.log(beta) + np.sum(np.log(lam)))
     s -= 0.5 * (beta * sse + np.sum(lam * mu**2))
     return s

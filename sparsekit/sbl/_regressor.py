@@ -13,13 +13,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval
 
 from ..exceptions import EmptyModelWarning
-from ..utils._threads import fit_threads, limit_threads, parallel
+from ..utils._threads import fit_threads, limit_threads
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
 from ._dask_design import make_design
 from ._dask_input import chunkwise, is_dask_array
+from ._engine import PathSettings, PathState, run_path
 from ._features import distinct_rows, training_basis
-from ._regression_solver import BETA_MAX_FACTOR, PathState, dqn_path, exact_path
+from ._regression_solver import BETA_MAX_FACTOR, Gaussian
 
 MAX_ITER = 300  # max_iter=None on the diagonal and exact paths (ARDRegression's default)
 CONSTRUCTIVE_MAX_ITER = 10_000  # max_iter=None on the constructive path (SparseBayes, fastrvm)
@@ -300,7 +301,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 # Nothing to explain. For a constant target the residual is zero and the noise
                 # precision the largest allowed on the scale of y (the predictive standard
                 # deviation is 1e-3 |y|); with no informative basis the noise is var(y).
-                state = self._initial_state(design, 1.0, None)
+                state = self._initial_state(design, None)
                 if constant:
                     y_scale = abs(y_offset) if y_offset != 0.0 else 1.0
                     state.beta = BETA_MAX_FACTOR
@@ -320,41 +321,15 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             if constructive:
                 state, init = self._constructive_state(design, warm)
             else:
-                state = self._initial_state(design, 1.0, warm)
-            params = {
-                "max_iter": max_iter,
-                "tol": self.tol,
-                "n_iter_no_change": self.n_iter_no_change,
-                "inner_max_iter": self.inner_max_iter,
-                "inner_tol": self.inner_tol,
-                "exact_switch": self.exact_switch,
-                "threshold_lambda": self.threshold_lambda,
-                "alpha_1": self.alpha_1,
-                "alpha_2": self.alpha_2,
-                "lambda_1": self.lambda_1,
-                "lambda_2": self.lambda_2,
-                "update": self.update,
-                "fix_noise": self.fix_noise,
-                "compute_score": self.compute_score,
-                "var_t": 1.0,
-                # noise re-estimation on the constructive path: when settled (linear), or every
-                # 5th update as well (kernel; see _constructive)
-                "noise_every": 0 if self.kernel is None else KERNEL_NOISE_EVERY,
-            }
+                state = self._initial_state(design, warm)
+            settings = self._settings(max_iter)
             on_iter = self._print_progress if self.verbose else None
             if constructive:
-                constructive_path(design, t, sw, state, params=params, init=init, on_iter=on_iter)
-            elif self.solver == "exact":
-                # O(m^3) factorisations per iteration: the fit's threads for the whole path
-                with parallel(design.n_active**3):
-                    exact_path(design, t, sw, state, params=params, ard_stop=True, on_iter=on_iter)
+                constructive_path(
+                    design, t, sw, state, settings=settings, init=init, on_iter=on_iter
+                )
             else:
-                outcome = dqn_path(design, t, sw, state, params=params, on_iter=on_iter)
-                if outcome == "switch":
-                    with parallel(design.n_active**3):
-                        exact_path(
-                            design, t, sw, state, params=params, ard_stop=False, on_iter=on_iter
-                        )
+                run_path(design, state, Gaussian(t, sw, settings), settings, on_iter=on_iter)
             if design.n_active == 0:
                 warnings.warn(
                     "DQNSBLRegressor pruned every basis function although y varies, so it "
@@ -378,7 +353,33 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             return None
         return self._warm
 
-    def _initial_state(self, design, var_t, warm):
+    def _settings(self, max_iter):
+        """The path settings of this fit (``max_iter`` resolved)."""
+        return PathSettings(
+            solver=self.solver,
+            update=self.update,
+            max_iter=max_iter,
+            tol=self.tol,
+            n_iter_no_change=self.n_iter_no_change,
+            inner_max_iter=self.inner_max_iter,
+            inner_tol=self.inner_tol,
+            exact_switch=self.exact_switch,
+            threshold_lambda=self.threshold_lambda,
+            alpha_1=self.alpha_1,
+            alpha_2=self.alpha_2,
+            lambda_1=self.lambda_1,
+            lambda_2=self.lambda_2,
+            fix_noise=self.fix_noise,
+            compute_score=self.compute_score,
+            # noise re-estimation on the constructive path: when settled (linear), or every
+            # 5th update as well (kernel; see _constructive)
+            noise_every=0 if self.kernel is None else KERNEL_NOISE_EVERY,
+        )
+
+    def _initial_state(self, design, warm):
+        """Initial state of the diagonal and exact paths: every basis at precision 1 (or, when
+        warm-starting, the previously relevant bases with their precisions and weights); the
+        noise precision 1 on the standardised target (or the previous one)."""
         M = design.n_basis
         if warm is not None and warm["lam"].shape[0] == M:
             lam_full = warm["lam"]
@@ -387,11 +388,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 lam_full[design.active] < self.threshold_lambda
             )
             design.compact(keep)
-            lam = lam_full[design.active].copy()
-            mu = warm["mu"][design.active].copy()
-            return PathState(lam=lam, mu=mu, beta=warm["beta"])
-        beta = 1.0 / (var_t + np.finfo(np.float64).eps)
-        return PathState(lam=np.ones(design.n_active), mu=np.zeros(design.n_active), beta=beta)
+            lam = lam_full[design.active][:, None].copy()
+            mu = warm["mu"][design.active][:, None].copy()
+            return PathState(mu, lam, beta=warm["beta"])
+        beta = 1.0 / (1.0 + np.finfo(np.float64).eps)
+        m = design.n_active
+        return PathState(np.zeros((m, 1)), np.ones((m, 1)), beta=beta)
 
     def _constructive_state(self, design, warm):
         """Initial state of the constructive path: an empty model (the path picks its first
@@ -403,19 +405,20 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             pos = np.flatnonzero(np.isfinite(lam_act) & (lam_act < self.threshold_lambda))
             init = (pos, lam_act[pos])
             beta = warm["beta"]
-        return PathState(lam=np.zeros(0), mu=np.zeros(0), beta=beta), init
+        return PathState(np.zeros((0, 1)), np.zeros((0, 1)), beta=beta), init
 
-    def _print_progress(self, phase, state, design, sse):
+    def _print_progress(self, state, design, step, dlog):
         print(
-            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({phase}): active={len(state.mu)} "
-            f"noise precision={state.beta:.4g} sse={sse:.4g}"
+            f"[DQNSBLRegressor] iter {state.n_iter:4d} ({state.phase}): "
+            f"active={state.coef.shape[0]} "
+            f"noise precision={state.beta:.4g} sse={step.sse:.4g}"
         )
 
     def _finish_trivial(self, design, state, y_offset, y_scale, dtype, X):
         design.compact(np.zeros(design.n_active, dtype=bool))
-        state.lam = np.zeros(0)
-        state.mu = np.zeros(0)
-        state.sigma_diag = np.zeros(0)
+        state.lam = np.zeros((0, 1))
+        state.coef = np.zeros((0, 1))
+        state.sigma_diag = np.zeros((0, 1))
         state.sigma_full = np.zeros((0, 0))
         state.converged = True
         self._store_fit(X, design, state, y_offset, y_scale, dtype)
@@ -424,17 +427,19 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         """Store fitted attributes in the units of X and y (the solver works standardised)."""
         M = design.n_basis
         lam_full = np.full(M, np.inf)
-        for j, v in state.pruned_lam.items():
+        for (j, _k), v in state.pruned_lam.items():
             lam_full[j] = v
-        lam_full[design.active] = state.lam
+        lam_full[design.active] = state.lam[:, 0]
+        mu = state.coef[:, 0]
+        sigma_diag = state.sigma_diag[:, 0]
         self._store_basis(X, design)
-        coef_rel, shift = design.unscale(state.mu * y_scale)
+        coef_rel, shift = design.unscale(mu * y_scale)
         s = design.inv_scale[design.active] * y_scale
         self.lambda_ = lam_full
         with np.errstate(over="ignore", under="ignore", divide="ignore"):
             # Out of float64's range only when the units of X or y are extreme (then inf or 0).
             self.alpha_ = float(state.beta) / y_scale**2
-            self.sigma_ = (state.sigma_diag * s**2).astype(dtype, copy=False)
+            self.sigma_ = (sigma_diag * s**2).astype(dtype, copy=False)
         self.intercept_ = float(y_offset + shift)
         if self.kernel is None:
             coef = np.zeros(M, dtype=dtype)
@@ -449,7 +454,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         self._coef_rel = coef_rel
         # Posterior covariance (full when it exists) on the standardised scale, for return_std.
         self._sigma_full = state.sigma_full
-        self._sigma_std = state.sigma_diag.copy()
+        self._sigma_std = sigma_diag.copy()
         self._std_scale = design.inv_scale[design.active].copy()
         self._y_scale = float(y_scale)
         self._beta_std = float(state.beta)
@@ -458,7 +463,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         self.scores_ = [v - design.weight_sum * np.log(y_scale) for v in state.scores]
         self._warm = {
             "lam": lam_full.copy(),
-            "mu": _scatter(state.mu, design.active, M),
+            "mu": _scatter(mu, design.active, M),
             "beta": float(state.beta),
         }
 

@@ -21,14 +21,14 @@ def weighted_sq_column_norms(Phi, b):
     return (Phi * Phi).T @ b
 
 
-def reestimate_alpha(mu, sigma_diag, alpha, mode, lambda_1, lambda_2, gamma_floor, alpha_floor):
-    gamma = np.clip(1.0 - alpha * sigma_diag, gamma_floor, 1.0)
+def reestimate_lambda(mu, sigma_diag, lam, mode, lambda_1, lambda_2, gamma_floor, lambda_floor):
+    gamma = np.clip(1.0 - lam * sigma_diag, gamma_floor, 1.0)
     with np.errstate(divide="ignore"):
         if mode == 0:
             new = (gamma + 2 * lambda_1) / (mu**2 + 2 * lambda_2)
         else:
             new = (1 + 2 * lambda_1) / (mu**2 + sigma_diag + 2 * lambda_2)
-    return np.maximum(new, alpha_floor), gamma
+    return np.maximum(new, lambda_floor), gamma
 
 
 def compact_columns(Phi, keep):

@@ -132,7 +132,7 @@ def _full_add_test_gains(X, y, design, state, gamma):
     Phi_all = K / rms
     Pa = design.dense_active()
     Phi = np.hstack([np.ones((n, 1)), Pa])
-    p = expit(Phi @ state.W[:, 0])
+    p = expit(Phi @ state.coef[:, 0])
     b = p * (1.0 - p)
     idx, S = state.sigma_full[0]
     BPa = b[:, None] * Phi[:, idx]

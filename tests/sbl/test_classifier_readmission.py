@@ -16,8 +16,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import SVC
 
 import sparsekit.sbl._classifier_solver as solver
+import sparsekit.sbl._engine as engine
 from sparsekit.sbl import DQNSBLClassifier
-from sparsekit.sbl._classifier_solver import ClassifierState, exact_step
+from sparsekit.sbl._classifier_solver import exact_step
 from sparsekit.sbl._design import DesignMatrix
 from sparsekit.sbl._readmission import (
     CandidateColumns,
@@ -41,14 +42,14 @@ def test_pruned_bases_return_and_match_the_exact_path(digits, monkeypatch):
     X, y, tr, te = digits
     yb = np.isin(y, [3, 5, 8, 9]).astype(int)
     added = []
-    propose = solver.propose_additions
+    propose = engine.propose_additions
 
     def recording(*args, **kwargs):
         out = propose(*args, **kwargs)
         added.extend(j for j, _k, _a in out)
         return out
 
-    monkeypatch.setattr(solver, "propose_additions", recording)
+    monkeypatch.setattr(engine, "propose_additions", recording)
     exact = DQNSBLClassifier(solver="exact").fit(X[tr], yb[tr])
     added.clear()
     clf = DQNSBLClassifier(exact_switch=30).fit(X[tr], yb[tr])
@@ -67,14 +68,14 @@ def test_multinomial_pruned_bases_return_and_match_the_exact_path(digits, monkey
     sel = sel[np.random.RandomState(0).permutation(sel.size)]
     tr, te = sel[:150], sel[150:]
     added = []
-    propose = solver.propose_additions
+    propose = engine.propose_additions
 
     def recording(*args, **kwargs):
         out = propose(*args, **kwargs)
         added.extend(j for j, _k, _a in out)
         return out
 
-    monkeypatch.setattr(solver, "propose_additions", recording)
+    monkeypatch.setattr(engine, "propose_additions", recording)
     exact = DQNSBLClassifier(multi_class="multinomial", solver="exact").fit(X[tr], y[tr])
     added.clear()
     clf = DQNSBLClassifier(multi_class="multinomial", exact_switch=30).fit(X[tr], y[tr])
@@ -108,8 +109,8 @@ def _posterior(n=60, m_model=4, seed=0):
     m = design.n_coef
     lam = np.full((m, 1), 0.5)
     lam[0] = solver.FREE_LAMBDA
-    state = ClassifierState(
-        W=np.zeros((m, 1)), lam=lam, mask=np.ones((m, 1), dtype=bool), D=np.ones((m, 1))
+    state = engine.PathState(
+        np.zeros((m, 1)), lam, mask=np.ones((m, 1), dtype=bool), curvature=np.ones((m, 1))
     )
     exact_step(design, state, T, sw, "bernoulli")
     cand = CandidateColumns(lambda js: K[:, js], n)
@@ -125,7 +126,7 @@ def test_add_test_matches_the_gaussian_marginal_likelihood():
     Phi_all = K * scale
     ones = np.ones((K.shape[0], 1))
     PhiA = np.hstack([ones, Phi_all[:, design.active]])
-    w = state.W[:, 0]
+    w = state.coef[:, 0]
     p = expit(PhiA @ w)
     b = p * (1 - p)
     t_hat = PhiA @ w + (T[:, 0] - p) / b
@@ -232,7 +233,7 @@ def _softmax_posterior(n=45, m_model=3, seed=0):
     lam[0] = solver.FREE_LAMBDA
     mask = np.ones((m, 3), dtype=bool)
     mask[1 + rng.choice(m - 1, m_model, replace=False), 1] = False  # class 1: a smaller model
-    state = ClassifierState(W=np.zeros((m, 3)), lam=lam, mask=mask, D=np.ones((m, 3)))
+    state = engine.PathState(np.zeros((m, 3)), lam, mask=mask, curvature=np.ones((m, 3)))
     exact_step(design, state, T, sw, "softmax")
     return K, scale, design, state, T, sw, CandidateColumns(lambda js: K[:, js], n)
 
@@ -249,7 +250,7 @@ def test_softmax_add_test_matches_the_laplace_evidence():
     Phi_all = K * scale
     f_act = np.concatenate([[-1], design.active])  # -1: the intercept column
     full = np.hstack([np.ones((n, 1)), Phi_all])  # column 0: intercept, 1 + i: basis i
-    W, mask, lam = state.W, state.mask, state.lam
+    W, mask, lam = state.coef, state.mask, state.lam
     Phi = full[:, f_act + 1]
     Z = Phi @ W
     P = np.exp(Z - Z.max(1, keepdims=True))

@@ -12,9 +12,9 @@ import scipy.sparse as sp
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 
-import sparsekit.sbl._classifier_solver as solver
+import sparsekit.sbl._engine as engine
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
-from sparsekit.sbl._classifier_solver import FREE_LAMBDA, ClassifierState, exact_step
+from sparsekit.sbl._classifier_solver import FREE_LAMBDA, exact_step
 from sparsekit.sbl._dask_design import make_design
 from sparsekit.sbl._dask_laplace import DaskCandidateColumns
 from sparsekit.sbl._design import DesignMatrix
@@ -193,14 +193,14 @@ def _assert_same_classifier(a, b, rtol, cov_rtol=None, shift_rtol=None):
 def readmissions(monkeypatch):
     """The (basis, class, precision) additions proposed during the fits of a test."""
     added = []
-    propose = solver.propose_additions
+    propose = engine.propose_additions
 
     def recording(*args, **kwargs):
         out = propose(*args, **kwargs)
         added.extend(out)
         return out
 
-    monkeypatch.setattr(solver, "propose_additions", recording)
+    monkeypatch.setattr(engine, "propose_additions", recording)
     return added
 
 
@@ -282,8 +282,8 @@ def _exact_state(design, K, likelihood, seed):
         # (softmax intercepts keep a proper precision: with FREE_LAMBDA their common shift is
         # nearly free and the mode along it is rounding-sensitive, see the multinomial fit test)
         lam[0] = FREE_LAMBDA
-    W = np.where(mask, rng.normal(scale=0.5, size=(m, K)), 0.0)
-    return ClassifierState(W=W, lam=lam, mask=mask, D=np.ones((m, K)))
+    coef = np.where(mask, rng.normal(scale=0.5, size=(m, K)), 0.0)
+    return engine.PathState(coef, lam, mask=mask, curvature=np.ones((m, K)))
 
 
 @pytest.mark.parametrize(
@@ -322,7 +322,7 @@ def test_chunked_exact_step_equals_dense(K, likelihood, sparse, dtype):
     # loss (rounding), so its mode is determined to ~1e-8 only (measured: 6.6e-9 apart).
     tol = 1e-9 if likelihood == "bernoulli" else 1e-7
     np.testing.assert_allclose(out_b, out_a, rtol=tol)
-    np.testing.assert_allclose(b.W, a.W, rtol=tol, atol=tol)
+    np.testing.assert_allclose(b.coef, a.coef, rtol=tol, atol=tol)
     np.testing.assert_allclose(b.sigma_diag, a.sigma_diag, rtol=tol, atol=1e-12)
     for (ia, Sa), (ib, Sb) in zip(a.sigma_full, b.sigma_full):
         np.testing.assert_array_equal(ib, ia)
@@ -363,7 +363,9 @@ def test_chunked_readmission_equals_dense(sparse, likelihood):
         m = design.n_coef
         lam = np.full((m, K), 2.0)
         lam[0] = FREE_LAMBDA
-        state = ClassifierState(np.zeros((m, K)), lam, np.ones((m, K), bool), np.ones((m, K)))
+        state = engine.PathState(
+            np.zeros((m, K)), lam, mask=np.ones((m, K), bool), curvature=np.ones((m, K))
+        )
         Ts = T if src is sources[0] else da.from_array(T, chunks=(70, K))
         sws = sw if src is sources[0] else da.from_array(sw, chunks=70)
         exact_step(design, state, Ts, sws, likelihood)

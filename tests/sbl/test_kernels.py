@@ -77,7 +77,7 @@ def test_weighted_sq_column_norms(Phi, readonly):
 
 @pytest.mark.parametrize("mode", [K.MACKAY, K.EM])
 @pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (1e-6, 1e-6), (0.5, 2.0)])
-def test_reestimate_alpha(mode, l1, l2):
+def test_reestimate_lambda(mode, l1, l2):
     rng = np.random.default_rng(4)
     m = 25
     mu = rng.normal(size=m)
@@ -85,8 +85,8 @@ def test_reestimate_alpha(mode, l1, l2):
     alpha = rng.uniform(0.1, 10, m)
     sigma = 1.0 / (rng.uniform(0, 5, m) + alpha)
     sigma[5] = 2.0 / alpha[5]  # gamma < 0 before clipping
-    got = K.reestimate_alpha(mu, sigma, alpha, mode, l1, l2, 1e-12, 1e-12)
-    ref = naive.reestimate_alpha(mu, sigma, alpha, mode, l1, l2, 1e-12, 1e-12)
+    got = K.reestimate_lambda(mu, sigma, alpha, mode, l1, l2, 1e-12, 1e-12)
+    ref = naive.reestimate_lambda(mu, sigma, alpha, mode, l1, l2, 1e-12, 1e-12)
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-13)
     np.testing.assert_allclose(got[1], ref[1], rtol=1e-13)
     if mode == K.MACKAY and l2 == 0.0:
@@ -167,7 +167,7 @@ def test_pure_python_kernels_match_compiled():
     mu, alpha = rng.normal(size=5), rng.uniform(0.5, 2, 5)
     sig = 1 / (alpha + 1)
     for a, b in zip(
-        K.reestimate_alpha(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
-        K.reestimate_alpha.py_func(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
+        K.reestimate_lambda(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
+        K.reestimate_lambda.py_func(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
     ):
         np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -15,7 +15,8 @@ from sklearn.preprocessing import StandardScaler
 
 from sparsekit import DQNSBLRegressor
 from sparsekit.sbl._design import DesignMatrix
-from sparsekit.sbl._regression_solver import PathState, exact_path
+from sparsekit.sbl._engine import PathSettings, PathState, run_path
+from sparsekit.sbl._regression_solver import Gaussian
 
 
 def _standardise(X):
@@ -113,8 +114,8 @@ def test_single_basis_closed_form():
     Q = beta * (phi * scale) @ t
     assert Q**2 > S
     expected = S**2 / (Q**2 - S)
-    state = PathState(lam=np.ones(1), mu=np.zeros(1), beta=beta)
-    params = dict(
+    state = PathState(np.zeros((1, 1)), np.ones((1, 1)), beta=beta)
+    settings = PathSettings(
         max_iter=5000,
         tol=1e-14,
         n_iter_no_change=5,
@@ -126,10 +127,10 @@ def test_single_basis_closed_form():
         update="mackay",
         fix_noise=True,
         compute_score=False,
-        var_t=t.var(),
+        exact_switch=1,  # the exact phase from the start, with the relative coefficient rule
     )
-    exact_path(design, t, np.ones(n), state, params=params, ard_stop=False)
-    assert state.lam[0] == pytest.approx(expected, rel=1e-8)
+    run_path(design, state, Gaussian(t, np.ones(n), settings), settings)
+    assert state.lam[0, 0] == pytest.approx(expected, rel=1e-8)
 
 
 def test_sparse_support_recovery_over_seeds():

@@ -16,7 +16,7 @@ from sparsekit import DQNSBLRegressor
 from sparsekit.exceptions import EmptyModelWarning
 from sparsekit.sbl._constructive import constructive_path
 from sparsekit.sbl._design import DesignMatrix
-from sparsekit.sbl._regression_solver import PathState
+from sparsekit.sbl._engine import PathSettings, PathState
 
 
 def _wide_problem(n, M, k, seed, noise=0.05, n_test=300):
@@ -70,20 +70,20 @@ def test_pruning_is_reversible():
     sw = np.ones(100)
     design = DesignMatrix(X, sw, center=True, intercept_column=False)
     wrong = np.setdiff1d(np.arange(10), support)[:5]
-    state = PathState(lam=np.zeros(0), mu=np.zeros(0), beta=100.0)
-    params = {
-        "max_iter": 300,
-        "tol": 1e-3,
-        "threshold_lambda": 1e4,
-        "alpha_1": 1e-6,
-        "alpha_2": 1e-6,
-        "fix_noise": False,
-        "var_t": 1.0,
-    }
-    constructive_path(design, t, sw, state, params=params, init=(wrong, np.ones(5)))
+    state = PathState(np.zeros((0, 1)), np.zeros((0, 1)), beta=100.0)
+    settings = PathSettings(
+        max_iter=300,
+        tol=1e-3,
+        n_iter_no_change=5,
+        threshold_lambda=1e4,
+        alpha_1=1e-6,
+        alpha_2=1e-6,
+        fix_noise=False,
+    )
+    constructive_path(design, t, sw, state, settings=settings, init=(wrong, np.ones(5)))
     assert state.converged
     np.testing.assert_array_equal(design.active, np.sort(support))
-    assert set(state.pruned_lam) == set(wrong.tolist())
+    assert {j for j, _k in state.pruned_lam} == set(wrong.tolist())
 
 
 def test_weighted_wide_problem_equals_repeated_rows():

@@ -8,10 +8,11 @@ from sklearn.datasets import make_classification
 
 from sparsekit import DQNSBLClassifier
 from sparsekit.sbl import _classifier_solver as cs
+from sparsekit.sbl import _engine as engine
 
 
 def _settle(window=3):
-    return cs._DqnSettle(window)
+    return engine._Settle(window)
 
 
 def test_settle_fires_after_window_of_small_logit_changes():
@@ -62,14 +63,14 @@ def wide_sparse():
 def test_wide_linear_fit_stops_by_the_settle_test(monkeypatch, wide_sparse):
     X, y = wide_sparse
     calls = []
-    original = cs._DqnSettle.update
+    original = engine._Settle.update
 
     def spy(self, logits, n_active):
         out = original(self, logits, n_active)
         calls.append(out)
         return out
 
-    monkeypatch.setattr(cs._DqnSettle, "update", spy)
+    monkeypatch.setattr(engine._Settle, "update", spy)
     # dqn_tol out of reach: only the settle test can end the diagonal phase
     clf = DQNSBLClassifier(kernel=None, exact_switch=0, max_iter=400, dqn_tol=1e-12).fit(X, y)
     assert calls[-1] is True and not any(calls[:-1])
@@ -80,13 +81,13 @@ def test_wide_linear_fit_stops_by_the_settle_test(monkeypatch, wide_sparse):
 def test_inner_forcing_for_the_linear_basis_only(monkeypatch, wide_sparse):
     X, y = wide_sparse
     seen = []
-    original = cs.fit_path
+    original = engine.run_path
 
-    def spy(design, state, T, sw, likelihood, params, **kwargs):
-        seen.append(params["inner_forcing"])
-        return original(design, state, T, sw, likelihood, params, **kwargs)
+    def spy(design, state, lik, settings, **kwargs):
+        seen.append(settings.inner_forcing)
+        return original(design, state, lik, settings, **kwargs)
 
-    monkeypatch.setattr("sparsekit.sbl._classifier.fit_path", spy)
+    monkeypatch.setattr("sparsekit.sbl._classifier.run_path", spy)
     DQNSBLClassifier(kernel=None, max_iter=5).fit(X, y)
     DQNSBLClassifier(kernel="rbf", max_iter=5).fit(X[:100].toarray(), y[:100])
     assert seen == [cs.LINEAR_INNER_FORCING, 0.0]
@@ -95,10 +96,9 @@ def test_inner_forcing_for_the_linear_basis_only(monkeypatch, wide_sparse):
 
 def test_inner_tolerance_is_relative_to_the_starting_gradient():
     G = np.array([[3.0], [-40.0], [0.5]])
-    assert cs._inner_tolerance(G, 1e-6, {"inner_forcing": 0.1}) == pytest.approx(4.0)
-    assert cs._inner_tolerance(G, 10.0, {"inner_forcing": 0.1}) == 10.0  # absolute floor
-    assert cs._inner_tolerance(G, 1e-6, {"inner_forcing": 0.0}) == 1e-6
-    assert cs._inner_tolerance(G, 1e-6, {}) == 1e-6
+    assert cs._inner_tolerance(G, 1e-6, 0.1) == pytest.approx(4.0)
+    assert cs._inner_tolerance(G, 10.0, 0.1) == 10.0  # absolute floor
+    assert cs._inner_tolerance(G, 1e-6, 0.0) == 1e-6
 
 
 def test_forcing_stops_inner_solves_earlier(monkeypatch, wide_sparse):

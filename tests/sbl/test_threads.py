@@ -151,6 +151,6 @@ def test_regressor_exact_phase_runs_on_the_fit_threads(monkeypatch, idle_machine
 
     X, y = make_regression(n_samples=400, n_features=80, n_informative=10, random_state=0)
     seen = []
-    _record(monkeypatch, _regression_solver, "_cholesky", seen)
+    _record(monkeypatch, _regression_solver, "cholesky_precision", seen)
     DQNSBLRegressor(solver="exact", n_jobs=2).fit(X, y)
     assert seen and all(nb == 2 and blas == [2] for nb, blas in seen), seen[:3]

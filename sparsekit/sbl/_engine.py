@@ -1,0 +1,417 @@
+"""The outer loop of sparse Bayesian learning, written once for the regressor and the classifier.
+
+A fit alternates a posterior step with a re-estimate of the weight precisions ``lam``
+(ARDRegression's ``lambda_``). What depends on the likelihood comes from a likelihood object
+(:class:`._regression_solver.Gaussian`, :class:`._classifier_solver.Bernoulli`,
+:class:`._classifier_solver.Softmax`): the posterior step of each phase, the curvature diagonal,
+the noise precision ``beta`` (Gaussian only), the evidence and the stop statistic. Everything
+else is here, in :func:`run_path`:
+
+- the diagonal phase (posterior mode by an inner solve, ``Sigma_jj ~ 1 / (d_j + lam_j)`` from the
+  data-curvature diagonal ``d``) and the exact phase (full posterior over the active set), with the
+  switch once at most ``exact_switch`` bases remain (``solver="exact"``: exact from the start);
+- the MacKay / EM re-estimate of ``lam`` with the floors ``GAMMA_FLOOR`` and ``LAMBDA_FLOOR``;
+- pruning at ``threshold_lambda`` and compaction of the design;
+- re-admission of pruned bases in the exact phase (Tipping & Faul's add and delete tests, see
+  :mod:`._readmission`), when the estimator supplies the candidate columns;
+- the stop rule: ``n_iter_no_change`` consecutive iterations with an unchanged active set and a
+  small change (of the coefficients, or of the relevant log precisions, as the likelihood says),
+  or ARDRegression's own test for the Gaussian ``solver="exact"``.
+
+Notation: ``coef`` (n_coef, K) posterior means, one column per target (K = 1 for regression and
+binary classification, one per class otherwise); ``mask`` (n_coef, K) which (basis, column) pairs
+are in the model; the first row is the free intercept basis when the design has one (never
+re-estimated or pruned). The settings of a fit are one frozen :class:`PathSettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._kernels import EM, MACKAY, reestimate_lambda
+from ._readmission import GAIN_TOL as READMIT_GAIN_TOL
+from ._readmission import apply_additions, propose_additions, tipping_faul_delete
+
+_EPS = np.finfo(np.float64).eps
+GAMMA_FLOOR = 1e-12
+LAMBDA_FLOOR = 1e-12
+RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored by the stop rule
+# Diagonal-phase "settled" test (see _Settle): the training logits move by less than this
+# (relative L2 norm) per iteration while at most SETTLE_PRUNE_FRACTION of the active bases are
+# pruned over n_iter_no_change iterations.
+SETTLE_LOGIT_TOL = 1e-3
+SETTLE_PRUNE_FRACTION = 0.01
+
+_CHOICES = {
+    "solver": ("dqn", "exact"),
+    "update": ("mackay", "em"),
+    "diag_update": ("dbfgs", "psb", "exact"),
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PathSettings:
+    """Settings of one fit, built by the estimator from its validated parameters.
+
+    ``tol`` bounds the stop statistic of the exact phase (and, for the Gaussian likelihood, of
+    both phases: the relative change of the coefficients); ``dqn_tol`` that of the classifier's
+    diagonal phase (log precisions). ``alpha_1``, ``alpha_2``, ``lambda_1``, ``lambda_2`` are the
+    Gamma hyperpriors of the noise and weight precisions (ARDRegression's names). ``noise_every``
+    is the constructive path's noise schedule (:mod:`._constructive`); ``inner_forcing`` the
+    classifier's inexact-Newton forcing term (0: off).
+    """
+
+    max_iter: int
+    tol: float
+    n_iter_no_change: int
+    threshold_lambda: float
+    solver: str = "dqn"
+    update: str = "mackay"
+    exact_switch: int = 0
+    dqn_tol: float = 0.0
+    diag_update: str = "dbfgs"
+    inner_max_iter: int = 20
+    inner_tol: float = 0.0
+    inner_forcing: float = 0.0
+    alpha_1: float = 0.0
+    alpha_2: float = 0.0
+    lambda_1: float = 0.0
+    lambda_2: float = 0.0
+    fix_noise: bool = False
+    compute_score: bool = False
+    noise_every: int = 0
+
+    def __post_init__(self):
+        for name, options in _CHOICES.items():
+            if getattr(self, name) not in options:
+                raise ValueError(
+                    f"PathSettings.{name} must be one of {options}; got {getattr(self, name)!r}."
+                )
+        for name in ("max_iter", "n_iter_no_change"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PathSettings.{name} must be >= 1; got {getattr(self, name)!r}.")
+        for name in ("exact_switch", "inner_max_iter", "noise_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
+        nonneg = ("tol", "dqn_tol", "inner_tol", "inner_forcing", "alpha_1", "alpha_2")
+        for name in (*nonneg, "lambda_1", "lambda_2"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
+        if not self.threshold_lambda > 0.0:
+            raise ValueError(
+                f"PathSettings.threshold_lambda must be > 0; got {self.threshold_lambda!r}."
+            )
+
+    @property
+    def mode(self):
+        """The re-estimate of :func:`._kernels.reestimate_lambda`: MACKAY or EM."""
+        return EM if self.update == "em" else MACKAY
+
+
+class PathState:
+    """Mutable state of a fit (notation in the module docstring).
+
+    ``curvature`` (n_coef, K) is the quasi-Newton data-curvature diagonal of the classifier's
+    diagonal phase (None for the Gaussian likelihood, whose diagonal is exact and constant);
+    ``beta`` the noise precision (Gaussian; None otherwise).
+    """
+
+    def __init__(self, coef, lam, *, mask=None, curvature=None, beta=None):
+        self.coef = coef
+        self.lam = lam
+        self.mask = np.ones(coef.shape, dtype=bool) if mask is None else mask
+        self.curvature = curvature
+        self.beta = beta
+        self.sigma_diag = None
+        # full posterior covariance(s), exact phase: Gaussian the (m, m) matrix; Bernoulli a list
+        # of K pairs (coefficient index, covariance); Softmax one pair over flat positions
+        self.sigma_full = None
+        self.n_iter = 0
+        self.converged = False
+        self.scores = []
+        self.pruned_lam = {}  # (original column index, k) -> precision when it was pruned
+        self.phase = "dqn"
+        self.logits = None  # training logits at the end of the last diagonal inner solve
+        self.readmitted = {}  # (original column index, k) -> times re-admitted
+        self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
+        # exact phase, bernoulli: per class, the status of the last Newton solve (0 converged,
+        # 1 stopped at its iteration cap, 2 converged on a jittered precision)
+        self.newton_status = None
+
+
+def free_rows(design):
+    """Rows of the free intercept basis (never re-estimated nor pruned): 0 or 1."""
+    return 1 if design.intercept_column else 0
+
+
+def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
+    """Fit: the diagonal phase until at most ``exact_switch`` bases remain (or exact from the
+    start for ``solver="exact"``), then exact iterations, until the stop rule fires or
+    ``max_iter`` iterations have run (``state.converged`` tells which).
+
+    With a ``candidates`` source (:class:`._readmission.CandidateColumns`) and a likelihood that
+    supports it (one-vs-rest Bernoulli and Softmax), the exact phase re-admits pruned bases by
+    Tipping and Faul's test: a sweep over every basis function at the first exact iteration, after
+    every sweep that added a basis, and before the phase may stop, so it stops only when no basis
+    outside the model is worth adding; each iteration also prunes, per class, the basis whose
+    removal raises the evidence most (Tipping and Faul's delete test) rather than waiting for its
+    precision to creep up to ``threshold_lambda``. ``on_iter(state, design, step, dlog)`` is called after every
+    iteration (``step`` is what the likelihood's posterior step returned).
+    """
+    exact = settings.solver == "exact"
+    readmit = candidates is not None and lik.readmits
+    stop = _StopRule(settings, lik.stop_statistic)
+    settle = _Settle(settings.n_iter_no_change)
+    sweep_next = True
+    if readmit:
+        # a warm start may leave bases out of every class's model: they are candidates only
+        _compact_unused(design, state, lik)
+    lik.start(design, state)
+    stop.enter(state, exact)
+    while state.n_iter < settings.max_iter:
+        if lik.stops_when_empty and design.n_coef == 0:
+            state.converged = True
+            break
+        if not exact and lik.exact_size(design, state) <= settings.exact_switch:
+            exact = True
+            stop.enter(state, exact)
+        state.n_iter += 1
+        state.phase = "exact" if exact else "dqn"
+        if exact:
+            step = lik.exact_step(design, state, settings)
+        else:
+            step = lik.inner_solve(design, state, settings)
+            H = lik.curvature(design, state) + state.lam
+            state.sigma_diag = np.where(state.mask, 1.0 / H, 0.0)
+            step.logdet = float(np.sum(np.log(H[state.mask])))
+        additions = []
+        if exact and readmit and (sweep_next or stop.calm + 1 >= settings.n_iter_no_change):
+            additions = propose_additions(
+                design, state, lik.T, lik.sw, candidates, settings.threshold_lambda, lik.name
+            )
+            sweep_next = bool(additions)
+        update = _reestimate(design, state, settings)
+        if update is not None and not settings.fix_noise:
+            lik.update_noise(design, state, step, update.gamma, settings, exact)
+        score = lik.log_evidence(design, state, step, update, settings, exact)
+        if score is not None:
+            state.scores.append(score)
+        coef_seen = state.coef.copy() if stop.needs_coef else None
+        changed, dlog, keep = False, 0.0, None
+        if update is not None:
+            # a class whose evidence fell since the last update overshot: damp its next update
+            ev = state.class_evidence
+            damp = exact and readmit and len(ev) > 1 and ev[-1] < ev[-2]
+            changed, dlog, keep = _apply_update(
+                design, state, lik, update, settings, delete_test=exact and readmit, damp=damp
+            )
+        if additions:
+            apply_additions(design, state, candidates, additions, 0.25 * design.weight_sum)
+            changed = True
+        if on_iter is not None:
+            on_iter(state, design, step, dlog)
+        tol = settings.tol if exact else settings.dqn_tol
+        settled = dlog < tol or (exact and readmit and _evidence_flat(state, design))
+        done = stop.observe(coef_seen, keep, changed, settled, exact)
+        if not exact and lik.uses_settle_test and settle.update(state.logits, design.n_active):
+            done = True
+        if done:
+            if exact or lik.exact_size(design, state) > settings.exact_switch:
+                state.converged = True
+                break
+            exact = True  # the diagonal phase converged with few bases: finish exactly
+            stop.enter(state, exact)
+    lik.finish(design, state, settings, exact)
+    return state
+
+
+class _Update:
+    """A re-estimate of the precisions over the masked, non-free coefficients."""
+
+    def __init__(self, lam_old, lam_new, gamma, sub):
+        self.lam_old = lam_old
+        self.lam_new = lam_new
+        self.gamma = gamma
+        self.sub = sub  # the (row, column) pairs re-estimated, rows below the free ones
+
+
+def _reestimate(design, state, settings):
+    """MacKay/EM update (Tipping 2001 eqs. 16, 44, 48) over the masked, non-free coefficients;
+    None when there are none. Nothing in ``state`` changes."""
+    f = free_rows(design)
+    sub = state.mask[f:]
+    if not sub.any():
+        return None
+    lam_old = state.lam[f:][sub]
+    lam_new, gamma = reestimate_lambda(
+        state.coef[f:][sub].copy(),
+        state.sigma_diag[f:][sub].copy(),
+        lam_old.copy(),
+        settings.mode,
+        settings.lambda_1,
+        settings.lambda_2,
+        GAMMA_FLOOR,
+        LAMBDA_FLOOR,
+    )
+    return _Update(lam_old, lam_new, gamma, sub)
+
+
+def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
+    """Store the re-estimated precisions, prune those at ``threshold_lambda`` and compact.
+
+    With ``delete_test`` (the exact phase with re-admission), the basis of each class whose
+    removal raises the evidence most is also pruned (:func:`._readmission.tipping_faul_delete`).
+    With ``damp`` (one bool per class), the precisions of those classes move half-way (in log
+    scale) to their new values: MacKay's simultaneous update of many correlated bases can fall
+    into a two-cycle (measured: 70 RBF bases, the evidence alternating between two values until
+    ``max_iter``).
+
+    Returns ``(changed, dlog, keep_rows)``: whether the active set changed, the largest change of
+    log precision over the relevant coefficients (gamma above RELEVANT_GAMMA), and which rows of
+    the state were kept (None when none was removed).
+    """
+    f = free_rows(design)
+    sub, lam_old, lam_new, gamma = update.sub, update.lam_old, update.lam_new, update.gamma
+    coef, lam, mask = state.coef, state.lam, state.mask
+    if damp is not False and np.any(damp):
+        rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
+        lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
+    if delete_test:
+        lam_new = tipping_faul_delete(
+            coef[f:][sub], state.sigma_diag[f:][sub], gamma, lam_old, np.nonzero(sub)[1], lam_new
+        )
+    relevant = (gamma > RELEVANT_GAMMA) & np.isfinite(lam_new)
+    if relevant.any():
+        dlog = float(np.max(np.abs(np.log(lam_new[relevant]) - np.log(lam_old[relevant]))))
+    else:
+        dlog = 0.0
+    prune = ~(lam_new < settings.threshold_lambda)
+    lam_sub = lam[f:]
+    lam_sub[sub] = np.where(prune, 1.0, lam_new)
+    if not prune.any():
+        return False, dlog, None
+    rows, cols = np.nonzero(sub)
+    keys = zip(design.active[rows[prune]].tolist(), cols[prune].tolist())
+    state.pruned_lam.update(zip(keys, lam_new[prune].tolist()))
+    mask_sub = mask[f:]
+    mask_sub[rows[prune], cols[prune]] = False
+    coef[~mask] = 0.0
+    return True, dlog, _compact_unused(design, state, lik)
+
+
+def _compact_unused(design, state, lik):
+    """Remove from the design (and the state) the bases that no column has in its model.
+    Returns the boolean rows kept (None when nothing was removed)."""
+    f = free_rows(design)
+    keep = state.mask[f:].any(axis=1)
+    if keep.all():
+        return None
+    keep_rows = np.concatenate([np.ones(f, dtype=bool), keep])
+    design.compact(keep)
+    state.coef = np.ascontiguousarray(state.coef[keep_rows])
+    state.lam = np.ascontiguousarray(state.lam[keep_rows])
+    state.mask = np.ascontiguousarray(state.mask[keep_rows])
+    if state.curvature is not None:
+        state.curvature = np.ascontiguousarray(state.curvature[keep_rows])
+    if state.sigma_diag is not None:
+        state.sigma_diag = np.ascontiguousarray(state.sigma_diag[keep_rows])
+    lik.compact(keep_rows)
+    return keep_rows
+
+
+def _evidence_flat(state, design):
+    """Whether the last re-estimate raised the evidence by less than the re-admission gain
+    tolerance (per unit of weight): the stop of Tipping and Faul's algorithm, for a precision that
+    creeps slowly towards a distant optimum after the model has otherwise settled."""
+    if len(state.scores) < 2:
+        return False
+    return abs(state.scores[-1] - state.scores[-2]) <= READMIT_GAIN_TOL * design.weight_sum
+
+
+class _StopRule:
+    """``n_iter_no_change`` consecutive calm iterations: the active set unchanged and the stop
+    statistic small. The likelihood names the statistic:
+
+    - ``"log_precision"``: ``max |d log lam|`` over the relevant coefficients below ``tol`` (exact
+      phase) or ``dqn_tol`` (diagonal phase), or a flat evidence with re-admission;
+    - ``"coefficients"``: ``max |d coef| <= tol * max |coef|`` (the log-precision rule alone never
+      fires for a diagonal solver: precisions of irrelevant bases creep for hundreds of iterations);
+    - ``"ard"`` (exact phase; the diagonal phase uses "coefficients"): ARDRegression's test
+      ``sum |d coef| < tol``, at once, for the iterates of ``solver="exact"`` to be ARDRegression's.
+
+    Coefficients are compared with those of the previous iteration of the same phase, pruned
+    ones counted as zero.
+    """
+
+    def __init__(self, settings, statistic):
+        self.settings = settings
+        self.statistic = statistic
+        self.needs_coef = statistic in ("coefficients", "ard")
+        self.calm = 0
+        self.previous = None
+
+    def enter(self, state, exact):
+        """Start a phase: nothing is calm yet; the diagonal phase compares with the start."""
+        self.calm = 0
+        self.previous = None if exact else state.coef.ravel().copy()
+
+    def observe(self, coef, keep, changed, settled, exact):
+        """Record one iteration (``coef`` before pruning, ``keep`` the rows kept); returns
+        whether the phase has converged."""
+        tol = self.settings.tol
+        if self.needs_coef:
+            coef = coef.ravel()
+            if keep is not None:
+                coef = np.where(keep, coef, 0.0)
+            prev = self.previous
+            if self.statistic == "ard" and exact:
+                done = prev is not None and np.sum(np.abs(prev - coef)) < tol
+                self.previous = coef if keep is None else coef[keep]
+                return bool(done)
+            if prev is None or prev.shape != coef.shape:
+                settled = False
+            else:
+                settled = np.max(np.abs(coef - prev)) <= tol * max(np.max(np.abs(coef)), _EPS)
+            self.previous = coef if keep is None else coef[keep]
+        self.calm = self.calm + 1 if (settled and not changed) else 0
+        return self.calm >= self.settings.n_iter_no_change
+
+
+class _Settle:
+    """Second stopping test of the classifier's diagonal phase: the model has settled when, for
+    ``window`` consecutive iterations, the training logits moved by less than SETTLE_LOGIT_TOL
+    (relative L2 norm) each time and at most SETTLE_PRUNE_FRACTION of the active bases were pruned
+    in total.
+
+    On wide sparse problems (text) the diagonal phase ends with a thousand or more bases, above
+    ``exact_switch``, and the log-precision test alone waits for hundreds of iterations while
+    weakly relevant bases creep, one every few iterations, towards the pruning threshold: the
+    jitter of the quasi-Newton diagonal keeps ``max |d log lambda|`` near ``dqn_tol`` although
+    the predictions no longer change. The basis count of the window keeps the test from firing
+    while the active set is still shrinking in earnest (the usual kernel path towards the exact
+    phase).
+    """
+
+    def __init__(self, window):
+        self.window = window
+        self.prev = None
+        self.history = []  # (logits settled?, active bases) per iteration
+
+    def update(self, logits, n_active):
+        """Record one diagonal iteration; returns whether the model has settled."""
+        if logits is None:
+            return False
+        settled = False
+        if self.prev is not None and self.prev.shape == logits.shape:
+            norm = float(np.linalg.norm(logits))
+            change = float(np.linalg.norm(logits - self.prev))
+            settled = change <= SETTLE_LOGIT_TOL * max(norm, np.finfo(float).tiny)
+        self.prev = logits.copy()
+        self.history.append((settled, n_active))
+        recent = self.history[-(self.window + 1) :]
+        if len(recent) <= self.window or not all(ok for ok, _ in recent[1:]):
+            return False
+        first, last = recent[0][1], recent[-1][1]
+        return first - last <= SETTLE_PRUNE_FRACTION * first

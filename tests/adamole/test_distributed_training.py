@@ -260,7 +260,7 @@ def test_every_aux_term_of_a_rank_is_the_global_batch_term():
     (local_grad,) = torch.autograd.grad(local, mine)
     torch.testing.assert_close(local_grad, full_grad[:head], rtol=1e-4, atol=1e-6)
     # the split matters: rank 0's own batch alone gives another loss
-    assert abs(float(_aux_term(mine.detach(), valid[:head]) - full)) > 1e-3
+    assert abs(float(_aux_term(mine.detach(), valid[:head])) - float(full)) > 1e-3
 
 
 def test_accelerate_launch_trains_with_ddp(tmp_path, clf_bert_dir, data):

@@ -29,7 +29,8 @@ The optional threshold entropy (adaptive routing only, weight ``beta``) asks ins
 number of active experts *differ* between tokens: with ``s_ti = sigmoid((p_ti - tau_t) /
 (tau_max / 10))`` read as independent chances that expert i is active for token t, ``pi_t(k)``
 (k = 0..N) is the distribution of token t's active count (Poisson-binomial), ``q(k)`` its mean
-over the batch's tokens, and ``beta * (log(N + 1) - H(q))`` joins the module's term, with
+over the batch's tokens (the global batch in a multi-process fit, as for the budget's mean
+count), and ``beta * (log(N + 1) - H(q))`` joins the module's term, with
 ``H(q) = -sum_k q(k) log q(k)``. The term is 0 when the counts are spread evenly over 0..N and
 ``beta * log(N + 1)`` when every token has the same hard count (e.g. every tau at its cap with
 the same number of gate probabilities above it), so it pulls the thresholds apart instead of

@@ -70,6 +70,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--threshold-budget", type=float, default=None, help="target mean active experts"
     )
+    p.add_argument(
+        "--threshold-entropy", type=float, default=None, help="weight of the active-count entropy"
+    )
     p.add_argument("--lora-dropout", type=float, default=0.05)
     p.add_argument("--early-stopping", action="store_true")
     p.add_argument("--device", default=None, help="None (auto), cpu, cuda")
@@ -95,6 +98,7 @@ def main(argv=None):
         expert_rank=4,
         aux_loss_coef=args.aux_loss_coef,
         threshold_budget=args.threshold_budget,
+        threshold_entropy=args.threshold_entropy,
         lora_dropout=args.lora_dropout,
         head="classifier",
         batch_size=args.batch_size,

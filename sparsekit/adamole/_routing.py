@@ -29,7 +29,8 @@ The optional threshold entropy (adaptive routing only, weight ``beta``) asks ins
 number of active experts *differ* between tokens: with ``s_ti = sigmoid((p_ti - tau_t) /
 (tau_max / 10))`` read as independent chances that expert i is active for token t, ``pi_t(k)``
 (k = 0..N) is the distribution of token t's active count (Poisson-binomial), ``q(k)`` its mean
-over the batch's tokens, and ``beta * (log(N + 1) - H(q))`` joins the module's term, with
+over the batch's tokens (the global batch in a multi-process fit, as for the budget's mean
+count), and ``beta * (log(N + 1) - H(q))`` joins the module's term, with
 ``H(q) = -sum_k q(k) log q(k)``. The term is 0 when the counts are spread evenly over 0..N and
 ``beta * log(N + 1)`` when every token has the same hard count (e.g. every tau at its cap with
 the same number of gate probabilities above it), so it pulls the thresholds apart instead of
@@ -216,20 +217,24 @@ def _routing_means(fmask, score, valid, sum_over_ranks=None):
 
 
 def _token_mean(values, valid, sum_over_ranks=None):
-    """Mean of per-token ``values`` over the batch's non-padding tokens; with ``sum_over_ranks``
-    (a multi-process fit) over the global batch, as :func:`_routing_means` does: the sum and the
-    token count are all-reduced (with autograd) before the division, so the budget term and its
-    gradient are those of one process on the global batch."""
+    """Mean over the batch's non-padding tokens of per-token ``values`` (``[T]``, or ``[T, K]``
+    for a mean per column); with ``sum_over_ranks`` (a multi-process fit) over the global batch,
+    as :func:`_routing_means` does: the token sums and the token count are all-reduced (with
+    autograd) before the division, so the budget and entropy terms and their gradients are those
+    of one process on the global batch."""
     if sum_over_ranks is None:
         if valid is None:
-            return values.mean()
+            return values.mean(0)
         return (valid @ values) / valid.sum().clamp_min(1.0)
     if valid is None:
-        local = torch.stack([values.sum().float(), values.new_tensor(values.shape[0]).float()])
+        sums = values.sum(0)
+        count = values.new_tensor(float(values.shape[0]))
     else:
-        local = torch.stack([(valid @ values).float(), valid.sum().float()])
+        sums, count = valid @ values, valid.sum()
+    local = torch.cat([sums.reshape(-1).float(), count.reshape(1).float()])
     total = sum_over_ranks(local)
-    return (total[0] / total[1].clamp_min(1.0)).to(values.dtype)
+    mean = total[:-1] / total[-1].clamp_min(1.0)
+    return mean.reshape(values.shape[1:]).to(values.dtype)
 
 
 class AuxLoss:
@@ -364,7 +369,7 @@ class AuxLoss:
                 mean_count = _token_mean(soft_count, valid, self.sum_over_ranks)
                 term = term + (mean_count - threshold_budget) ** 2
             if threshold_entropy is not None:
-                entropy = active_count_entropy(decision, valid)
+                entropy = active_count_entropy(decision, valid, self.sum_over_ranks)
                 term = term + threshold_entropy * (math.log(n_experts + 1) - entropy)
             self.terms.append(term)
         self._reductions.append(reduction)
@@ -395,17 +400,21 @@ def active_count_distribution(decision: Routing) -> torch.Tensor:
     return dist
 
 
-def active_count_entropy(decision: Routing, valid=None) -> torch.Tensor:
+def active_count_entropy(decision: Routing, valid=None, sum_over_ranks=None) -> torch.Tensor:
     """Entropy (nats) of the batch's distribution of active-expert counts, ``H(q)``.
 
     ``q(k)`` is the mean over the tokens where ``valid`` (float ``[T]``) is 1 of
-    :func:`active_count_distribution`; at most ``log(N + 1)``.
+    :func:`active_count_distribution`; at most ``log(N + 1)``. It is the entropy of the
+    batch-averaged distribution, not the mean of per-token entropies (a token's own count may be
+    certain; what the term rewards is counts that differ between tokens).
+
+    With ``sum_over_ranks`` (a multi-process fit) ``q`` is the mean over the global batch: the
+    per-rank token sums of ``pi_t(k)`` and the token counts are all-reduced with autograd before
+    the division (see :func:`_token_mean`), so every rank gets the one-process ``H(q)`` of the
+    global batch and its gradient. Averaging per-rank entropies instead would not: H is concave,
+    so that mean is at most the global entropy, and the gap depends on how the batch is split.
     """
-    dist = active_count_distribution(decision)
-    if valid is None:
-        q = dist.mean(0)
-    else:
-        q = (valid @ dist) / valid.sum().clamp_min(1.0)
+    q = _token_mean(active_count_distribution(decision), valid, sum_over_ranks)
     # q(k) is exactly 0 where the smooth indicators saturate; log(0) would give an infinite
     # gradient there (and NaN through the zero chances), so the log sees at least 1e-12
     return -(q * torch.log(q.clamp_min(_ENTROPY_FLOOR))).sum()

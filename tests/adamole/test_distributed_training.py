@@ -122,6 +122,7 @@ def _one_process(model_dir, data, settings, batch_size):
         expert_rank=4,
         aux_loss_coef=settings["aux_loss_coef"],
         threshold_budget=settings.get("threshold_budget"),
+        threshold_entropy=settings.get("threshold_entropy"),
         lora_dropout=settings["lora_dropout"],
         head="classifier",
         batch_size=batch_size,
@@ -202,6 +203,64 @@ def test_two_processes_with_threshold_budget_match_one_process(tmp_path, clf_ber
     for h_dist, h_one in zip(r0["history"], single.history_):
         assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
         assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+
+
+def test_two_processes_with_threshold_entropy_match_one_process(tmp_path, clf_bert_dir, data):
+    """The threshold-entropy term ``beta * (log(N + 1) - H(q))`` is the entropy of the batch's
+    mean active-count distribution q; the per-rank token sums of each token's distribution and
+    the token counts are all-reduced in the forward (with their gradient), so every rank gets the
+    q of the global batch and the two-process fit is the one-process fit on that batch. With
+    per-rank q the term would be the mean of the ranks' entropies (smaller: H is concave)."""
+    settings = _settings(aux_loss_coef=0.5, threshold_entropy=2.0)
+    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
+    r0, r1 = ranks
+    assert r0["predictions"] == r1["predictions"]
+    assert _without_times(r0["history"]) == _without_times(r1["history"])
+    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
+    np.testing.assert_allclose(
+        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    )
+    assert r0["predictions"] == [str(c) for c in single.predict(data["X_test"])]
+    for h_dist, h_one in zip(r0["history"], single.history_):
+        assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
+        assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+
+
+def _aux_term(logits, valid, sum_over_ranks=None):
+    """The aux loss of one adaptive module with every option on, on tokens ``logits``."""
+    from sparsekit.adamole._routing import AuxLoss, route
+
+    aux = AuxLoss(attention_mask=valid, statistics=False)
+    aux.sum_over_ranks = sum_over_ranks
+    decision = route(logits, "adaptive", 4, 0.25, None)
+    aux.record(decision, n_experts=4, reduction="sum", threshold_budget=2.0, threshold_entropy=0.7)
+    return aux.loss
+
+
+def test_every_aux_term_of_a_rank_is_the_global_batch_term():
+    """In one process: the token sums of "rank 1" (the second part of the batch) are recorded,
+    then "rank 0" computes its terms with them added, as the all-reduce does. The load-balancing
+    statistics, the budget's mean count and the entropy's q are then the ones of the whole batch,
+    so the value and the gradient on rank 0's tokens are the one-process ones (any term left as a
+    per-rank mean breaks both)."""
+    gen = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(21, 5, generator=gen)).requires_grad_()  # float32, as routed
+    valid = torch.ones(21)
+    valid[[4, 5, 17, 20]] = 0  # padding on both "ranks"
+    full = _aux_term(logits, valid)
+    (full_grad,) = torch.autograd.grad(full, logits)
+    head, tail = 9, slice(9, None)
+    received = []
+    _aux_term(logits[tail].detach(), valid[tail], lambda t: received.append(t) or t)
+    assert len(received) == 3  # balance statistics, mean count, count distribution
+    sent = iter(received)
+    mine = logits[:head].detach().requires_grad_()
+    local = _aux_term(mine, valid[:head], lambda t: t + next(sent))
+    torch.testing.assert_close(local, full, rtol=1e-5, atol=1e-6)
+    (local_grad,) = torch.autograd.grad(local, mine)
+    torch.testing.assert_close(local_grad, full_grad[:head], rtol=1e-4, atol=1e-6)
+    # the split matters: rank 0's own batch alone gives another loss
+    assert abs(float(_aux_term(mine.detach(), valid[:head])) - float(full)) > 1e-3
 
 
 def test_accelerate_launch_trains_with_ddp(tmp_path, clf_bert_dir, data):

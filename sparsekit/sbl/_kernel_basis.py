@@ -23,6 +23,13 @@ O(n^2 (d + m)) for a model of m bases; the pool sweeps cost O(n m0 (d + m)) each
 a few times per fit rather than once per added basis. Memory is O(n m0) (the pool's buffer) plus
 O(n SCAN_BLOCK) per scan block: never n-by-n.
 
+The regressor (:meth:`KernelSubset.fit_gaussian`) shares the pool, its row-blocked columns, the
+scan blocks and the "auto" rule (:func:`make_subset`); it runs Tipping & Faul's constructive
+path (:mod:`._constructive`) on the pool instead of the diagonal and exact phases, scans with the
+Gaussian add test at the constructive path's exact posterior, and rebuilds the pool's columns
+(the starting pool, the model and the new samples) before the constructive path continues from
+the current model and noise. It ends, like the classifier's, when a scan finds nothing to add.
+
 The pool is drawn at random rather than by k-means++ seeding: on half-splits of make_moons (300,
 gamma 2), make_classification (400 x 6, gamma 0.1) and make_classification (3,000 x 20, gamma
 0.05) with pools of 50, 100 and 500, neither won (final log-evidence of k-means++ minus random:
@@ -138,11 +145,12 @@ def kernel_block(est, X, Y, gamma_):
 
 
 class KernelSubset:
-    """The subset path of one classifier fit (module docstring).
+    """The subset path of one fit (module docstring): :meth:`fit` for the classifier,
+    :meth:`fit_gaussian` for the regressor.
 
     Parameters
     ----------
-    est : DQNSBLClassifier
+    est : DQNSBLClassifier or DQNSBLRegressor
         The estimator (kernel parameters).
     X : ndarray or sparse matrix of shape (n_samples, n_features)
         Training data.

@@ -23,8 +23,8 @@ from ._dask_design import make_design
 from ._dask_input import dask_classification_targets, is_dask_array
 from ._dask_laplace import DaskCandidateColumns
 from ._engine import PathSettings, PathState, run_path
-from ._features import compute_kernel, distinct_rows, training_basis
-from ._kernel_basis import FULL_KERNEL_MAX, KernelSubset, use_subset
+from ._features import compute_kernel, training_basis
+from ._kernel_basis import make_subset
 from ._readmission import CandidateColumns
 
 SEPARATION_PROBABILITY = 0.9
@@ -352,20 +352,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
 
     def _kernel_subset(self, X, sw, likelihood):
         """The subset path of this fit (``kernel_basis``), or None for the full basis."""
-        if is_dask_array(X) or self.kernel_basis == "full":
-            return None
-        no_kernel = self.kernel is None or (
-            isinstance(self.kernel, str) and self.kernel == "precomputed"
-        )
-        if self.kernel_basis == "auto" and no_kernel:
-            return None
-        distinct = None
-        if self.kernel_basis == "auto" and X.shape[0] > FULL_KERNEL_MAX:
-            distinct = distinct_rows(X, sw)
-        n_distinct = X.shape[0] if distinct is None else distinct.size
-        if not use_subset(self, n_distinct, likelihood):
-            return None
-        return KernelSubset(self, X, sw, self._gamma, distinct)
+        return make_subset(self, X, sw, self._gamma, likelihood)
 
     def _candidate_columns(self, X, n_basis):
         """Source of the training basis columns, for re-admitting pruned bases."""

@@ -23,6 +23,13 @@ O(n^2 (d + m)) for a model of m bases; the pool sweeps cost O(n m0 (d + m)) each
 a few times per fit rather than once per added basis. Memory is O(n m0) (the pool's buffer) plus
 O(n SCAN_BLOCK) per scan block: never n-by-n.
 
+The regressor (:meth:`KernelSubset.fit_gaussian`) shares the pool, its row-blocked columns, the
+scan blocks and the "auto" rule (:func:`make_subset`); it runs Tipping & Faul's constructive
+path (:mod:`._constructive`) on the pool instead of the diagonal and exact phases, scans with the
+Gaussian add test at the constructive path's exact posterior, and rebuilds the pool's columns
+(the starting pool, the model and the new samples) before the constructive path continues from
+the current model and noise. It ends, like the classifier's, when a scan finds nothing to add.
+
 The pool is drawn at random rather than by k-means++ seeding: on half-splits of make_moons (300,
 gamma 2), make_classification (400 x 6, gamma 0.1) and make_classification (3,000 x 20, gamma
 0.05) with pools of 50, 100 and 500, neither won (final log-evidence of k-means++ minus random:
@@ -42,7 +49,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..utils._threads import parallel
-from ._design import column_scaling, moment_divisor
+from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
+from ._constructive import addition_gain, constructive_path
+from ._dask_input import is_dask_array
+from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._engine import run_path
 from ._features import compute_kernel, distinct_rows
 from ._kernels import weighted_column_moments
@@ -71,13 +81,19 @@ def scan_additions(m0):
 
 def use_subset(est, n_distinct, likelihood):
     """Whether the fit takes the subset path, from ``est.kernel_basis``; raises a ValueError for a
-    combination the subset path cannot fit."""
+    combination the subset path cannot fit. ``likelihood`` is "gaussian" for the regressor."""
     mode = est.kernel_basis
     if mode == "full":
         return False
     reason = None
     if est.kernel is None or (isinstance(est.kernel, str) and est.kernel == "precomputed"):
         reason = f"a kernel computed from X (kernel={est.kernel!r} has no kernel columns to skip)"
+    elif likelihood == "gaussian":
+        if est.solver != "dqn":
+            reason = (
+                "solver='dqn' (its constructive path scores candidate bases whose columns are not "
+                "held; solver='exact' works on the whole kernel)"
+            )
     elif likelihood != "bernoulli":
         reason = (
             "binary or one-vs-rest problems (multi_class='multinomial' has no re-admission, so "
@@ -97,6 +113,23 @@ def use_subset(est, n_distinct, likelihood):
     return True
 
 
+def make_subset(est, X, sample_weight, gamma_, likelihood, cls=None):
+    """The subset path of a fit (``est.kernel_basis``, :func:`use_subset`), or None for the full
+    kernel basis. ``cls`` is the :class:`KernelSubset` class to build (default KernelSubset)."""
+    if is_dask_array(X) or est.kernel_basis == "full":
+        return None
+    no_kernel = est.kernel is None or (isinstance(est.kernel, str) and est.kernel == "precomputed")
+    if est.kernel_basis == "auto" and no_kernel:
+        return None
+    distinct = None
+    if est.kernel_basis == "auto" and X.shape[0] > FULL_KERNEL_MAX:
+        distinct = distinct_rows(X, sample_weight)
+    n_distinct = X.shape[0] if distinct is None else distinct.size
+    if not use_subset(est, n_distinct, likelihood):
+        return None
+    return (cls or KernelSubset)(est, X, sample_weight, gamma_, distinct)
+
+
 def kernel_block(est, X, Y, gamma_):
     """Dense K(X, Y), checked for NaN and infinity."""
     with parallel(X.shape[0] * Y.shape[0] * X.shape[1]):
@@ -112,11 +145,12 @@ def kernel_block(est, X, Y, gamma_):
 
 
 class KernelSubset:
-    """The subset path of one classifier fit (module docstring).
+    """The subset path of one fit (module docstring): :meth:`fit` for the classifier,
+    :meth:`fit_gaussian` for the regressor.
 
     Parameters
     ----------
-    est : DQNSBLClassifier
+    est : DQNSBLClassifier or DQNSBLRegressor
         The estimator (kernel parameters).
     X : ndarray or sparse matrix of shape (n_samples, n_features)
         Training data.
@@ -140,6 +174,7 @@ class KernelSubset:
         rng = np.random.RandomState(SEED)
         pick = rng.choice(self.candidates_all.size, self.m0, replace=False)
         self.pool = np.sort(self.candidates_all[pick])
+        self.first_pool = self.pool
         self.n_scans = 0
 
     def _kernel(self, js):
@@ -181,16 +216,13 @@ class KernelSubset:
             # new pool columns: the cached pool blocks no longer match the sweep's blocks
             candidates = self.candidate_columns(design.n_basis)
 
-    def scan(self, design, state, T, sw, threshold_lambda):
-        """Score every distinct sample outside the pool by the add test at the current exact
-        posterior; the best ``scan_additions(m0)`` per class with a gain above the re-admission
-        tolerance join the pool (their scaling is set in ``design``). Returns how many joined."""
-        self.n_scans += 1
-        K = T.shape[1]
-        Bw, R, models, excluded = sweep_terms(design, state, T, sw)
+    def scan_blocks(self, design, *, center):
+        """The samples outside the pool in blocks of ``SCAN_BLOCK``: yields ``(js, Phi_js, s)``,
+        the samples whose columns are not constant, their columns of K(X, X[js]) scaled as the
+        design scales its own (centred when ``center``, unit weighted RMS; float64) and their
+        inverse scales. The kernel of a block is computed once and never kept."""
+        sw = self.sw
         others = np.setdiff1d(self.candidates_all, self.pool, assume_unique=True)
-        found = [[] for _ in range(K)]
-        inv_scale = {}
         for start in range(0, others.size, SCAN_BLOCK):
             js = others[start : start + SCAN_BLOCK]
             raw = self._kernel(js)
@@ -199,19 +231,32 @@ class KernelSubset:
             scaled = raw if np.all(d == 1.0) else raw / d
             with parallel(2 * raw.size):
                 mean, ssd = weighted_column_moments(np.asfortranarray(scaled), sw)
-            _offset, s, constant = column_scaling(
+            offset, s, constant = column_scaling(
                 mean,
                 ssd,
                 design.weight_sum,
                 d,
-                center=False,
+                center=center,
                 intercept_column=design.intercept_column,
             )
             keep = ~constant
             if not keep.any():
                 continue
-            js, s = js[keep], s[keep]
-            blk = np.asarray(raw[:, keep], dtype=np.float64) * s
+            blk = np.asarray(raw[:, keep], dtype=np.float64)
+            if center:
+                blk = blk - offset[keep]
+            yield js[keep], blk * s[keep], s[keep]
+
+    def scan(self, design, state, T, sw, threshold_lambda):
+        """Score every distinct sample outside the pool by the add test at the current exact
+        posterior; the best ``scan_additions(m0)`` per class with a gain above the re-admission
+        tolerance join the pool (their scaling is set in ``design``). Returns how many joined."""
+        self.n_scans += 1
+        K = T.shape[1]
+        Bw, R, models, excluded = sweep_terms(design, state, T, sw)
+        found = [[] for _ in range(K)]
+        inv_scale = {}
+        for js, blk, s in self.scan_blocks(design, center=False):
             inv_scale.update(zip(js.tolist(), s.tolist()))
             sq = (blk * blk).T @ Bw
             Qb = blk.T @ R
@@ -226,3 +271,100 @@ class KernelSubset:
         design.inv_scale[js] = [inv_scale[j] for j in js.tolist()]
         self.pool = np.union1d(self.pool, js)
         return js.size
+
+    # ------------------------------------------------------------------ regression
+    def gaussian_design(self):
+        """The regressor's design over the pool's columns (centred, no intercept column)."""
+        B, own, column_index = self.initial_basis()
+        return DesignMatrix(
+            B, self.sw, center=True, intercept_column=False, own=own, column_index=column_index
+        )
+
+    def fit_gaussian(self, design, t, state, settings, *, init=None, on_iter=None):
+        """The regressor's subset path: Tipping & Faul's constructive path
+        (:func:`._constructive.constructive_path`) on the pool's columns (``design``, from
+        :meth:`gaussian_design`), then a scan of all other samples by the Gaussian add test
+        (:meth:`gaussian_scan`); the best candidates join the pool, whose design is rebuilt, and
+        the constructive path continues from the current model, precisions and noise. Ends when
+        a scan adds nothing, ``settings.max_iter`` is used up or ``MAX_SCANS`` scans ran.
+        ``init`` (sample indices, precisions) warm-starts the first run; its samples join the
+        pool. Returns the design, compacted to the model.
+        """
+        if init is not None and len(init[0]):
+            init = (np.asarray(init[0], dtype=np.intp), np.asarray(init[1], dtype=np.float64))
+            grown = np.union1d(self.pool, init[0])
+            if grown.size > self.pool.size:
+                self.pool = grown
+                del design
+                design = self.gaussian_design()
+        while True:
+            start = None
+            if init is not None and len(init[0]):
+                # every model sample is in the pool, and its column is as informative as before
+                held = np.isin(init[0], design.active)
+                start = (np.searchsorted(design.active, init[0][held]), init[1][held])
+            state.converged = False
+            constructive_path(
+                design, t, self.sw, state, settings=settings, init=start, on_iter=on_iter
+            )
+            if (
+                not state.converged
+                or state.n_iter >= settings.max_iter
+                or self.n_scans >= MAX_SCANS
+            ):
+                return design
+            added = self.gaussian_scan(design, state, t, settings.threshold_lambda)
+            if not added.size:
+                return design
+            # the next pool: the starting one, the model and the new samples (samples added
+            # earlier and deleted since are left to the scans, so the pool's buffer stays
+            # O(n (m0 + m)))
+            self.pool = np.union1d(np.union1d(self.first_pool, design.active), added)
+            init = (design.active.copy(), state.lam[:, 0].copy())
+            del design
+            design = self.gaussian_design()
+
+    def gaussian_terms(self, design, state, t):
+        """``(Bw, r, Sigma, beta)`` of the Gaussian add test at the current posterior:
+        ``Bw = sw Phi_A`` (n-by-m), ``r = sw (t - Phi_A mu)``."""
+        sw = self.sw
+        beta = float(state.beta)
+        m = design.n_active
+        if m == 0:
+            return np.zeros((sw.size, 0)), sw * t, np.zeros((0, 0)), beta
+        Pa = np.asarray(design.dense_active(), dtype=np.float64)
+        r = sw * (t - Pa @ state.coef[:, 0])
+        return Pa * sw[:, None], r, state.sigma_full, beta
+
+    def gaussian_scan(self, design, state, t, threshold_lambda):
+        """Score every distinct sample outside the pool by the Gaussian add test at the current
+        posterior (B = beta sw)::
+
+            S_i = beta phi_i' SW phi_i - beta^2 c_i' Sigma c_i,  c_i = Phi_A' SW phi_i
+            Q_i = beta phi_i' SW (t - Phi_A mu)
+
+        A sample is worth adding when Q_i^2 > S_i, its optimal precision ``S_i^2 / (Q_i^2 -
+        S_i)`` is below ``threshold_lambda`` (as the constructive path applies it) and its
+        evidence gain exceeds the constructive path's tolerance. Returns the best
+        ``scan_additions(m0)`` such samples (sample indices, increasing)."""
+        self.n_scans += 1
+        Bw, r, Sigma, beta = self.gaussian_terms(design, state, t)
+        small = CONSTRUCTIVE_GAIN_TOL * design.weight_sum
+        js_all, gains = [], []
+        for js, blk, _s in self.scan_blocks(design, center=True):
+            C = blk.T @ Bw
+            S = beta * ((blk * blk).T @ self.sw) - beta * beta * np.einsum("ij,ij->i", C @ Sigma, C)
+            Q = beta * (blk.T @ r)
+            theta = Q * Q - S
+            good = (S > 0) & (theta > 0) & (theta * threshold_lambda > S * S)
+            if not good.any():
+                continue
+            gain = addition_gain(S[good], Q[good])
+            big = gain > small
+            js_all.append(js[good][big])
+            gains.append(gain[big])
+        if not js_all:
+            return np.zeros(0, dtype=np.intp)
+        js_all, gains = np.concatenate(js_all), np.concatenate(gains)
+        best = np.argsort(-gains, kind="stable")[: scan_additions(self.m0)]
+        return np.sort(js_all[best]).astype(np.intp)

@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import RegressorMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import EmptyModelWarning
 from ..utils._threads import fit_threads, limit_threads
@@ -20,6 +20,7 @@ from ._dask_design import make_design
 from ._dask_input import chunkwise, is_dask_array
 from ._engine import PathSettings, PathState, run_path
 from ._features import distinct_rows, training_basis
+from ._kernel_basis import make_subset
 from ._regression_solver import BETA_MAX_FACTOR, Gaussian
 
 MAX_ITER = 300  # max_iter=None on the diagonal and exact paths (ARDRegression's default)
@@ -78,6 +79,16 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Zero coefficient of the polynomial and sigmoid kernels.
     kernel_params : dict, default=None
         Extra keyword arguments for a callable kernel (or overrides for a named one).
+    kernel_basis : {"auto", "full", "subset"}, default="auto"
+        How a kernel basis is held during fit. "full": the n-by-n kernel matrix (memory
+        O(n^2)). "subset": never more than O(n m) kernel entries; the fit starts from the kernel
+        columns of m0 = 8 sqrt(n) training samples (clipped to [500, 2000]) drawn at random with
+        a fixed seed, runs the constructive path on them, then scans all training samples in
+        blocks of 256 by Tipping and Faul's add test at the current posterior, adds the best
+        ones to the candidates and continues from the current model; it ends when no sample
+        outside the candidates passes the add test. Needs a kernel computed from X (not None or
+        "precomputed") and ``solver="dqn"``. "auto": "subset" for more than 5,000 distinct
+        training samples where it applies, "full" otherwise.
     solver : {"dqn", "exact"}, default="dqn"
         "dqn": diagonal quasi-Newton SBL (O(nM) per step, O(M) extra memory). "exact": full
         covariance by Cholesky, O(M^3); follows ARDRegression's iteration.
@@ -204,6 +215,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         "lambda_2": [Interval(Real, 0, None, closed="left")],
         "fix_noise": ["boolean"],
         "max_iter": [Interval(Integral, 1, None, closed="left"), None],
+        "kernel_basis": [StrOptions({"auto", "full", "subset"})],
     }
 
     def __init__(
@@ -214,6 +226,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         degree=3,
         coef0=1,
         kernel_params=None,
+        kernel_basis="auto",
         solver="dqn",
         update="mackay",
         max_iter=None,
@@ -238,6 +251,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         self.degree = degree
         self.coef0 = coef0
         self.kernel_params = kernel_params
+        self.kernel_basis = kernel_basis
         self.solver = solver
         self.update = update
         self.max_iter = max_iter
@@ -282,10 +296,16 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         dtype = X.dtype
         with fit_threads(self.n_jobs):
             self._gamma = self._resolve_gamma(X, sw)
-            B, own, column_index = training_basis(self, X, self._gamma, sw)
-            design = make_design(
-                B, sw, center=True, intercept_column=False, own=own, column_index=column_index
-            )
+            subset = make_subset(self, X, sw, self._gamma, "gaussian")
+            if subset is None:
+                B, own, column_index = training_basis(self, X, self._gamma, sw)
+                design = make_design(
+                    B, sw, center=True, intercept_column=False, own=own, column_index=column_index
+                )
+                del B
+            else:
+                # the pool's columns (the constructive path rebuilds them as the pool grows)
+                design = subset.gaussian_design()
             W = design.weight_sum
             y64 = y.astype(np.float64, copy=False)
             # Standardise y without overflow: work on y / max|y| first (y may be ~1e300).
@@ -324,7 +344,14 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 state = self._initial_state(design, warm)
             settings = self._settings(max_iter)
             on_iter = self._print_progress if self.verbose else None
-            if constructive:
+            if subset is not None:
+                if warm is not None and warm["lam"].shape[0] == design.n_basis:
+                    # warm start from the previous relevance vectors, in or outside the pool
+                    lam = warm["lam"]
+                    keep = np.flatnonzero(np.isfinite(lam) & (lam < self.threshold_lambda))
+                    init = (keep, lam[keep])
+                design = subset.fit_gaussian(design, t, state, settings, init=init, on_iter=on_iter)
+            elif constructive:
                 constructive_path(
                     design, t, sw, state, settings=settings, init=init, on_iter=on_iter
                 )

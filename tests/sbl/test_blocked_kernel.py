@@ -16,7 +16,6 @@ from scipy.special import expit
 from sklearn.datasets import make_classification, make_moons
 from sklearn.metrics.pairwise import rbf_kernel
 
-import sparsekit.sbl._classifier as classifier_module
 import sparsekit.sbl._features as features
 import sparsekit.sbl._kernel_basis as kb
 from sparsekit.sbl import DQNSBLClassifier
@@ -233,7 +232,6 @@ def test_auto_switches_to_the_subset_beyond_the_threshold(moons, monkeypatch, fi
     X, y, _, _ = moons
     DQNSBLClassifier(gamma=GAMMA).fit(X, y)
     assert not final_fit
-    monkeypatch.setattr(classifier_module, "FULL_KERNEL_MAX", 150)
     monkeypatch.setattr(kb, "FULL_KERNEL_MAX", 150)
     DQNSBLClassifier(gamma=GAMMA).fit(X, y)
     assert final_fit

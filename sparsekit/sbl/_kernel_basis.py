@@ -4,7 +4,7 @@ A relevance vector classifier has one basis function per training sample, so the
 holds the n-by-n matrix ``K(X, X)`` (7.5 GiB at n = 30,000). Its model is small, though (tens to
 hundreds of relevance vectors), and the exact phase's re-admission (Tipping & Faul's add test,
 :mod:`._readmission`) already scores candidate bases whose columns are not held. The subset path
-(``kernel_basis="subset"``, or ``"auto"`` beyond ``FULL_KERNEL_MAX`` distinct samples) uses that:
+(``kernel_basis="subset"``, or ``"auto"`` beyond :func:`full_kernel_max` distinct samples) uses that:
 
 1. the basis starts as the kernel columns of a *pool* of ``subset_size(n)`` training samples drawn
    at random (fixed seed), ``K(X, X[pool])``, computed in row blocks into one n-by-m0 buffer;
@@ -58,7 +58,19 @@ from ._features import compute_kernel, distinct_rows
 from ._kernels import weighted_column_moments
 from ._readmission import CandidateColumns, _score, choose_additions, sweep_terms
 
-FULL_KERNEL_MAX = 5000  # "auto": the full kernel up to this many distinct training samples
+FULL_KERNEL_MAX = 5000  # "auto", classifier: the full kernel up to this many distinct samples
+# "auto", regressor: the full kernel while it takes at most 2 GiB in float64. Its subset path
+# re-settles the constructive path after every scan and was slower than the full kernel where
+# both ran (Friedman #1, gamma 0.05, 1 thread: 2.9x at n=2,000, 9.9x at 5,000, > 4.5x at 10,000;
+# benchmarks/results/rvr_scale_*.md), so it is for kernels that do not fit in memory.
+FULL_KERNEL_MAX_REGRESSION = 16384
+
+
+def full_kernel_max(likelihood):
+    """Distinct training samples up to which "auto" keeps the full kernel."""
+    return FULL_KERNEL_MAX_REGRESSION if likelihood == "gaussian" else FULL_KERNEL_MAX
+
+
 SUBSET_PER_ROOT = 8  # pool size m0 = 8 sqrt(n), clipped to [SUBSET_MIN, SUBSET_MAX]
 SUBSET_MIN = 500
 SUBSET_MAX = 2000
@@ -105,7 +117,7 @@ def use_subset(est, n_distinct, likelihood):
             "Laplace posterior"
         )
     if mode == "auto":
-        return reason is None and n_distinct > FULL_KERNEL_MAX
+        return reason is None and n_distinct > full_kernel_max(likelihood)
     if reason is not None:
         raise ValueError(
             f"kernel_basis='subset' needs {reason}; use kernel_basis='full' or 'auto'."
@@ -122,7 +134,7 @@ def make_subset(est, X, sample_weight, gamma_, likelihood, cls=None):
     if est.kernel_basis == "auto" and no_kernel:
         return None
     distinct = None
-    if est.kernel_basis == "auto" and X.shape[0] > FULL_KERNEL_MAX:
+    if est.kernel_basis == "auto" and X.shape[0] > full_kernel_max(likelihood):
         distinct = distinct_rows(X, sample_weight)
     n_distinct = X.shape[0] if distinct is None else distinct.size
     if not use_subset(est, n_distinct, likelihood):

@@ -87,8 +87,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         blocks of 256 by Tipping and Faul's add test at the current posterior, adds the best
         ones to the candidates and continues from the current model; it ends when no sample
         outside the candidates passes the add test. Needs a kernel computed from X (not None or
-        "precomputed") and ``solver="dqn"``. "auto": "subset" for more than 5,000 distinct
-        training samples where it applies, "full" otherwise.
+        "precomputed") and ``solver="dqn"``. "auto": "subset" for more than 16,384 distinct
+        training samples (where the n-by-n kernel would pass 2 GiB) where it applies, "full"
+        otherwise: below that the full kernel is faster (the subset path re-runs the
+        constructive path after each scan).
     solver : {"dqn", "exact"}, default="dqn"
         "dqn": diagonal quasi-Newton SBL (O(nM) per step, O(M) extra memory). "exact": full
         covariance by Cholesky, O(M^3); follows ARDRegression's iteration.

@@ -203,11 +203,12 @@ def test_small_pool_predicts_as_well_as_the_full_kernel(friedman, small_pool):
 
 
 def test_auto_switches_to_the_subset_beyond_the_threshold(friedman, monkeypatch, final_fit):
-    """ "auto" keeps the full kernel up to FULL_KERNEL_MAX distinct samples, the subset beyond."""
+    """ "auto" keeps the full kernel up to FULL_KERNEL_MAX_REGRESSION distinct samples, the
+    subset beyond."""
     X, y, _, _ = friedman
     _fit(X, y)
     assert not final_fit
-    monkeypatch.setattr(kb, "FULL_KERNEL_MAX", 150)
+    monkeypatch.setattr(kb, "FULL_KERNEL_MAX_REGRESSION", 150)
     _fit(X, y)
     assert final_fit
     final_fit.clear()
@@ -268,3 +269,15 @@ def test_subset_path_input_variants(friedman, small_pool, variant):
         assert np.isin(first, est.relevance_).mean() >= 0.8
     mse_ref = np.mean((ref.predict(Xt) - yt) ** 2)
     assert np.mean((est.predict(Xt) - yt) ** 2) <= 1.15 * mse_ref
+
+
+def test_auto_keeps_the_full_kernel_longer_for_the_regressor():
+    """The regressor's subset path is slower than its full kernel where both fit in memory, so
+    "auto" keeps the full kernel up to 2 GiB of float64 kernel; the classifier switches at 5,000."""
+    from sparsekit.sbl import DQNSBLClassifier
+
+    reg, clf = DQNSBLRegressor(kernel="rbf"), DQNSBLClassifier()
+    assert not kb.use_subset(reg, 6000, "gaussian")
+    assert kb.use_subset(clf, 6000, "bernoulli")
+    assert kb.use_subset(reg, 20000, "gaussian")
+    assert kb.FULL_KERNEL_MAX_REGRESSION**2 * 8 <= 2 * 2**30

@@ -460,19 +460,35 @@ REDUCED_TIMEOUT = 450
 BEST_OF_BOTH = ("image", "digits")
 
 
-def reduced(splits):
+def reduced(splits, datasets=None):
     """Issue 8's classifier targets: DQN-SBL, fastrvm and SVC on ``splits`` random splits of every
     dataset (one for Ripley and Pima), RBF width by the benchmark's rule for every arm, then the
     RBF scaling point n=2000 against fastrvm. Writes ``results/sbl_classifier_reduced.*``; rows
-    are saved as they come (``--render`` re-renders a partial run)."""
+    are saved as they come (``--render`` re-renders a partial run).
+
+    With ``datasets`` (a subset of :data:`REDUCED_DATASETS`) only those datasets are rerun: their
+    rows replace the saved ones, the other datasets' rows and the n=2000 point are kept, and the
+    rerun is recorded in the metadata (``reruns``)."""
     started = time.time()
     rows, scaling = [], []
     out = RESULTS / "sbl_classifier_reduced.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
+    command = f"python benchmarks/bench_classifier.py --reduced --splits {splits}"
+    saved_meta = None
+    if datasets:
+        unknown = sorted(set(datasets) - set(REDUCED_DATASETS))
+        if unknown:
+            raise SystemExit(f"--datasets: unknown {unknown}; choose from {REDUCED_DATASETS}")
+        if not out.exists():
+            raise SystemExit(f"--datasets reruns part of a saved run, but {out} does not exist")
+        saved = json.loads(out.read_text())
+        saved_meta, scaling = saved["meta"], saved["scaling"]
+        kept = [r for r in saved["datasets"] if r["dataset"] not in datasets]
+        command += " --datasets " + ",".join(datasets)
 
-    def meta():
+    def run_meta():
         return {
-            "command": f"python benchmarks/bench_classifier.py --reduced --splits {splits}",
+            "command": command,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "wall_s": time.time() - started,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
@@ -482,14 +498,23 @@ def reduced(splits):
         }
 
     def save():
-        out.write_text(json.dumps({"meta": meta(), "datasets": rows, "scaling": scaling}, indent=1))
+        if saved_meta is None:
+            meta, all_rows = run_meta(), rows
+        else:
+            meta = dict(saved_meta)
+            earlier = [r for r in meta.get("reruns", []) if r["command"] != command]
+            meta["reruns"] = earlier + [run_meta()]
+            order = {ds: i for i, ds in enumerate(REDUCED_DATASETS)}
+            all_rows = sorted(kept + rows, key=lambda r: order.get(r["dataset"], len(order)))
+        payload = {"meta": meta, "datasets": all_rows, "scaling": scaling}
+        out.write_text(json.dumps(payload, indent=1))
 
-    for peer in ("DQNSBLClassifier", "fastrvm.RVC"):
+    for peer in () if datasets else ("DQNSBLClassifier", "fastrvm.RVC"):
         r = run_worker(peer, "make_classification_2000", 1, SCALING_TIMEOUT)
         scaling.append(r)
         print(f"scaling n=2000 {peer:18s} {r.get('status')} fit={r.get('fit_s')}", flush=True)
         save()
-    for ds in REDUCED_DATASETS:
+    for ds in [d for d in REDUCED_DATASETS if not datasets or d in datasets]:
         for seed in range(1 if ds in FIXED_SPLIT else splits):
             for peer in REDUCED_PEERS:
                 repeats = 1 if ds in ("digits", "image") else 3
@@ -512,9 +537,8 @@ def render_reduced_file():
     print(text)
 
 
-def render_reduced(meta, rows, scaling):
-    import numpy as np
-
+def _reduced_header(meta):
+    """The reduced run's title, command, reruns and width/split rule."""
     lines = [
         "# DQNSBLClassifier: issue 8's classification targets (reduced run)",
         "",
@@ -524,6 +548,17 @@ def render_reduced(meta, rows, scaling):
             f"{meta['wall_s'] / 60:.1f} min."
         ),
         "",
+    ]
+    for rerun in meta.get("reruns", []):
+        lines += [
+            (
+                f"Rows rerun by `{rerun['command']}` — {rerun['date']}, load average "
+                f"{', '.join(f'{x:.1f}' for x in rerun['loadavg'])}, wall "
+                f"{rerun['wall_s'] / 60:.1f} min ({rerun['splits']} splits)."
+            ),
+            "",
+        ]
+    lines += [
         (
             "Every arm uses the benchmark's RBF width rule (Ripley: gamma 4, Tipping's r = 0.5; "
             "else gamma 'scale' = 1 / (d Var X) on standardised features) and the same splits: "
@@ -535,6 +570,14 @@ def render_reduced(meta, rows, scaling):
             "median fit (3 fits, 1 for image and digits)."
         ),
         "",
+    ]
+    return lines
+
+
+def render_reduced(meta, rows, scaling):
+    import numpy as np
+
+    lines = _reduced_header(meta) + [
         "| dataset | splits | peer | accuracy | vectors | fit s |",
         "|---|---|---|---|---|---|",
     ]
@@ -642,11 +685,20 @@ if __name__ == "__main__":
             help="issue 8's targets: DQN-SBL, fastrvm and SVC on several splits, n=2000 speed",
         )
         ap.add_argument("--splits", type=int, default=3)
+        ap.add_argument(
+            "--datasets",
+            type=lambda v: [d for d in v.split(",") if d],
+            default=None,
+            help="with --reduced: rerun only these datasets (comma-separated) and keep the "
+            "saved rows of the others and the n=2000 point",
+        )
         ap.add_argument("--render", action="store_true", help="re-render the reduced run's json")
         a = ap.parse_args()
+        if a.datasets and not a.reduced:
+            ap.error("--datasets applies to --reduced only")
         if a.render:
             render_reduced_file()
         elif a.reduced:
-            reduced(a.splits)
+            reduced(a.splits, a.datasets)
         else:
             main(quick=a.quick)

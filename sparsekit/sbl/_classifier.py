@@ -129,6 +129,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         zero. False uses the posterior mode only.
     warm_start : bool, default=False
         Start from the previous fit's weights and precisions (same basis size and classes).
+        Where the exact phase re-admits bases (``solver="exact"`` or ``exact_switch > 0``;
+        binary, one-vs-rest and multinomial), the fit resumes from the previous model alone and
+        pruned bases come back through re-admission only.
     n_jobs : int, default=None
         Threads for the large passes over the basis (kernel matrix, products with the basis)
         during fit, and for BLAS and numba during prediction; the small per-step operations of
@@ -420,9 +423,10 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             coef[f:] = np.where(ok, warm["coef"][:, design.active].T, 0.0)
             if f:
                 coef[0] = warm["coef0"]
-            if lik.name == "bernoulli" and (self.solver == "exact" or self.exact_switch > 0):
-                # The exact phase re-admits pruned bases (Tipping-Faul test), so resume from the
-                # previous model alone rather than putting every pruned basis back.
+            if lik.readmits and (self.solver == "exact" or self.exact_switch > 0):
+                # The exact phase re-admits pruned bases (Tipping-Faul test, one-vs-rest and
+                # multinomial), so resume from the previous model alone rather than putting every
+                # pruned basis back.
                 mask[f:] = ok
         return PathState(coef, lam, mask=mask, curvature=D)
 

@@ -307,3 +307,37 @@ def test_candidate_cache_serves_any_subset_and_computes_each_column_once():
     assert_array_equal(cand.raw(np.arange(10, 30)), B[:, 10:30])
     assert calls == [list(range(10, 30)), [3, 40]]
     assert not cand.raw(np.arange(12, 20)).flags.writeable
+
+
+def test_multinomial_warm_refit_resumes_from_the_previous_model(digits):
+    # With re-admission the warm start puts back only the previous model (not every pruned
+    # basis), so a refit on the same data starts at the optimum and stops within a few sweeps.
+    X, y, train, _ = digits
+    tr = train[np.isin(y[train], [0, 1, 2, 3])][:160]
+    kw = {"gamma": 0.02, "multi_class": "multinomial"}
+    cold = DQNSBLClassifier(**kw).fit(X[tr], y[tr])
+    warm = DQNSBLClassifier(**kw, warm_start=True).fit(X[tr], y[tr])
+    assert warm.n_iter_ == cold.n_iter_
+    warm.fit(X[tr], y[tr])
+    assert warm.n_iter_ <= max(12, cold.n_iter_ // 8)
+    assert warm.scores_[-1] >= cold.scores_[-1] - 1e-3 * abs(cold.scores_[-1])
+    assert warm.dual_coef_.shape == cold.dual_coef_.shape
+    assert_array_equal(warm.predict(X), cold.predict(X))
+
+
+def test_multinomial_warm_start_on_new_labels_readmits_pruned_features():
+    # The first fit prunes features 10 and 11 from every class; the new labels depend on
+    # features 10-12 alone: re-admission brings them back, and the warm fit ends where a cold
+    # fit on the new labels does.
+    rng = np.random.RandomState(0)
+    Z = rng.normal(size=(300, 20))
+    y1 = np.argmax(Z[:, :3] + 0.3 * rng.normal(size=(300, 3)), axis=1)
+    y2 = np.argmax(Z[:, 10:13] + 0.3 * rng.normal(size=(300, 3)), axis=1)
+    kw = {"kernel": None, "multi_class": "multinomial"}
+    warm = DQNSBLClassifier(**kw, warm_start=True).fit(Z, y1)
+    assert not np.any(warm.coef_[:, 10:12])
+    warm.fit(Z, y2)
+    cold = DQNSBLClassifier(**kw).fit(Z, y2)
+    assert np.all(np.any(warm.coef_[:, 10:13] != 0, axis=0))
+    assert_array_equal(np.any(warm.coef_ != 0, axis=0), np.any(cold.coef_ != 0, axis=0))
+    assert warm.scores_[-1] >= cold.scores_[-1] - 1e-3 * abs(cold.scores_[-1])

@@ -108,8 +108,8 @@ def use_subset(est, n_distinct, likelihood):
             )
     elif likelihood != "bernoulli":
         reason = (
-            "binary or one-vs-rest problems (multi_class='multinomial' has no re-admission, so "
-            "samples outside the starting subset could never become relevance vectors)"
+            "binary or one-vs-rest problems (its scans over all samples use the one-vs-rest add "
+            "test; multi_class='multinomial' re-admits within the full kernel only)"
         )
     elif est.solver == "dqn" and est.exact_switch == 0:
         reason = (

@@ -93,6 +93,21 @@ def compute_kernel(est, X, Y, gamma_):
     )
 
 
+def kernel_block(est, X, Y, gamma_):
+    """Dense K(X, Y) (``Y=None``: K(X, X)), checked for NaN and infinity."""
+    n_cols = X.shape[0] if Y is None else Y.shape[0]
+    with parallel(X.shape[0] * n_cols * X.shape[1]):
+        K = compute_kernel(est, X, Y, gamma_)
+    if sp.issparse(K):
+        K = K.toarray()
+    if not np.all(np.isfinite(K)):
+        raise ValueError(
+            "The kernel matrix contains NaN or infinity; check the kernel parameters "
+            f"(kernel={est.kernel!r}, gamma={gamma_}, degree={est.degree}, coef0={est.coef0})."
+        )
+    return K
+
+
 def training_basis(est, X, gamma_, sample_weight):
     """Basis on the training data, whether the caller owns (may overwrite) it, and which basis
     functions its columns are.
@@ -120,15 +135,7 @@ def training_basis(est, X, gamma_, sample_weight):
         return np.asfortranarray(K[:, idx]), True, (idx, n)
     idx = distinct_rows(X, sample_weight)
     full = idx.shape[0] == n
-    with parallel(n * idx.shape[0] * X.shape[1]):
-        K = compute_kernel(est, X, None if full else X[idx], gamma_)
-    if sp.issparse(K):
-        K = K.toarray()
-    if not np.all(np.isfinite(K)):
-        raise ValueError(
-            "The kernel matrix contains NaN or infinity; check the kernel parameters "
-            f"(kernel={est.kernel!r}, gamma={gamma_}, degree={est.degree}, coef0={est.coef0})."
-        )
+    K = kernel_block(est, X, None if full else X[idx], gamma_)
     column_index = None if full else (idx, n)
     if full and isinstance(est.kernel, str) and est.kernel in _SYMMETRIC and K.flags.c_contiguous:
         return K.T, True, None  # symmetric: the transpose is the same matrix, Fortran-ordered

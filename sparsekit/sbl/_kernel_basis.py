@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..utils._threads import parallel
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
@@ -54,7 +53,7 @@ from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
 from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._engine import run_path
-from ._features import compute_kernel, distinct_rows
+from ._features import distinct_rows, kernel_block
 from ._kernels import weighted_column_moments
 from ._readmission import CandidateColumns, _score, choose_additions, sweep_terms
 
@@ -140,20 +139,6 @@ def make_subset(est, X, sample_weight, gamma_, likelihood, cls=None):
     if not use_subset(est, n_distinct, likelihood):
         return None
     return (cls or KernelSubset)(est, X, sample_weight, gamma_, distinct)
-
-
-def kernel_block(est, X, Y, gamma_):
-    """Dense K(X, Y), checked for NaN and infinity."""
-    with parallel(X.shape[0] * Y.shape[0] * X.shape[1]):
-        K = compute_kernel(est, X, Y, gamma_)
-    if sp.issparse(K):
-        K = K.toarray()
-    if not np.all(np.isfinite(K)):
-        raise ValueError(
-            "The kernel matrix contains NaN or infinity; check the kernel parameters "
-            f"(kernel={est.kernel!r}, gamma={gamma_}, degree={est.degree}, coef0={est.coef0})."
-        )
-    return K
 
 
 class KernelSubset:

@@ -16,7 +16,6 @@ from scipy.special import expit
 from sklearn.datasets import make_classification, make_moons
 from sklearn.metrics.pairwise import rbf_kernel
 
-import sparsekit.sbl._features as features
 import sparsekit.sbl._kernel_basis as kb
 from sparsekit.sbl import DQNSBLClassifier
 from sparsekit.sbl._constructive import addition_gain
@@ -30,29 +29,6 @@ GAMMA = 2.0
 def moons():
     X, y = make_moons(n_samples=400, noise=0.25, random_state=0)
     return X[::2], y[::2], X[1::2], y[1::2]
-
-
-@pytest.fixture
-def kernel_shapes(monkeypatch):
-    """Shapes of every kernel matrix computed during the test."""
-    shapes = []
-    real = features.pairwise_kernels
-
-    def spy(X, Y=None, **kwargs):
-        K = real(X, Y, **kwargs)
-        shapes.append(K.shape)
-        return K
-
-    monkeypatch.setattr(features, "pairwise_kernels", spy)
-    return shapes
-
-
-@pytest.fixture
-def small_pool(monkeypatch):
-    """A starting pool of 40 samples, whatever the number of samples; scans in blocks of 32."""
-    monkeypatch.setattr(kb, "SUBSET_MIN", 40)
-    monkeypatch.setattr(kb, "SUBSET_MAX", 40)
-    monkeypatch.setattr(kb, "SCAN_BLOCK", 32)
 
 
 @pytest.fixture

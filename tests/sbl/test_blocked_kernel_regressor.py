@@ -18,7 +18,6 @@ from sklearn.datasets import make_friedman1
 from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.preprocessing import StandardScaler
 
-import sparsekit.sbl._features as features
 import sparsekit.sbl._kernel_basis as kb
 from sparsekit.sbl import DQNSBLRegressor
 from sparsekit.sbl._constructive import GAIN_TOL, addition_gain
@@ -40,29 +39,6 @@ def sinc():
     X = rng.uniform(-10, 10, size=(400, 1))
     y = np.sinc(X[:, 0] / np.pi) + 0.1 * rng.normal(size=400)
     return X, y
-
-
-@pytest.fixture
-def kernel_shapes(monkeypatch):
-    """Shapes of every kernel matrix computed during the test."""
-    shapes = []
-    real = features.pairwise_kernels
-
-    def spy(X, Y=None, **kwargs):
-        K = real(X, Y, **kwargs)
-        shapes.append(K.shape)
-        return K
-
-    monkeypatch.setattr(features, "pairwise_kernels", spy)
-    return shapes
-
-
-@pytest.fixture
-def small_pool(monkeypatch):
-    """A starting pool of 40 samples, whatever the number of samples; scans in blocks of 32."""
-    monkeypatch.setattr(kb, "SUBSET_MIN", 40)
-    monkeypatch.setattr(kb, "SUBSET_MAX", 40)
-    monkeypatch.setattr(kb, "SCAN_BLOCK", 32)
 
 
 @pytest.fixture

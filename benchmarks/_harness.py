@@ -29,8 +29,11 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -104,6 +107,36 @@ def load_average():
         return tuple(round(x, 2) for x in os.getloadavg())
     except (AttributeError, OSError):
         return None
+
+
+def run_isolated(script, worker_args, timeout, ident):
+    """Run ``script --worker *worker_args`` in a fresh process with one BLAS/OpenMP/numba thread
+    and return the dict its ``RESULT {json}`` line prints. A worker killed at ``timeout`` seconds
+    or failing gives ``ident`` with ``status`` "timeout" (``fit_s`` = the timeout, a lower bound)
+    or "error" (the last line of its stderr); both carry the load average before and after."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMBA_NUM_THREADS="1",
+    )
+    cmd = [sys.executable, str(script), "--worker", *map(str, worker_args)]
+    load0 = load_average()
+    try:
+        proc = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
+        )
+    except subprocess.TimeoutExpired:
+        proc = None
+    load = [[load0[0] if load0 else None, (load_average() or [None])[0]]]
+    if proc is None:
+        return {**ident, "status": "timeout", "fit_s": float(timeout), "load": load}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    note = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+    return {**ident, "status": "error", "note": note, "load": load}
 
 
 def measure(arms, *, repeats=3, warmup=None, sync=None):

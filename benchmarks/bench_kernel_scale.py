@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, markdown_table, write_results
-from _harness import load_average
+from _harness import load_average, run_isolated
 
 N_TEST = 2000
 LONG_FIT_S = 60.0  # fits longer than this run once
@@ -126,36 +124,8 @@ def worker(arm, dataset, repeats):
 
 
 def run_worker(arm, dataset, repeats, timeout):
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        NUMBA_NUM_THREADS="1",
-    )
-    cmd = [sys.executable, __file__, "--worker", arm, dataset, str(repeats)]
-    load0 = load_average()
-    try:
-        proc = subprocess.run(
-            cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "arm": arm,
-            "dataset": dataset,
-            "status": "timeout",
-            "fit_s": float(timeout),
-            "load": [[load0[0] if load0 else None, (load_average() or [None])[0]]],
-        }
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {
-        "arm": arm,
-        "dataset": dataset,
-        "status": "error",
-        "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
-    }
+    ident = {"arm": arm, "dataset": dataset}
+    return run_isolated(__file__, [arm, dataset, repeats], timeout, ident)
 
 
 def table(results):

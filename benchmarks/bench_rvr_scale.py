@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, markdown_table, write_results
-from _harness import load_average
+from _harness import load_average, run_isolated
 
 N_TEST = 2000
 GAMMA = 0.05
@@ -119,28 +117,7 @@ def worker(arm, n, repeats):
 
 
 def run_worker(arm, n, repeats, timeout):
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        NUMBA_NUM_THREADS="1",
-    )
-    cmd = [sys.executable, __file__, "--worker", arm, str(n), str(repeats)]
-    load0 = load_average()
-    lo = [[load0[0] if load0 else None, None]]
-    try:
-        proc = subprocess.run(
-            cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        lo[0][1] = (load_average() or [None])[0]
-        return {"arm": arm, "n": n, "status": "timeout", "fit_s": float(timeout), "load": lo}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    note = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-    return {"arm": arm, "n": n, "status": "error", "note": note, "load": lo}
+    return run_isolated(__file__, [arm, n, repeats], timeout, {"arm": arm, "n": n})
 
 
 def report(results):

@@ -169,11 +169,10 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     np.testing.assert_allclose(loaded.predict_proba(data["X_test"]), r0["proba"], atol=1e-6)
 
 
-def test_two_processes_with_aux_loss_match_one_process(tmp_path, clf_bert_dir, data):
-    """The load-balancing loss takes the routing statistics of the global batch (token sums and
-    counts all-reduced in the forward, with their gradient), so with it on the two-process fit is
-    still the one-process fit on the same global batch, up to float summation order."""
-    settings = _settings(aux_loss_coef=1e-2)
+def _two_ranks_and_one_process(tmp_path, clf_bert_dir, data, settings):
+    """Fit with ``settings`` on 2 torchrun ranks and in one process on the same global batch;
+    check that the ranks predict alike, that rank 0's probabilities are the one-process fit's
+    (1e-4) and its per-epoch aux and training losses too (rel 1e-4). Returns (r0, r1, single)."""
     ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
     r0, r1 = ranks
     assert r0["predictions"] == r1["predictions"]
@@ -181,10 +180,20 @@ def test_two_processes_with_aux_loss_match_one_process(tmp_path, clf_bert_dir, d
     np.testing.assert_allclose(
         np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
     )
-    assert r0["predictions"] == [str(c) for c in single.predict(data["X_test"])]
     for h_dist, h_one in zip(r0["history"], single.history_):
         assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
         assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
+    return r0, r1, single
+
+
+def test_two_processes_with_aux_loss_match_one_process(tmp_path, clf_bert_dir, data):
+    """The load-balancing loss takes the routing statistics of the global batch (token sums and
+    counts all-reduced in the forward, with their gradient), so with it on the two-process fit is
+    still the one-process fit on the same global batch, up to float summation order."""
+    r0, _r1, single = _two_ranks_and_one_process(
+        tmp_path, clf_bert_dir, data, _settings(aux_loss_coef=1e-2)
+    )
+    assert r0["predictions"] == [str(c) for c in single.predict(data["X_test"])]
 
 
 def test_two_processes_with_threshold_budget_match_one_process(tmp_path, clf_bert_dir, data):
@@ -192,17 +201,9 @@ def test_two_processes_with_threshold_budget_match_one_process(tmp_path, clf_ber
     global batch (its token sum and count all-reduced in the forward, with their gradient), so
     the two-process fit is the one-process fit on the same global batch; with per-rank means the
     squared term (and its gradient) would be the average over the ranks of their own."""
-    settings = _settings(aux_loss_coef=0.5, threshold_budget=3.0)
-    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
-    r0, r1 = ranks
-    assert r0["predictions"] == r1["predictions"]
-    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
-    np.testing.assert_allclose(
-        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    _two_ranks_and_one_process(
+        tmp_path, clf_bert_dir, data, _settings(aux_loss_coef=0.5, threshold_budget=3.0)
     )
-    for h_dist, h_one in zip(r0["history"], single.history_):
-        assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
-        assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
 
 
 def test_two_processes_with_threshold_entropy_match_one_process(tmp_path, clf_bert_dir, data):
@@ -211,19 +212,11 @@ def test_two_processes_with_threshold_entropy_match_one_process(tmp_path, clf_be
     the token counts are all-reduced in the forward (with their gradient), so every rank gets the
     q of the global batch and the two-process fit is the one-process fit on that batch. With
     per-rank q the term would be the mean of the ranks' entropies (smaller: H is concave)."""
-    settings = _settings(aux_loss_coef=0.5, threshold_entropy=2.0)
-    ranks, _ = _torchrun(tmp_path, clf_bert_dir, data, settings)
-    r0, r1 = ranks
-    assert r0["predictions"] == r1["predictions"]
-    assert _without_times(r0["history"]) == _without_times(r1["history"])
-    single = _one_process(clf_bert_dir, data, settings, batch_size=16)
-    np.testing.assert_allclose(
-        np.array(r0["proba"]), single.predict_proba(data["X_test"]), atol=1e-4, rtol=0
+    r0, r1, single = _two_ranks_and_one_process(
+        tmp_path, clf_bert_dir, data, _settings(aux_loss_coef=0.5, threshold_entropy=2.0)
     )
+    assert _without_times(r0["history"]) == _without_times(r1["history"])
     assert r0["predictions"] == [str(c) for c in single.predict(data["X_test"])]
-    for h_dist, h_one in zip(r0["history"], single.history_):
-        assert h_dist["aux_loss"] == pytest.approx(h_one["aux_loss"], rel=1e-4)
-        assert h_dist["train_loss"] == pytest.approx(h_one["train_loss"], rel=1e-4)
 
 
 def _aux_term(logits, valid, sum_over_ranks=None):

@@ -22,10 +22,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import run_isolated
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -166,7 +169,6 @@ def worker(peer, dataset, repeats, train_cap, seed=0):
 
     warnings.simplefilter("ignore")
     numba.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _harness import time_call
 
     Xtr, ytr, Xte, yte = load(dataset, seed)
@@ -213,49 +215,12 @@ def worker(peer, dataset, repeats, train_cap, seed=0):
 
 
 def run_worker(peer, dataset, repeats, timeout, train_cap=0, seed=0):
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        OPENBLAS_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        NUMBA_NUM_THREADS="1",
-    )
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        peer,
-        dataset,
-        str(repeats),
-        str(train_cap),
-        str(seed),
-    ]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env
-        )
-    except subprocess.TimeoutExpired:
-        return {
-            "peer": peer,
-            "dataset": dataset,
-            "seed": seed,
-            "status": "timeout",
-            "fit_s": float(timeout),
-            "note": f"killed after {timeout} s (fit time is a lower bound)",
-        }
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {
-        "peer": peer,
-        "dataset": dataset,
-        "seed": seed,
-        "status": "error",
-        "fit_s": None,
-        "note": (proc.stderr.strip().splitlines() or ["?"])[-1][:200],
-        "wall_s": time.perf_counter() - t0,
-    }
+    """One ``worker`` run in a fresh one-thread process (``_harness.run_isolated``)."""
+    ident = {"peer": peer, "dataset": dataset, "seed": seed}
+    r = run_isolated(__file__, [peer, dataset, repeats, train_cap, seed], timeout, ident)
+    if r["status"] == "timeout":
+        r["note"] = f"killed after {timeout} s (fit time is a lower bound)"
+    return r
 
 
 # ----------------------------------------------------------------------------------- main

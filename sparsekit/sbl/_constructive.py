@@ -230,31 +230,35 @@ class FastMarginalLikelihood:
         gain[idx] = np.where(over[idx] & (q_in * q_in > s_in), np.inf, g_in)
         return _Proposal(gain, lam_new, s, theta)
 
-    def take(self, prop, pruned_lam, *, small, tol):
-        """Carry out the proposal; True when the model has settled for the current noise.
+    def settled(self, prop, *, small, tol):
+        """Whether the model has settled for the current noise, judged before ``prop`` is taken.
 
-        Settled means: nothing gains more than ``small`` (the step is still taken when its gain
-        is positive), or the best move is a re-estimate by less than ``tol`` in log precision
-        with no candidate worth adding (correlated neighbours can trade a weight back and forth
-        for a long time).
+        Settled means: nothing gains more than ``small``, or the best move is a re-estimate by
+        less than ``tol`` in log precision with no candidate worth adding (correlated neighbours
+        can trade a weight back and forth for a long time).
         """
-        best, lam_old = prop.best, self.lam.copy()
-        k = int(np.flatnonzero(self._index() == best)[0]) if self.in_model[best] else None
+        best = prop.best
         if prop.best_gain <= small:
-            settled = True
-            if prop.best_gain <= 0.0:
-                return settled
-        elif k is not None and np.isfinite(prop.lam_new[k]):
-            settled = abs(np.log(prop.lam_new[k] / lam_old[k])) < tol and not np.any(
-                prop.gain[~self.in_model] > small
-            )
-        else:
-            settled = False
-        if k is not None:
+            return True
+        if not self.in_model[best]:
+            return False
+        k = int(np.flatnonzero(self._index() == best)[0])
+        if not np.isfinite(prop.lam_new[k]):
+            return False
+        return abs(np.log(prop.lam_new[k] / self.lam[k])) < tol and not np.any(
+            prop.gain[~self.in_model] > small
+        )
+
+    def take(self, prop, pruned_lam):
+        """Carry out the proposal when its gain is positive."""
+        best = prop.best
+        if prop.best_gain <= 0.0:
+            return
+        if self.in_model[best]:
+            k = int(np.flatnonzero(self._index() == best)[0])
             self.change(k, prop.lam_new[k], pruned_lam)
         else:
             self.add(best, prop.s[best] ** 2 / prop.theta[best])
-        return settled
 
     def noise_statistics(self, tt):
         """Weighted residual sum of squares and ``sum(gamma)`` of the current posterior."""
@@ -305,10 +309,11 @@ def constructive_path(design, t, sw, state, *, settings, init=None, on_iter=None
         prop = fml.propose(settings.threshold_lambda)
         state.n_iter += 1
         since_refresh += 1
-        if not every or on_iter is not None:
+        settled = fml.settled(prop, small=GAIN_TOL * wsum, tol=tol)
+        if (settled and not every) or on_iter is not None:
             # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
             sse, gamma_sum = fml.noise_statistics(tt)
-        settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * wsum, tol=tol)
+        fml.take(prop, state.pruned_lam)
         if settings.compute_score and fml.model:
             sse_now, _ = fml.noise_statistics(tt)
             logdet = np.linalg.slogdet(fml.Sigma)[1]

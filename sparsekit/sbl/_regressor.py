@@ -426,9 +426,18 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
 
     def _constructive_state(self, design, warm):
         """Initial state of the constructive path: an empty model (the path picks its first
-        basis) or, when warm-starting, the previous model with its precisions."""
+        basis) or, when warm-starting, the previous model with its precisions.
+
+        The noise precision starts at 1 / var(y) for the linear basis (ARDRegression's start:
+        all of y is noise) and at SparseBayes' 1 / (0.1^2 var(y)) for kernel bases. With more
+        features than samples the settled-only noise schedule then raises it step by step as
+        the model explains y; started at 100 / var(y), the first settled model already holds
+        many wrong features that the later, larger noise precisions keep (near the recovery
+        transition, n=100, M=200, k=35, sigma=0.01: 0 of 10 exact supports with a log evidence
+        ~270 below ARDRegression's, against 8 of 10 from 1 / var(y); issue 8).
+        """
         init = None
-        beta = 1.0 if self.fix_noise else 1.0 / 0.1**2  # SparseBayes: noise std 0.1 std(y)
+        beta = 1.0 if self.fix_noise or self.kernel is None else 1.0 / 0.1**2
         if warm is not None and warm["lam"].shape[0] == design.n_basis:
             lam_act = warm["lam"][design.active]
             pos = np.flatnonzero(np.isfinite(lam_act) & (lam_act < self.threshold_lambda))

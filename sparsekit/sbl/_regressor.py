@@ -55,10 +55,11 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
       re-estimates or deletes the one basis that raises the evidence most (a pruned basis returns
       whenever its quality exceeds its sparsity), keeping the full covariance of the small model
       by rank-one updates: O(M m) work per iteration and O(M m) memory for m relevant bases,
-      never M-by-M. The noise precision starts at ``1 / (0.1 std(y))^2``; for the linear basis it
-      is re-estimated only when the model has settled, for kernel bases after each of the first
-      10 iterations, then every 5th (every m/10-th once m > 50) and whenever the model has
-      settled (as SparseBayes). Measured against the diagonal phase, this path gives kernel
+      never M-by-M. The noise precision starts at ``1 / var(y)`` for the linear basis
+      (ARDRegression's start) and at ``1 / (0.1 std(y))^2`` for kernel bases (SparseBayes');
+      for the linear basis it is re-estimated only when the model has settled, for kernel
+      bases after each of the first 10 iterations, then every 5th (every m/10-th once m > 50)
+      and whenever the model has settled (as SparseBayes). Measured against the diagonal phase, this path gives kernel
       bases fastrvm's accuracy and sparsity (README, relevance vector regression), and for
       p >> n it keeps the fit from interpolating the targets.
 

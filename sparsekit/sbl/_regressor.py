@@ -59,9 +59,9 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
       (ARDRegression's start) and at ``1 / (0.1 std(y))^2`` for kernel bases (SparseBayes');
       for the linear basis it is re-estimated only when the model has settled, for kernel
       bases after each of the first 10 iterations, then every 5th (every m/10-th once m > 50)
-      and whenever the model has settled (as SparseBayes). Measured against the diagonal phase, this path gives kernel
-      bases fastrvm's accuracy and sparsity (README, relevance vector regression), and for
-      p >> n it keeps the fit from interpolating the targets.
+      and whenever the model has settled (as SparseBayes). Measured against the diagonal
+      phase, this path gives kernel bases fastrvm's accuracy and sparsity (README, relevance
+      vector regression), and for p >> n it keeps the fit from interpolating the targets.
 
     Parameters
     ----------

@@ -28,7 +28,7 @@ Two noise schedules (``settings.noise_every``):
   shrink the residual, raise beta and make the next one look relevant. The regressor starts it
   at 1 / var(y) there (ARDRegression's start), so the settled models follow a rising beta;
   started at 100 / var(y), the first settled model near the sparse-recovery transition already
-  holds dozens of wrong features that no later action removes (a local optimum ~250 below
+  holds dozens of wrong features that no later action removes (a local optimum 246-287 below
   ARDRegression's log evidence on the benchmark's problems, issue 8).
 - ``k > 0`` (kernel bases): re-estimate it after each of the first ``NOISE_START`` actions, then
   after every ``k``-th action and whenever the model has settled (SparseBayes' ``BetaUpdateStart``

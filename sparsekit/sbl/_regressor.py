@@ -435,7 +435,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         the model explains y; started at 100 / var(y), the first settled model already holds
         many wrong features that the later, larger noise precisions keep (near the recovery
         transition, n=100, M=200, k=35, sigma=0.01: 0 of 10 exact supports with a log evidence
-        ~270 below ARDRegression's, against 8 of 10 from 1 / var(y); issue 8).
+        246-287 below ARDRegression's where ARD finds the support, against 8 of 10 from
+        1 / var(y); issue 8).
         """
         init = None
         beta = 1.0 if self.fix_noise or self.kernel is None else 1.0 / 0.1**2

@@ -64,7 +64,7 @@ def test_near_the_recovery_transition_with_noise(seed):
     """n=100, M=200, k=35, noise 0.01, the benchmark's problems (bench_phase_transition.py) just
     below exact SBL's 50 % transition: ARDRegression finds the true support on all four. The
     constructive path started from a noise precision of 100/var(y) settled instead with ~70
-    features, 5-12 true ones missing, at a log evidence 245-285 below ARD's (issue 8); from
+    features, 5-12 true ones missing, at a log evidence 246-287 below ARD's (issue 8); from
     1/var(y) it reaches the true support at ARD's evidence or above."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(100, 200))

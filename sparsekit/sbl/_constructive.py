@@ -25,7 +25,11 @@ Two noise schedules (``settings.noise_every``):
 
 - ``0`` (linear basis, M >= n/2): re-estimate the noise precision only once the model has settled
   for the current one. Updating it after every action there lets each added pure-noise feature
-  shrink the residual, raise beta and make the next one look relevant.
+  shrink the residual, raise beta and make the next one look relevant. The regressor starts it
+  at 1 / var(y) there (ARDRegression's start), so the settled models follow a rising beta;
+  started at 100 / var(y), the first settled model near the sparse-recovery transition already
+  holds dozens of wrong features that no later action removes (a local optimum 246-287 below
+  ARDRegression's log evidence on the benchmark's problems, issue 8).
 - ``k > 0`` (kernel bases): re-estimate it after each of the first ``NOISE_START`` actions, then
   after every ``k``-th action and whenever the model has settled (SparseBayes' ``BetaUpdateStart``
   and ``BetaUpdateFrequency``); every ``m/10``-th action once the model has ``m > 10 k`` bases,
@@ -44,6 +48,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import solve_triangular
 
+from ._kernels import fast_ml_scores
 from ._regression_solver import (
     GaussianStep,
     cholesky_precision,
@@ -52,22 +57,16 @@ from ._regression_solver import (
     posterior,
 )
 
-_EPS = np.finfo(np.float64).eps
 REFRESH = 50  # actions between full recomputations of Sigma, mu, S and Q
 GAIN_TOL = 1e-6  # log-evidence gain per unit of weight below which an action is noise
 NOISE_START = 10  # with a noise schedule k > 0: actions after which the noise is always updated
 
 
-def _basis_gain(a, s, q):
-    """Contribution of one basis with precision ``a`` to the log marginal likelihood, given its
-    sparsity and quality factors ``s``, ``q`` (Tipping & Faul 2003, eq. 6)."""
-    return 0.5 * (np.log(a) - np.log(a + s) + q * q / (a + s))
-
-
 def addition_gain(s, q):
     """Rise of the log marginal likelihood from adding a basis with sparsity and quality factors
-    ``s``, ``q`` (``q^2 > s > 0``) at its optimal precision ``s^2 / (q^2 - s)``: the maximum of
-    :func:`_basis_gain` over the precision (Tipping & Faul 2003)."""
+    ``s``, ``q`` (``q^2 > s > 0``) at its optimal precision ``s^2 / (q^2 - s)``: the maximum over
+    the precision ``a`` of ``(log a - log(a + s) + q^2 / (a + s)) / 2`` (Tipping & Faul 2003,
+    eq. 6)."""
     return 0.5 * ((q * q - s) / s + np.log(s / (q * q)))
 
 
@@ -203,58 +202,42 @@ class FastMarginalLikelihood:
         self.lam = lam[keep]
 
     def propose(self, threshold_lambda):
-        """Score every action; a precision above ``threshold_lambda`` counts as pruned."""
-        idx, lam = self._index(), self.lam
-        s, q = self.S.copy(), self.Q.copy()
-        # Remove each model basis' own contribution. lam - S_i = lam^2 Sigma_ii > 0 in exact
-        # arithmetic; keep it so under rounding.
-        den = np.maximum(lam - self.S[idx], _EPS * lam)
-        s[idx] = lam * self.S[idx] / den
-        q[idx] = lam * self.Q[idx] / den
-        theta = q * q - s
-        # A basis is worth having when Q^2 > S, at the precision s^2 / theta; as in the other
-        # solvers, one whose precision would exceed ``threshold_lambda`` counts as pruned.
-        over = theta * threshold_lambda <= s * s
-        theta[over] = 0.0
-        gain = np.full(self.M, -np.inf)
-        good = ~self.in_model & (theta > 0)
-        gain[good] = addition_gain(s[good], q[good])
-        s_in, q_in, th_in = s[idx], q[idx], theta[idx]
-        keep_in = th_in > 0
-        lam_new = np.where(keep_in, s_in * s_in / np.where(keep_in, th_in, 1.0), np.inf)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            g_old = _basis_gain(lam, s_in, q_in)
-            g_in = np.where(keep_in, _basis_gain(lam_new, s_in, q_in) - g_old, -g_old)
-        g_in = np.where(np.isnan(g_in), -np.inf, g_in)
-        # A basis in the model past the threshold is pruned first, whatever the evidence says.
-        gain[idx] = np.where(over[idx] & (q_in * q_in > s_in), np.inf, g_in)
+        """Score every action (:func:`._kernels.fast_ml_scores`); a precision above
+        ``threshold_lambda`` counts as pruned."""
+        gain, lam_new, s, theta = fast_ml_scores(
+            self.S, self.Q, self._index(), self.lam, self.in_model, threshold_lambda
+        )
         return _Proposal(gain, lam_new, s, theta)
 
-    def take(self, prop, pruned_lam, *, small, tol):
-        """Carry out the proposal; True when the model has settled for the current noise.
+    def settled(self, prop, *, small, tol):
+        """Whether the model has settled for the current noise, judged before ``prop`` is taken.
 
-        Settled means: nothing gains more than ``small`` (the step is still taken when its gain
-        is positive), or the best move is a re-estimate by less than ``tol`` in log precision
-        with no candidate worth adding (correlated neighbours can trade a weight back and forth
-        for a long time).
+        Settled means: nothing gains more than ``small``, or the best move is a re-estimate by
+        less than ``tol`` in log precision with no candidate worth adding (correlated neighbours
+        can trade a weight back and forth for a long time).
         """
-        best, lam_old = prop.best, self.lam.copy()
-        k = int(np.flatnonzero(self._index() == best)[0]) if self.in_model[best] else None
+        best = prop.best
         if prop.best_gain <= small:
-            settled = True
-            if prop.best_gain <= 0.0:
-                return settled
-        elif k is not None and np.isfinite(prop.lam_new[k]):
-            settled = abs(np.log(prop.lam_new[k] / lam_old[k])) < tol and not np.any(
-                prop.gain[~self.in_model] > small
-            )
-        else:
-            settled = False
-        if k is not None:
+            return True
+        if not self.in_model[best]:
+            return False
+        k = self.model.index(best)
+        if not np.isfinite(prop.lam_new[k]):
+            return False
+        return abs(np.log(prop.lam_new[k] / self.lam[k])) < tol and not np.any(
+            prop.gain[~self.in_model] > small
+        )
+
+    def take(self, prop, pruned_lam):
+        """Carry out the proposal when its gain is positive."""
+        best = prop.best
+        if prop.best_gain <= 0.0:
+            return
+        if self.in_model[best]:
+            k = self.model.index(best)
             self.change(k, prop.lam_new[k], pruned_lam)
         else:
             self.add(best, prop.s[best] ** 2 / prop.theta[best])
-        return settled
 
     def noise_statistics(self, tt):
         """Weighted residual sum of squares and ``sum(gamma)`` of the current posterior."""
@@ -305,10 +288,11 @@ def constructive_path(design, t, sw, state, *, settings, init=None, on_iter=None
         prop = fml.propose(settings.threshold_lambda)
         state.n_iter += 1
         since_refresh += 1
-        if not every or on_iter is not None:
+        settled = fml.settled(prop, small=GAIN_TOL * wsum, tol=tol)
+        if (settled and not every) or on_iter is not None:
             # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
             sse, gamma_sum = fml.noise_statistics(tt)
-        settled = fml.take(prop, state.pruned_lam, small=GAIN_TOL * wsum, tol=tol)
+        fml.take(prop, state.pruned_lam)
         if settings.compute_score and fml.model:
             sse_now, _ = fml.noise_statistics(tt)
             logdet = np.linalg.slogdet(fml.Sigma)[1]

@@ -18,6 +18,7 @@ from ..utils._numba import jit
 
 MACKAY = 0
 EM = 1
+_EPS = float(np.finfo(np.float64).eps)
 
 
 @jit(parallel=True)
@@ -179,3 +180,62 @@ def psb_update(d, s, y, d_min, d_max, eps):
             v = d_max
         d[j] = v
     return True
+
+
+@jit
+def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
+    """Score every action of Tipping & Faul's fast marginal likelihood (:mod:`._constructive`).
+
+    ``S``, ``Q`` are the sparsity and quality factors of all M candidates with the model's
+    contributions included; ``model`` the candidate indices of the m model bases, ``lam`` their
+    precisions, ``in_model`` the M-long membership mask. Returns ``(gain, lam_new, s, theta)``:
+    the log-evidence gain of each candidate's best action (adding it at its optimal precision;
+    for a model basis re-estimating it, or deleting it when ``lam_new`` is inf; +inf for a model
+    basis whose precision would pass ``threshold_lambda`` although ``q^2 > s``, -inf for no
+    action), the re-estimated precision of each model basis, the factors ``s`` with the model's
+    own contribution removed and ``theta = q^2 - s`` (zero where the precision would pass the
+    threshold). One pass over the candidates instead of two dozen array expressions.
+    """
+    M = S.shape[0]
+    m = model.shape[0]
+    eps = _EPS
+    s = np.empty(M, dtype=np.float64)
+    q = np.empty(M, dtype=np.float64)
+    for i in range(M):
+        s[i] = S[i]
+        q[i] = Q[i]
+    for k in range(m):
+        j = model[k]
+        den = max(lam[k] - S[j], eps * lam[k])  # lam^2 Sigma_jj > 0; kept so under rounding
+        s[j] = lam[k] * S[j] / den
+        q[j] = lam[k] * Q[j] / den
+    theta = np.empty(M, dtype=np.float64)
+    gain = np.empty(M, dtype=np.float64)
+    for i in range(M):
+        th = q[i] * q[i] - s[i]
+        if th * threshold_lambda <= s[i] * s[i]:
+            th = 0.0
+        theta[i] = th
+        if in_model[i] or not th > 0.0:
+            gain[i] = -np.inf
+        else:
+            r = q[i] * q[i]
+            gain[i] = 0.5 * ((r - s[i]) / s[i] + np.log(s[i] / r))
+    lam_new = np.empty(m, dtype=np.float64)
+    for k in range(m):
+        j = model[k]
+        a, sj, qj = lam[k], s[j], q[j]
+        g_old = 0.5 * (np.log(a) - np.log(a + sj) + qj * qj / (a + sj))
+        if theta[j] > 0.0:
+            b = sj * sj / theta[j]
+            lam_new[k] = b
+            g = 0.5 * (np.log(b) - np.log(b + sj) + qj * qj / (b + sj)) - g_old
+        else:
+            lam_new[k] = np.inf
+            g = -g_old
+        if qj * qj > sj and theta[j] == 0.0:
+            g = np.inf  # past the threshold: pruned first, whatever the evidence says
+        elif np.isnan(g):
+            g = -np.inf
+        gain[j] = g
+    return gain, lam_new, s, theta

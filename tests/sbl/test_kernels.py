@@ -93,6 +93,35 @@ def test_reestimate_lambda(mode, l1, l2):
         assert np.isinf(got[0][3])  # a weight at exactly zero gets pruned
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_fast_ml_scores(readonly):
+    """Tipping & Faul's action scores: additions, re-estimates, deletions and bases past the
+    threshold all occur in the sample."""
+    rng = np.random.default_rng(5)
+    M, model = 40, np.array([1, 4, 9, 13, 22, 30, 31, 38])
+    lam = rng.uniform(0.2, 5.0, model.size)
+    S = rng.uniform(0.5, 3.0, M)
+    S[model] = lam * rng.uniform(0.1, 0.9, model.size)  # S_i < lam_i for a model basis
+    Q = 2.0 * rng.normal(size=M)
+    Q[model[:2]] = 1e-3  # q^2 < s: deleted
+    j, a = model[2], lam[2]
+    s_j = a * S[j] / (a - S[j])  # q^2 just above s: precision past the threshold 30
+    Q[j] = np.sqrt(s_j + s_j**2 / 60.0) * (a - S[j]) / a
+    in_model = np.zeros(M, dtype=bool)
+    in_model[model] = True
+    args = [S, Q, model, lam, in_model]
+    if readonly:
+        args = [_readonly(a) for a in args]
+    got = K.fast_ml_scores(*args, 30.0)
+    ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 30.0)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    gain, lam_new = got[0], got[1]
+    assert np.isfinite(gain[~in_model]).any() and np.isneginf(gain[~in_model]).any()
+    assert np.isinf(lam_new).any() and np.isfinite(lam_new).any()
+    assert np.isposinf(gain[model]).any()  # past the threshold with q^2 > s: pruned first
+
+
 def test_compact_columns_inplace(Phi):
     keep = np.array([0, 2, 3, 7, 10])
     ref = naive.compact_columns(Phi, keep)

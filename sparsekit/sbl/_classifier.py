@@ -428,7 +428,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 # multinomial), so resume from the previous model alone rather than putting every
                 # pruned basis back.
                 mask[f:] = ok
-        return PathState(coef, lam, mask=mask, curvature=D)
+        return PathState(coef, lam, mask=mask, curvature=D, lam_restart=lam0)
 
     def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")

@@ -150,7 +150,7 @@ def free_rows(design):
     return 1 if design.intercept_column else 0
 
 
-def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
+def run_path(design, state, lik, settings, *, on_iter=None, candidates=None, restart_end=True):
     """Fit: the diagonal phase until at most ``exact_switch`` bases remain (or exact from the
     start for ``solver="exact"``), then exact iterations, until the stop rule fires or
     ``max_iter`` iterations have run in all (``state.converged`` tells which).
@@ -164,11 +164,13 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
     precision to creep up to ``threshold_lambda``. ``on_iter(state, design, step, dlog)`` is called after every
     iteration (``step`` is what the likelihood's posterior step returned).
 
-    With re-admission, ``state.lam_restart`` set and the design in memory, the exact phase that
-    follows a diagonal phase runs from two starts, and the fit keeps the end with the higher
-    Laplace evidence: from the diagonal phase's precisions, and from a restart
-    (:func:`_restart`). ``state.n_iter`` then counts the iterations of both (``on_iter`` sees
-    both; ``state.scores`` holds the kept path's).
+    With re-admission, ``solver="dqn"``, ``state.lam_restart`` set and the design in memory, the
+    exact phase runs from two starts and the fit keeps the end with the higher Laplace evidence:
+    after a diagonal phase, from the diagonal phase's precisions and from a restart
+    (:func:`_restart`) at the hand-over; when it ran from the start, from its end
+    (:func:`restart_from_end`; ``restart_end=False`` leaves that to the caller, the subset path).
+    ``state.n_iter`` then counts the iterations of both (``on_iter`` sees both;
+    ``state.scores`` holds the kept path's).
     """
     exact = settings.solver == "exact"
     readmit = candidates is not None and lik.readmits
@@ -176,22 +178,50 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
         # a warm start may leave bases out of every class's model: they are candidates only
         _compact_unused(design, state, lik)
     lik.start(design, state)
-    split = readmit and state.lam_restart is not None and not getattr(design, "chunked", False)
+    split = (
+        readmit
+        and settings.solver == "dqn"
+        and state.lam_restart is not None
+        and not getattr(design, "chunked", False)
+    )
     at_switch, exact = _iterate(
         design, state, lik, settings, exact, readmit, split, on_iter, candidates
     )
     if at_switch:
-        alt_design, alt_state = design.copy_active(), copy.deepcopy(state)
+        alt = design.copy_active(), copy.deepcopy(state)
         _iterate(design, state, lik, settings, True, readmit, False, on_iter, candidates)
-        _restart(alt_design, alt_state, lik, settings, candidates)
-        alt_state.n_iter = state.n_iter  # max_iter bounds both starts together
-        _iterate(alt_design, alt_state, lik, settings, True, readmit, False, on_iter, candidates)
-        if _last_score(alt_state) > _last_score(state):
-            design.__dict__.update(alt_design.__dict__)
-            state.__dict__.update(alt_state.__dict__)
-        state.n_iter = alt_state.n_iter
+        _second_start(design, state, *alt, lik, settings, on_iter, candidates)
     lik.finish(design, state, settings, exact)
+    if split and exact and not at_switch and restart_end:
+        restart_from_end(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
     return state
+
+
+def restart_from_end(design, state, lik, settings, *, on_iter=None, candidates=None):
+    """A second start (:func:`_restart`) of a fit that ended in the exact phase, from its end;
+    keeps the end with the higher Laplace evidence and finishes the fit again. For a path that
+    never ran a diagonal phase (the subset path's pool, :mod:`._kernel_basis`). Does nothing
+    without an exact posterior, ``state.lam_restart`` or iterations left."""
+    if state.sigma_full is None or state.lam_restart is None or state.n_iter >= settings.max_iter:
+        return state
+    alt = design.copy_active(), copy.deepcopy(state)
+    _second_start(design, state, *alt, lik, settings, on_iter, candidates)
+    lik.finish(design, state, settings, True)
+    return state
+
+
+def _second_start(design, state, alt_design, alt_state, lik, settings, on_iter, candidates):
+    """Run the exact phase from the restart of ``alt_design``/``alt_state`` (copies taken
+    where ``state`` started its own exact phase, which has run) and keep, in ``design`` and
+    ``state``, the end with the higher evidence; ``state.n_iter`` counts both runs."""
+    _restart(alt_design, alt_state, lik, settings, candidates)
+    alt_state.n_iter = state.n_iter  # max_iter bounds both starts together
+    alt_state.converged = False
+    _iterate(alt_design, alt_state, lik, settings, True, True, False, on_iter, candidates)
+    if _last_score(alt_state) > _last_score(state):
+        design.__dict__.update(alt_design.__dict__)
+        state.__dict__.update(alt_state.__dict__)
+    state.n_iter = alt_state.n_iter
 
 
 def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candidates):

@@ -324,7 +324,7 @@ def _restart(design, state, lik, settings, candidates):
         candidates,
         settings.threshold_lambda,
         lik.name,
-        per_class=design.n_basis,
+        per_class=max(settings.exact_switch - lik.exact_size(design, state), 0),
     )
     if additions:
         apply_additions(design, state, candidates, additions, 0.25 * design.weight_sum)

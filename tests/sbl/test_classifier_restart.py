@@ -16,14 +16,18 @@ import sparsekit.sbl._engine as engine
 from sparsekit.sbl import DQNSBLClassifier
 
 
-@pytest.fixture(scope="module")
-def breast_split_2():
-    """Breast cancer as benchmarks/bench_classifier.py splits it (split 2): 426 training
-    samples, standardised."""
+def _breast(split):
+    """Breast cancer as benchmarks/bench_classifier.py splits it: 426 training samples,
+    standardised."""
     X, y = load_breast_cancer(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=2, stratify=y)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=split, stratify=y)
     sc = StandardScaler().fit(Xtr)
     return sc.transform(Xtr), ytr, sc.transform(Xte), yte
+
+
+@pytest.fixture(scope="module")
+def breast_split_2():
+    return _breast(2)
 
 
 def test_default_fit_reaches_the_exact_methods_evidence(breast_split_2, monkeypatch):
@@ -52,10 +56,12 @@ def test_default_fit_reaches_the_exact_methods_evidence(breast_split_2, monkeypa
     assert restarted > inherited + 1.0
 
 
-def test_second_start_counts_in_n_iter_and_max_iter(breast_split_2, monkeypatch):
-    """Both starts' iterations count in ``n_iter_`` (each exact iteration re-estimates once) and
-    ``max_iter`` bounds them together."""
-    Xtr, ytr, _, _ = breast_split_2
+@pytest.mark.parametrize("split", [0, 2])
+def test_second_start_counts_in_n_iter_and_max_iter(split, monkeypatch):
+    """Both starts' iterations count in ``n_iter_`` (each iteration re-estimates once), whichever
+    end is kept (split 0: the inherited one, split 2: the restart's), and ``max_iter`` bounds
+    them together."""
+    Xtr, ytr, _, _ = _breast(split)
     calls = []
     original = engine._reestimate
 

@@ -428,7 +428,10 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 # multinomial), so resume from the previous model alone rather than putting every
                 # pruned basis back.
                 mask[f:] = ok
-        return PathState(coef, lam, mask=mask, curvature=D)
+        # the exact phase's second start (_engine.run_path) is for kernel bases, whose correlated
+        # columns are what the diagonal phase's variances get wrong
+        restart = lam0 if self.kernel is not None else None
+        return PathState(coef, lam, mask=mask, curvature=D, lam_restart=restart)
 
     def _print_progress(self, state, design, step, dlog):
         score = state.scores[-1] if state.scores else float("nan")

@@ -17,6 +17,8 @@ pruned (its RMS is already one, so it needs no scaling).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -288,6 +290,17 @@ class DesignMatrix:
         else:
             compact_columns_inplace(self._Phi, idx)
         self.active = self.active[idx]
+
+    def copy_active(self):
+        """An independent copy over the active columns only (the buffer of a dense basis is cut
+        to them; :meth:`insert_columns` grows it again when needed)."""
+        out = copy.copy(self)
+        out.active = self.active.copy()
+        if self.sparse:
+            out._B_act = self._B_act.copy()
+        else:
+            out._Phi = np.array(self._Phi[:, : self.n_active], order="F")
+        return out
 
     def insert_columns(self, js, raw):
         """Put basis functions ``js`` (not active, increasing) back into the active set.

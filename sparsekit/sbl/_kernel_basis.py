@@ -52,7 +52,7 @@ from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
 from ._design import DesignMatrix, column_scaling, moment_divisor
-from ._engine import run_path
+from ._engine import restart_from_end, run_path
 from ._features import distinct_rows, kernel_block
 from ._kernels import weighted_column_moments
 from ._readmission import CandidateColumns, _score, choose_additions, sweep_terms
@@ -199,8 +199,21 @@ class KernelSubset:
         the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
         exact posterior to scan at, and the model holds pool samples only)."""
         candidates = self.candidate_columns(design.n_basis)
+        # a pool path that runs exact from the start gets its second start once, at the end
+        # (run_path's restart_end), rather than after each run
+        restart_pending = settings.solver == "dqn" and (
+            lik.exact_size(design, state) <= settings.exact_switch
+        )
         while True:
-            run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
+            run_path(
+                design,
+                state,
+                lik,
+                settings,
+                on_iter=on_iter,
+                candidates=candidates,
+                restart_end=False,
+            )
             if (
                 state.sigma_full is None  # no exact posterior: the diagonal phase ended the fit
                 or state.n_iter >= settings.max_iter
@@ -208,7 +221,14 @@ class KernelSubset:
             ):
                 return state
             if not self.scan(design, state, lik.T, lik.sw, settings.threshold_lambda):
-                return state
+                if not restart_pending:
+                    return state
+                restart_pending = False
+                restart_from_end(
+                    design, state, lik, settings, on_iter=on_iter, candidates=candidates
+                )
+                if not self.scan(design, state, lik.T, lik.sw, settings.threshold_lambda):
+                    return state
             state.converged = False
             # new pool columns: the cached pool blocks no longer match the sweep's blocks
             candidates = self.candidate_columns(design.n_basis)

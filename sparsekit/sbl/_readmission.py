@@ -255,13 +255,16 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
     return Bw, R, models, excluded_bases(design, state)
 
 
-def propose_additions(design, state, T, sw, candidates, threshold_lambda, likelihood="bernoulli"):
+def propose_additions(
+    design, state, T, sw, candidates, threshold_lambda, likelihood="bernoulli", per_class=PER_SWEEP
+):
     """Score the candidate bases for every one-vs-rest problem (or every class of a softmax
     model, :func:`_softmax_models`) at the current exact posterior.
 
     Uses ``state.coef`` and ``state.sigma_full`` as left by the exact step (consistent with
     ``state.mask``). Returns a list of ``(basis index, class, precision)``: for each class, the
-    candidate outside its model with the largest evidence gain, when that gain is worth having.
+    ``per_class`` candidates outside its model with the largest evidence gains, when the gain is
+    worth having (in-memory candidates; a chunked source proposes ``PER_SWEEP``).
 
     Every basis function is scored, O(n M m). (Scoring only a shortlist, the bases that passed
     the add test at the last full sweep, with a full sweep before the fit may stop, scored 3.7x
@@ -283,7 +286,7 @@ def propose_additions(design, state, T, sw, candidates, threshold_lambda, likeli
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)
         _score(js, *terms, models, excluded, threshold_lambda, found)
-    return choose_additions(found, design)
+    return choose_additions(found, design, per_class)
 
 
 def apply_additions(design, state, candidates, additions, d0):

@@ -32,7 +32,12 @@ import numpy as np
 
 from ._kernels import EM, MACKAY, reestimate_lambda
 from ._readmission import GAIN_TOL as READMIT_GAIN_TOL
-from ._readmission import apply_additions, propose_additions, tipping_faul_delete
+from ._readmission import (
+    apply_additions,
+    propose_additions,
+    tipping_faul_delete,
+    tipping_faul_reestimate,
+)
 
 _EPS = np.finfo(np.float64).eps
 GAMMA_FLOOR = 1e-12
@@ -43,6 +48,8 @@ RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored 
 # pruned over n_iter_no_change iterations.
 SETTLE_LOGIT_TOL = 1e-3
 SETTLE_PRUNE_FRACTION = 0.01
+# exact phase with re-admission: Tipping-Faul steps rather than MacKay's (_apply_update)
+TF_STEP = False
 
 _CHOICES = {
     "solver": ("dqn", "exact"),
@@ -135,6 +142,7 @@ class PathState:
         self.phase = "dqn"
         self.logits = None  # training logits at the end of the last diagonal inner solve
         self.readmitted = {}  # (original column index, k) -> times re-admitted
+        self.lam_step = {}  # (original column index, k) -> (log step, direction): exact phase
         self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
         # exact phase, bernoulli: per class, the status of the last Newton solve (0 converged,
         # 1 stopped at its iteration cap, 2 converged on a jittered precision)
@@ -275,7 +283,13 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     f = free_rows(design)
     sub, lam_old, lam_new, gamma = update.sub, update.lam_old, update.lam_new, update.gamma
     coef, lam, mask = state.coef, state.lam, state.mask
-    if damp is not False and np.any(damp):
+    if delete_test and TF_STEP:
+        rows, cols = np.nonzero(sub)
+        keys = list(zip(design.active[rows].tolist(), cols.tolist()))
+        lam_new = tipping_faul_reestimate(
+            coef[f:][sub], state.sigma_diag[f:][sub], lam_old, lam_new, keys, state.lam_step
+        )
+    elif damp is not False and np.any(damp):
         rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
         lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
     if delete_test:
@@ -293,8 +307,10 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     if not prune.any():
         return False, dlog, None
     rows, cols = np.nonzero(sub)
-    keys = zip(design.active[rows[prune]].tolist(), cols[prune].tolist())
+    keys = list(zip(design.active[rows[prune]].tolist(), cols[prune].tolist()))
     state.pruned_lam.update(zip(keys, lam_new[prune].tolist()))
+    for key in keys:
+        state.lam_step.pop(key, None)
     mask_sub = mask[f:]
     mask_sub[rows[prune], cols[prune]] = False
     coef[~mask] = 0.0

@@ -309,6 +309,32 @@ def test_candidate_cache_serves_any_subset_and_computes_each_column_once():
     assert not cand.raw(np.arange(12, 20)).flags.writeable
 
 
+def test_candidate_cache_over_a_universe_holds_only_its_columns():
+    """The subset path's cache: n_basis is every sample, but only the pool (``universe``) is
+    cached, in an n-by-pool buffer even when n-by-n_basis would not fit; columns outside the pool
+    are computed each time and not kept."""
+    B = np.random.RandomState(1).normal(size=(20, 400))
+    pool = np.array([3, 7, 8, 9, 50, 51, 52, 399])
+    calls = []
+
+    def source(js):
+        calls.append(list(js))
+        return B[:, js]
+
+    cand = CandidateColumns(source, 400, cache=True, universe=pool, cache_bytes=20 * 8 * 8)
+    assert_array_equal(cand.raw(pool[:4]), B[:, pool[:4]])
+    assert_array_equal(cand.raw(pool), B[:, pool])
+    assert_array_equal(cand.raw(pool[4:7]), B[:, [50, 51, 52]])
+    assert not cand.raw(pool[4:7]).flags.writeable  # consecutive cache columns: a view
+    assert_array_equal(cand.raw(np.array([5, 8])), B[:, [5, 8]])
+    assert_array_equal(cand.raw(np.array([5])), B[:, [5]])
+    assert calls == [[3, 7, 8, 9], [50, 51, 52, 399], [5, 8], [5]]
+    small = CandidateColumns(source, 400, cache=True, universe=pool, cache_bytes=20 * 8 * 7)
+    small.raw(pool)
+    small.raw(pool)
+    assert calls[-2:] == [list(pool), list(pool)]  # too large for its budget: not cached
+
+
 def test_multinomial_warm_refit_resumes_from_the_previous_model(digits):
     # With re-admission the warm start puts back only the previous model (not every pruned
     # basis), so a refit on the same data starts at the optimum and stops within a few sweeps.

@@ -32,12 +32,7 @@ import numpy as np
 
 from ._kernels import EM, MACKAY, reestimate_lambda
 from ._readmission import GAIN_TOL as READMIT_GAIN_TOL
-from ._readmission import (
-    apply_additions,
-    propose_additions,
-    tipping_faul_delete,
-    tipping_faul_reestimate,
-)
+from ._readmission import apply_additions, propose_additions, tipping_faul_delete
 
 _EPS = np.finfo(np.float64).eps
 GAMMA_FLOOR = 1e-12
@@ -48,8 +43,6 @@ RELEVANT_GAMMA = 1e-3  # bases with gamma below this are "creeping" and ignored 
 # pruned over n_iter_no_change iterations.
 SETTLE_LOGIT_TOL = 1e-3
 SETTLE_PRUNE_FRACTION = 0.01
-# exact phase with re-admission: Tipping-Faul steps rather than MacKay's (_apply_update)
-TF_STEP = False
 
 _CHOICES = {
     "solver": ("dqn", "exact"),
@@ -67,7 +60,9 @@ class PathSettings:
     diagonal phase (log precisions). ``alpha_1``, ``alpha_2``, ``lambda_1``, ``lambda_2`` are the
     Gamma hyperpriors of the noise and weight precisions (ARDRegression's names). ``noise_every``
     is the constructive path's noise schedule (:mod:`._constructive`); ``inner_forcing`` the
-    classifier's inexact-Newton forcing term (0: off).
+    classifier's inexact-Newton forcing term (0: off). ``flat_tol`` is the evidence change per
+    iteration and unit of weight below which the exact phase with re-admission counts as settled
+    (the subset path loosens it between its scans).
     """
 
     max_iter: int
@@ -89,6 +84,7 @@ class PathSettings:
     fix_noise: bool = False
     compute_score: bool = False
     noise_every: int = 0
+    flat_tol: float = READMIT_GAIN_TOL
 
     def __post_init__(self):
         for name, options in _CHOICES.items():
@@ -102,7 +98,7 @@ class PathSettings:
         for name in ("exact_switch", "inner_max_iter", "noise_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
-        nonneg = ("tol", "dqn_tol", "inner_tol", "inner_forcing", "alpha_1", "alpha_2")
+        nonneg = ("tol", "dqn_tol", "inner_tol", "inner_forcing", "alpha_1", "alpha_2", "flat_tol")
         for name in (*nonneg, "lambda_1", "lambda_2"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
@@ -142,7 +138,6 @@ class PathState:
         self.phase = "dqn"
         self.logits = None  # training logits at the end of the last diagonal inner solve
         self.readmitted = {}  # (original column index, k) -> times re-admitted
-        self.lam_step = {}  # (original column index, k) -> (log step, direction): exact phase
         self.class_evidence = []  # exact phase, bernoulli: Laplace evidence per class and step
         # exact phase, bernoulli: per class, the status of the last Newton solve (0 converged,
         # 1 stopped at its iteration cap, 2 converged on a jittered precision)
@@ -221,7 +216,9 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
         if on_iter is not None:
             on_iter(state, design, step, dlog)
         tol = settings.tol if exact else settings.dqn_tol
-        settled = dlog < tol or (exact and readmit and _evidence_flat(state, design))
+        settled = dlog < tol or (
+            exact and readmit and _evidence_flat(state, design, settings.flat_tol)
+        )
         done = stop.observe(coef_seen, keep, changed, settled, exact)
         if not exact and lik.uses_settle_test and settle.update(state.logits, design.n_active):
             done = True
@@ -283,13 +280,7 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     f = free_rows(design)
     sub, lam_old, lam_new, gamma = update.sub, update.lam_old, update.lam_new, update.gamma
     coef, lam, mask = state.coef, state.lam, state.mask
-    if delete_test and TF_STEP:
-        rows, cols = np.nonzero(sub)
-        keys = list(zip(design.active[rows].tolist(), cols.tolist()))
-        lam_new = tipping_faul_reestimate(
-            coef[f:][sub], state.sigma_diag[f:][sub], lam_old, lam_new, keys, state.lam_step
-        )
-    elif damp is not False and np.any(damp):
+    if damp is not False and np.any(damp):
         rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
         lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
     if delete_test:
@@ -307,10 +298,8 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     if not prune.any():
         return False, dlog, None
     rows, cols = np.nonzero(sub)
-    keys = list(zip(design.active[rows[prune]].tolist(), cols[prune].tolist()))
+    keys = zip(design.active[rows[prune]].tolist(), cols[prune].tolist())
     state.pruned_lam.update(zip(keys, lam_new[prune].tolist()))
-    for key in keys:
-        state.lam_step.pop(key, None)
     mask_sub = mask[f:]
     mask_sub[rows[prune], cols[prune]] = False
     coef[~mask] = 0.0
@@ -337,13 +326,14 @@ def _compact_unused(design, state, lik):
     return keep_rows
 
 
-def _evidence_flat(state, design):
+def _evidence_flat(state, design, flat_tol):
     """Whether the last re-estimate raised the evidence by less than the re-admission gain
-    tolerance (per unit of weight): the stop of Tipping and Faul's algorithm, for a precision that
-    creeps slowly towards a distant optimum after the model has otherwise settled."""
+    tolerance ``flat_tol`` (per unit of weight; ``PathSettings.flat_tol``): the stop of Tipping and
+    Faul's algorithm, for a precision that creeps slowly towards a distant optimum after the model
+    has otherwise settled."""
     if len(state.scores) < 2:
         return False
-    return abs(state.scores[-1] - state.scores[-2]) <= READMIT_GAIN_TOL * design.weight_sum
+    return abs(state.scores[-1] - state.scores[-2]) <= flat_tol * design.weight_sum
 
 
 class _StopRule:

@@ -37,14 +37,10 @@ from ._constructive import addition_gain
 
 BLOCK = 256  # candidate columns per block of a sweep
 PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
-BATCH = 1  # additions per class and sweep that pass the add test jointly (choose_batched)
 SHORTLIST = 64  # candidates per class choose_batched re-tests
 GAIN_TOL = 1e-6  # evidence gain per unit of sample weight below which an addition is noise
 MAX_READMIT = 2  # re-admissions of one (basis, class) pair: the add and delete tests can cycle
 CACHE_BYTES = 64 * 2**20  # kernel candidate columns are kept between sweeps up to this size
-STEP_START = 0.5  # first step (log scale) of tipping_faul_reestimate for a basis
-STEP_MIN = 1.0 / 16.0  # its smallest step
-STEP_GROW = 1.25  # its growth per iteration without a reversal
 
 
 class CandidateColumns:
@@ -66,9 +62,15 @@ class CandidateColumns:
         the cache then holds these M columns rather than all ``n_basis``.
     cache_bytes : int, default=CACHE_BYTES
         Largest cache allowed.
+    batch : int, default=1
+        Additions per class and sweep, chosen by :func:`choose_batched` when above 1 (one-vs-rest
+        problems only).
     """
 
-    def __init__(self, raw_block, n_basis, *, cache=False, universe=None, cache_bytes=CACHE_BYTES):
+    def __init__(
+        self, raw_block, n_basis, *, cache=False, universe=None, cache_bytes=CACHE_BYTES, batch=1
+    ):
+        self.batch = int(batch)
         self._raw_block = raw_block
         self.n_basis = int(n_basis)
         self._cache_ok = cache
@@ -138,56 +140,6 @@ def tipping_faul_delete(mu, sigma_diag, gamma, lam, cls, lam_new):
         if gain[i] > -np.inf:
             out[i] = np.inf
     return out
-
-
-def tipping_faul_optimum(mu, sigma_diag, lam):
-    """Evidence-optimal precision of each model basis given the others (Tipping & Faul 2003).
-
-    With the basis' own contribution removed from the (Laplace) posterior, ``s_i = 1 / Sigma_ii -
-    lam_i`` and ``q_i = mu_i / Sigma_ii``, and the evidence as a function of ``lam_i`` alone,
-    ``(log lam_i - log(lam_i + s_i) + q_i^2 / (lam_i + s_i)) / 2``, peaks at ``s_i^2 / (q_i^2 -
-    s_i)`` when ``q_i^2 > s_i`` (else at infinity: the delete test). MacKay's ``gamma_i / mu_i^2``
-    has the same fixed point and creeps towards it. Returns the optimum, ``inf`` where ``q_i^2 <=
-    s_i`` (or ``s_i`` is not positive).
-    """
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        s = 1.0 / sigma_diag - lam
-        q = mu / sigma_diag
-        theta = q * q - s
-        opt = s * s / theta
-    return np.where((theta > 0.0) & (s > 0.0) & np.isfinite(opt), opt, np.inf)
-
-
-def tipping_faul_reestimate(mu, sigma_diag, lam, lam_fallback, keys, memo):
-    """Move each model precision towards its Tipping-Faul optimum (:func:`tipping_faul_optimum`),
-    by a per-basis step in log scale (a fraction of the way) that halves (down to STEP_MIN)
-    whenever the direction of the move reverses and grows by STEP_GROW (up to the full step)
-    otherwise; a basis new to the model starts from STEP_START (its first move: STEP_GROW times
-    that; a full first step cost accuracy on digits, 3/5/8/9 against the rest, 300 samples).
-
-    MacKay's fixed point ``gamma_i / mu_i^2`` is the same optimum, but it creeps towards it: on
-    make_classification (n = 2,000, RBF) the exact phase spent most of its iterations moving
-    precisions by a few per cent each while the evidence rose by less than 0.01 nats per step.
-    All bases move at once, each as if the others stayed: on correlated kernel bases the full
-    step falls into cycles (measured on branch issue-8s: make_classification(n=1500, seed 1), a
-    period-7 cycle of the evidence until ``max_iter``); the sign-reversal rule damps only the
-    bases that oscillate. Bases without a finite optimum take ``lam_fallback`` (MacKay's value;
-    the delete test handles them). ``keys`` name the entries (basis, class) across compactions;
-    ``memo`` maps a key to (step, last direction) and is updated in place. Returns the new
-    precisions.
-    """
-    opt = tipping_faul_optimum(mu, sigma_diag, lam)
-    ok = np.isfinite(opt) & np.isfinite(lam_fallback)
-    d = np.where(ok, np.log(np.where(ok, opt, 1.0)) - np.log(lam), 0.0)
-    prev = np.array([memo.get(key, (STEP_START, 0.0)) for key in keys], dtype=np.float64)
-    prev = prev.reshape(-1, 2)
-    sign = np.sign(d)
-    flip = sign * prev[:, 1] < 0.0
-    step = np.where(
-        flip, np.maximum(0.5 * prev[:, 0], STEP_MIN), np.minimum(STEP_GROW * prev[:, 0], 1.0)
-    )
-    memo.update(zip(keys, zip(step.tolist(), sign.tolist())))
-    return np.where(ok, lam * np.exp(step * d), lam_fallback)
 
 
 def _block_terms(design, candidates, js, Bw, R):
@@ -353,13 +305,14 @@ def propose_additions(design, state, T, sw, candidates, threshold_lambda, likeli
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)
         _score(js, *terms, models, excluded, threshold_lambda, found)
-    if likelihood != "bernoulli" or BATCH <= 1:
+    batch = getattr(candidates, "batch", 1)
+    if likelihood != "bernoulli" or batch <= 1:
         return choose_additions(found, design)
-    return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda)
+    return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)
 
 
-def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch=None):
-    """Per one-vs-rest problem, up to ``batch`` (default BATCH) candidates that pass the add test
+def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch):
+    """Per one-vs-rest problem, up to ``batch`` candidates that pass the add test
     *jointly*: Tipping and Faul's sequential algorithm run on the Gaussian (Laplace) approximation
     of the likelihood at the current mode, curvature weights ``b`` held fixed.
 
@@ -375,7 +328,6 @@ def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, b
     candidates of largest independent gain, so its cross terms cost O(n SHORTLIST (SHORTLIST +
     m)) per class. The first choice is :func:`choose_additions`'s.
     """
-    batch = BATCH if batch is None else batch
     tol = GAIN_TOL * design.weight_sum
     out = []
     for k, blocks in enumerate(found):

@@ -142,7 +142,7 @@ def test_subset_fit_ends_where_no_sample_passes_the_add_test(moons, small_pool, 
 
 def test_scan_adds_the_best_candidates_by_the_add_test(moons, small_pool, monkeypatch):
     """Each scan puts into the pool exactly the samples outside it that the add test, computed
-    from the full kernel, ranks best (at most ``scan_additions(m0)``, gain above tolerance)."""
+    from the full kernel, ranks best (at most ``class_scan_additions(m0)``, gain above tolerance)."""
     X, y, _, _ = moons
     real = kb.KernelSubset.scan
     checked = []
@@ -151,7 +151,7 @@ def test_scan_adds_the_best_candidates_by_the_add_test(moons, small_pool, monkey
         gains = _full_add_test_gains(X, y.astype(float), design, state, GAMMA)
         before = set(self.pool.tolist())
         gains[list(before)] = -np.inf
-        order = np.argsort(-gains)[: kb.scan_additions(self.m0)]
+        order = np.argsort(-gains)[: kb.class_scan_additions(self.m0)]
         expected = {int(j) for j in order if gains[j] > GAIN_TOL * X.shape[0]}
         added = real(self, design, state, T, sw, threshold_lambda)
         assert set(self.pool.tolist()) - before == expected

@@ -10,13 +10,21 @@ hundreds of relevance vectors), and the exact phase's re-admission (Tipping & Fa
    at random (fixed seed), ``K(X, X[pool])``, computed in row blocks into one n-by-m0 buffer;
 2. the ordinary path (:func:`._engine.run_path`) runs on it: the diagonal phase prunes
    the pool down to ``exact_switch`` bases, then the exact phase re-admits bases *from the pool*
-   (their columns recomputed in blocks) until none is worth adding;
+   (their columns computed once and cached, n-by-pool) until none is worth adding; each sweep
+   adds up to ``POOL_BATCH`` bases per class that pass the add test jointly
+   (:func:`._readmission.choose_batched`), since a scan brings in many candidates at once;
 3. a *scan* scores every other distinct training sample by the same add test at the exact
    posterior, the kernel computed in column blocks of ``SCAN_BLOCK`` samples (``K(X, X[js])``,
    n-by-256) and never kept; the best ``class_scan_additions`` per class with a gain above the
-   re-admission tolerance join the pool, and step 2 continues from the current model.
+   re-admission tolerance join the pool, and step 2 continues from the current model. Between
+   two scans step 2 stops early (``SCAN_NO_CHANGE`` calm iterations, evidence-flat tolerance
+   ``SCAN_FLAT_TOL``): the next scan moves the model anyway (at n = 5,000 each scan raised the
+   evidence by tens of nats, after a path on the pool that had crept for a hundred iterations at
+   0.01 nats each). When a scan finds nothing after such a path, step 2 runs again with the
+   estimator's own stop rule, and another scan follows.
 
-The fit ends when a scan finds no sample outside the pool worth adding, so at the end no basis
+The fit ends when a scan after a fully converged path finds no sample outside the pool worth
+adding, so at the end no basis
 function among all n samples passes the add test: the stopping condition of the full-kernel path,
 whose sweeps score all n columns at every exact iteration. Scanning all n samples costs
 O(n^2 (d + m)) for a model of m bases; the pool sweeps cost O(n m0 (d + m)) each, and the scans run
@@ -223,7 +231,9 @@ class KernelSubset:
 
     def fit(self, design, state, lik, settings, on_iter=None):
         """Alternate the ordinary path on the pool with scans over all samples (module
-        docstring) until a scan adds nothing, ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
+        docstring; between two scans with the looser stop of ``SCAN_NO_CHANGE`` and
+        ``SCAN_FLAT_TOL``) until a scan after a path with the estimator's stop rule adds nothing,
+        ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
         the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
         exact posterior to scan at, and the model holds pool samples only)."""
         candidates = self.candidate_columns(design.n_basis)

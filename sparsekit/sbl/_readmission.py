@@ -15,8 +15,10 @@ basis ``i`` outside the model Tipping and Faul's sparsity and quality factors ar
 approximate log marginal likelihood exactly when ``q_i^2 > s_i``, by
 ``(q_i^2 - s_i) / (2 s_i) + log(s_i / q_i^2) / 2`` at its optimal precision ``s_i^2 / (q_i^2 - s_i)``.
 Each sweep adds, per one-vs-rest problem, the candidate with the largest gain (above
-``GAIN_TOL`` per unit of weight); the outer loop's MacKay updates and Tipping and Faul's delete
-test (:func:`tipping_faul_delete`) then take it from there. A (basis, class) pair is re-admitted
+``GAIN_TOL`` per unit of weight), or, for a source with ``batch > 1`` (the subset path's pool),
+up to ``batch`` candidates that pass the test jointly (:func:`choose_batched`); the outer loop's
+MacKay updates and Tipping and Faul's delete test (:func:`tipping_faul_delete`) then take it
+from there. A (basis, class) pair is re-admitted
 at most ``MAX_READMIT`` times: without that bound the add test (at one Laplace posterior) and the
 delete test (at the next) can trade a marginal basis back and forth forever (measured on digits:
 one add and one delete every 15 iterations until ``max_iter``).

@@ -89,6 +89,7 @@ SEED = 0  # the pool is random but reproducible (a fit is deterministic)
 SCAN_NO_CHANGE = 3  # n_iter_no_change of the path on the pool between two scans (0: the fit's)
 SCAN_FLAT_TOL = 1e-5  # ... and its evidence-flat tolerance per unit of weight (PathSettings)
 POOL_BATCH = 8  # additions per class and pool sweep that pass the add test jointly
+POOL_CACHE_MAX = 2**30  # largest n-by-pool cache of the pool's kernel columns (bytes)
 
 
 def subset_size(n_candidates):
@@ -216,16 +217,19 @@ class KernelSubset:
 
     def candidate_columns(self, n_basis):
         """Source of pool columns for the exact phase's sweeps: computed in blocks the first time
-        a sweep asks for them and kept (an n-by-pool cache, the size of the pool's own buffer,
-        or CACHE_BYTES when that is larger): the sweeps score the pool at every few iterations,
-        and recomputing its kernel columns took a fifth of the fit at n = 3,000."""
+        a sweep asks for them and kept in an n-by-pool cache when that takes at most
+        POOL_CACHE_MAX bytes (or CACHE_BYTES when that is larger): the sweeps score the pool at
+        every few iterations, and recomputing its kernel columns took a fifth of the fit at
+        n = 3,000 and 65 of 483 s at n = 10,000. The bound keeps the fit at n = 100,000 (a pool
+        of 2,000 and more: 1.6 GB and more per copy) within its memory budget; there the
+        columns are recomputed at each sweep, as without the cache."""
         nbytes = 8 * self.X.shape[0] * self.pool.size
         return CandidateColumns(
             self._kernel,
             n_basis,
             cache=True,
             universe=self.pool,
-            cache_bytes=max(CACHE_BYTES, nbytes),
+            cache_bytes=POOL_CACHE_MAX if nbytes <= POOL_CACHE_MAX else CACHE_BYTES,
             batch=POOL_BATCH,
         )
 

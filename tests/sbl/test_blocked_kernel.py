@@ -328,8 +328,8 @@ def test_path_between_scans_stops_early_and_the_last_one_uses_the_full_stop_rule
 
 
 def test_pool_sweeps_cache_the_pool_columns(moons, small_pool, final_fit, monkeypatch):
-    """The sweeps' candidate source keeps the pool's kernel columns (n-by-pool, the size of the
-    pool's own buffer) even when CACHE_BYTES would not hold them: each is computed once."""
+    """The sweeps' candidate source keeps the pool's kernel columns (n-by-pool) even when
+    CACHE_BYTES would not hold them, each computed once, up to POOL_CACHE_MAX bytes."""
     X, y, _, _ = moons
     monkeypatch.setattr(kb, "CACHE_BYTES", 0)
     DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset").fit(X, y)
@@ -343,3 +343,8 @@ def test_pool_sweeps_cache_the_pool_columns(moons, small_pool, final_fit, monkey
     assert_array_equal(cand.raw(js), first)
     assert_allclose(first, rbf_kernel(X, X[js], gamma=GAMMA), rtol=1e-12)
     assert calls == [js.tolist()]
+    monkeypatch.setattr(kb, "POOL_CACHE_MAX", 8 * X.shape[0] * subset.pool.size - 1)
+    cand = subset.candidate_columns(X.shape[0])  # the pool over its bound: recomputed
+    assert_array_equal(cand.raw(js), first)
+    assert_array_equal(cand.raw(js), first)
+    assert calls == [js.tolist()] * 3

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.linalg import cho_solve
 from scipy.special import expit, log_expit
 
-from ._classifier_kernels import laplace_newton_bernoulli
+from ._classifier_kernels import laplace_newton
 from ._engine import free_rows
 from ._kernels import dbfgs_update, psb_update
 from ._linalg import cholesky_jittered
@@ -266,7 +266,7 @@ def exact_step(design, state, T, sw, likelihood):
         gtol = EXACT_GTOL_REL * design.weight_sum
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
-            w, loss, S, ld, status = laplace_newton_bernoulli(
+            w, loss, S, ld, status = laplace_newton(
                 np.ascontiguousarray(Phi[:, idx]),
                 T[:, k],
                 sw,

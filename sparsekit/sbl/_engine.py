@@ -61,7 +61,9 @@ class PathSettings:
     diagonal phase (log precisions). ``alpha_1``, ``alpha_2``, ``lambda_1``, ``lambda_2`` are the
     Gamma hyperpriors of the noise and weight precisions (ARDRegression's names). ``noise_every``
     is the constructive path's noise schedule (:mod:`._constructive`); ``inner_forcing`` the
-    classifier's inexact-Newton forcing term (0: off).
+    classifier's inexact-Newton forcing term (0: off). ``flat_tol`` is the evidence change per
+    iteration and unit of weight below which the exact phase with re-admission counts as settled
+    (the subset path loosens it between its scans).
     """
 
     max_iter: int
@@ -83,6 +85,7 @@ class PathSettings:
     fix_noise: bool = False
     compute_score: bool = False
     noise_every: int = 0
+    flat_tol: float = READMIT_GAIN_TOL
 
     def __post_init__(self):
         for name, options in _CHOICES.items():
@@ -96,7 +99,7 @@ class PathSettings:
         for name in ("exact_switch", "inner_max_iter", "noise_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
-        nonneg = ("tol", "dqn_tol", "inner_tol", "inner_forcing", "alpha_1", "alpha_2")
+        nonneg = ("tol", "dqn_tol", "inner_tol", "inner_forcing", "alpha_1", "alpha_2", "flat_tol")
         for name in (*nonneg, "lambda_1", "lambda_2"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"PathSettings.{name} must be >= 0; got {getattr(self, name)!r}.")
@@ -274,7 +277,9 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
         if on_iter is not None:
             on_iter(state, design, step, dlog)
         tol = settings.tol if exact else settings.dqn_tol
-        settled = dlog < tol or (exact and readmit and _evidence_flat(state, design))
+        settled = dlog < tol or (
+            exact and readmit and _evidence_flat(state, design, settings.flat_tol)
+        )
         done = stop.observe(coef_seen, keep, changed, settled, exact)
         if not exact and lik.uses_settle_test and settle.update(state.logits, design.n_active):
             done = True
@@ -436,13 +441,14 @@ def _compact_unused(design, state, lik):
     return keep_rows
 
 
-def _evidence_flat(state, design):
+def _evidence_flat(state, design, flat_tol):
     """Whether the last re-estimate raised the evidence by less than the re-admission gain
-    tolerance (per unit of weight): the stop of Tipping and Faul's algorithm, for a precision that
-    creeps slowly towards a distant optimum after the model has otherwise settled."""
+    tolerance ``flat_tol`` (per unit of weight; ``PathSettings.flat_tol``): the stop of Tipping and
+    Faul's algorithm, for a precision that creeps slowly towards a distant optimum after the model
+    has otherwise settled."""
     if len(state.scores) < 2:
         return False
-    return abs(state.scores[-1] - state.scores[-2]) <= READMIT_GAIN_TOL * design.weight_sum
+    return abs(state.scores[-1] - state.scores[-2]) <= flat_tol * design.weight_sum
 
 
 class _StopRule:

@@ -142,7 +142,7 @@ def test_subset_fit_ends_where_no_sample_passes_the_add_test(moons, small_pool, 
 
 def test_scan_adds_the_best_candidates_by_the_add_test(moons, small_pool, monkeypatch):
     """Each scan puts into the pool exactly the samples outside it that the add test, computed
-    from the full kernel, ranks best (at most ``scan_additions(m0)``, gain above tolerance)."""
+    from the full kernel, ranks best (at most ``class_scan_additions(m0)``, gain above tolerance)."""
     X, y, _, _ = moons
     real = kb.KernelSubset.scan
     checked = []
@@ -151,7 +151,7 @@ def test_scan_adds_the_best_candidates_by_the_add_test(moons, small_pool, monkey
         gains = _full_add_test_gains(X, y.astype(float), design, state, GAMMA)
         before = set(self.pool.tolist())
         gains[list(before)] = -np.inf
-        order = np.argsort(-gains)[: kb.scan_additions(self.m0)]
+        order = np.argsort(-gains)[: kb.class_scan_additions(self.m0)]
         expected = {int(j) for j in order if gains[j] > GAIN_TOL * X.shape[0]}
         added = real(self, design, state, T, sw, threshold_lambda)
         assert set(self.pool.tolist()) - before == expected
@@ -293,3 +293,58 @@ def test_subset_path_input_variants(moons, small_pool, variant):
         est.set_params(warm_start=True).fit(X, y)
         est.fit(X, y)
     assert est.score(Xt, yt) >= ref.score(Xt, yt) - 0.02
+
+
+def test_path_between_scans_stops_early_and_the_last_one_uses_the_full_stop_rule(
+    moons, small_pool, monkeypatch
+):
+    """Between scans the path on the pool stops after SCAN_NO_CHANGE calm iterations at the
+    looser evidence-flat tolerance; the first path (diagonal phase included) and the path after
+    the first scan that adds nothing use the estimator's stop rule, and the fit ends at a scan
+    that adds nothing after such a path."""
+    X, y, _, _ = moons
+    calls, scans = [], []
+    real_run, real_scan = kb.run_path, kb.KernelSubset.scan
+
+    def run(design, state, lik, settings, **kwargs):
+        calls.append((settings.n_iter_no_change, settings.flat_tol))
+        return real_run(design, state, lik, settings, **kwargs)
+
+    def scan(self, *args):
+        scans.append(real_scan(self, *args))
+        return scans[-1]
+
+    monkeypatch.setattr(kb, "run_path", run)
+    monkeypatch.setattr(kb.KernelSubset, "scan", scan)
+    est = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset", n_iter_no_change=7).fit(X, y)
+    assert est.n_iter_ < est.max_iter
+    full, loose = (7, GAIN_TOL), (kb.SCAN_NO_CHANGE, kb.SCAN_FLAT_TOL)
+    assert loose[0] < full[0] and loose[1] > full[1]
+    assert len(calls) == len(scans) >= 3
+    assert calls[0] == full and calls[-1] == full
+    assert scans[-1] == 0 and scans[-2] == 0  # a loose path's scan, then the full one's
+    assert all(c == loose for c in calls[1:-1])
+    assert all(s > 0 for s in scans[:-2])
+
+
+def test_pool_sweeps_cache_the_pool_columns(moons, small_pool, final_fit, monkeypatch):
+    """The sweeps' candidate source keeps the pool's kernel columns (n-by-pool) even when
+    CACHE_BYTES would not hold them, each computed once, up to POOL_CACHE_MAX bytes."""
+    X, y, _, _ = moons
+    monkeypatch.setattr(kb, "CACHE_BYTES", 0)
+    DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset").fit(X, y)
+    subset = final_fit["subset"]
+    calls = []
+    real = subset._kernel
+    monkeypatch.setattr(subset, "_kernel", lambda js: (calls.append(list(js)), real(js))[1])
+    cand = subset.candidate_columns(X.shape[0])
+    js = subset.pool[:10]
+    first = np.array(cand.raw(js))
+    assert_array_equal(cand.raw(js), first)
+    assert_allclose(first, rbf_kernel(X, X[js], gamma=GAMMA), rtol=1e-12)
+    assert calls == [js.tolist()]
+    monkeypatch.setattr(kb, "POOL_CACHE_MAX", 8 * X.shape[0] * subset.pool.size - 1)
+    cand = subset.candidate_columns(X.shape[0])  # the pool over its bound: recomputed
+    assert_array_equal(cand.raw(js), first)
+    assert_array_equal(cand.raw(js), first)
+    assert calls == [js.tolist()] * 3

@@ -149,3 +149,48 @@ def test_laplace_newton_blas_branch_matches_reference():
     assert_allclose(loss, loss_ref, rtol=1e-10)
     assert_allclose(S, S_ref, rtol=1e-6, atol=1e-10)
     assert_allclose(logdet, logdet_ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["plain", "separable", "duplicate_columns", "capped"])
+def test_laplace_newton_blas_matches_the_numba_kernel(case):
+    """The BLAS-3 / LAPACK Newton (large n m^2) takes the same iterations as the numba kernel:
+    same mode, loss, covariance, log-determinant and status, including a jittered precision
+    (two equal columns, one with a slightly negative precision) and the iteration cap."""
+    Phi, rng = _basis(300, 12, 21)
+    Phi[:, 0] = 1.0
+    w_true = np.zeros(12)
+    w_true[1:4] = [1.5, -2.0, 0.7]
+    t = (rng.random(300) < 1 / (1 + np.exp(-Phi @ w_true))).astype(float)
+    sw, lam = rng.uniform(0.5, 2.0, 300), rng.uniform(0.2, 2.0, 12)
+    max_iter, gtol = 50, 1e-10
+    if case == "separable":
+        t = (Phi[:, 1] > 0).astype(float)
+    elif case == "duplicate_columns":
+        Phi[:, 5] = Phi[:, 4]
+        lam[5] = -1e-9
+        lam[4] = 0.0
+        gtol = 1e-6  # the flat direction of the two copies converges slowly
+    elif case == "capped":
+        max_iter = 1
+    w0 = rng.normal(scale=0.1, size=12)
+    args = (Phi, t, sw, w0, lam, max_iter, gtol, 1e-12, 1e-4)
+    ref = laplace_newton_bernoulli(*args)
+    got = CK.laplace_newton_bernoulli_blas(*args)
+    assert got[4] == ref[4]
+    assert got[4] == {"plain": 0, "separable": 0, "duplicate_columns": 2, "capped": 1}[case]
+    # the two copies' split of their weight is ill-conditioned: agreement to the jitter's scale
+    tol = 1e-5 if case == "duplicate_columns" else 1e-8
+    assert_allclose(got[0], ref[0], rtol=tol, atol=tol)
+    assert_allclose(got[1], ref[1], rtol=1e-12)
+    assert_allclose(got[2], ref[2], rtol=100 * tol, atol=tol * np.max(np.abs(ref[2])))
+    assert_allclose(got[3], ref[3], rtol=tol)
+    assert np.all(w0 == args[3])  # the starting point is not modified
+
+
+def test_laplace_newton_dispatches_large_products_to_blas(monkeypatch):
+    calls = []
+    monkeypatch.setattr(CK, "laplace_newton_bernoulli_blas", lambda *a: calls.append("blas"))
+    monkeypatch.setattr(CK, "laplace_newton_bernoulli", lambda *a: calls.append("numba"))
+    for n, m in [(100, 10), (2100, 100)]:
+        CK.laplace_newton(np.zeros((n, m)), *([None] * 8))
+    assert calls == ["numba", "blas"]

@@ -309,6 +309,32 @@ def test_candidate_cache_serves_any_subset_and_computes_each_column_once():
     assert not cand.raw(np.arange(12, 20)).flags.writeable
 
 
+def test_candidate_cache_over_a_universe_holds_only_its_columns():
+    """The subset path's cache: n_basis is every sample, but only the pool (``universe``) is
+    cached, in an n-by-pool buffer even when n-by-n_basis would not fit; columns outside the pool
+    are computed each time and not kept."""
+    B = np.random.RandomState(1).normal(size=(20, 400))
+    pool = np.array([3, 7, 8, 9, 50, 51, 52, 399])
+    calls = []
+
+    def source(js):
+        calls.append(list(js))
+        return B[:, js]
+
+    cand = CandidateColumns(source, 400, cache=True, universe=pool, cache_bytes=20 * 8 * 8)
+    assert_array_equal(cand.raw(pool[:4]), B[:, pool[:4]])
+    assert_array_equal(cand.raw(pool), B[:, pool])
+    assert_array_equal(cand.raw(pool[4:7]), B[:, [50, 51, 52]])
+    assert not cand.raw(pool[4:7]).flags.writeable  # consecutive cache columns: a view
+    assert_array_equal(cand.raw(np.array([5, 8])), B[:, [5, 8]])
+    assert_array_equal(cand.raw(np.array([5])), B[:, [5]])
+    assert calls == [[3, 7, 8, 9], [50, 51, 52, 399], [5, 8], [5]]
+    small = CandidateColumns(source, 400, cache=True, universe=pool, cache_bytes=20 * 8 * 7)
+    small.raw(pool)
+    small.raw(pool)
+    assert calls[-2:] == [list(pool), list(pool)]  # too large for its budget: not cached
+
+
 def test_multinomial_warm_refit_resumes_from_the_previous_model(digits):
     # With re-admission the warm start puts back only the previous model (not every pruned
     # basis), so a refit on the same data starts at the optimum and stops within a few sweeps.
@@ -341,3 +367,63 @@ def test_multinomial_warm_start_on_new_labels_readmits_pruned_features():
     assert np.all(np.any(warm.coef_[:, 10:13] != 0, axis=0))
     assert_array_equal(np.any(warm.coef_ != 0, axis=0), np.any(cold.coef_ != 0, axis=0))
     assert warm.scores_[-1] >= cold.scores_[-1] - 1e-3 * abs(cold.scores_[-1])
+
+
+def _bernoulli_posterior(n=70, seed=0):
+    """A binary RBF problem, a design with a few model bases and its exact Laplace posterior."""
+    X, y = make_moons(n, noise=0.3, random_state=seed)
+    K = np.exp(-2.0 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    sw = np.random.RandomState(seed).uniform(0.5, 2.0, n)
+    design = DesignMatrix(K, sw, center=False, intercept_column=True)
+    scale = design.inv_scale.copy()
+    keep = np.zeros(n, dtype=bool)
+    keep[[3, 17, 40]] = True
+    design.compact(keep)
+    T = y[:, None].astype(float)
+    m = design.n_coef
+    lam = np.full((m, 1), 0.5)
+    lam[0] = solver.FREE_LAMBDA
+    state = engine.PathState(np.zeros((m, 1)), lam, curvature=np.ones((m, 1)))
+    exact_step(design, state, T, sw, "bernoulli")
+    return K, scale, design, state, T, sw
+
+
+def test_batched_additions_pass_the_add_test_jointly():
+    """Each basis of a batch is the best by the add test *given the ones chosen before it*:
+    its precision is s^2 / (q^2 - s) with s, q computed from scratch for the model enlarged by
+    the earlier choices (Gaussian approximation at the mode, curvature fixed), and no other
+    candidate that passed the add test on its own (the shortlist) gains more there. The first
+    choice is the one-at-a-time sweep's."""
+    K, scale, design, state, T, sw = _bernoulli_posterior()
+    n = K.shape[0]
+    single = propose_additions(design, state, T, sw, CandidateColumns(lambda js: K[:, js], n), 1e9)
+    cand = CandidateColumns(lambda js: K[:, js], n, batch=5)
+    batch = propose_additions(design, state, T, sw, cand, 1e9)
+    assert len(batch) == 5 and len({j for j, _k, _a in batch}) == 5
+    assert batch[0][:2] == single[0][:2]
+    assert_allclose(batch[0][2], single[0][2], rtol=1e-10)
+    full = np.hstack([np.ones((n, 1)), K * scale])  # column 0: intercept, 1 + i: basis i
+    cols = [0, *(design.active + 1).tolist()]
+    lams = state.lam[:, 0].tolist()
+    p = expit(full[:, cols] @ state.coef[:, 0])
+    b, r = sw * p * (1 - p), sw * (T[:, 0] - p)
+    bt = b * (full[:, cols] @ state.coef[:, 0]) + r  # B times the working response
+    shortlist = None
+    for j, k, alpha in batch:
+        assert k == 0
+        Phi = full[:, cols]
+        H = Phi.T @ (b[:, None] * Phi) + np.diag(lams)
+        C = full.T @ (b[:, None] * Phi)  # every column against the model
+        s = np.einsum("ij,ij->j", full, b[:, None] * full) - np.einsum(
+            "ij,ij->i", C, np.linalg.solve(H, C.T).T
+        )
+        q = full.T @ bt - C @ np.linalg.solve(H, Phi.T @ bt)
+        assert_allclose(alpha, s[j + 1] ** 2 / (q[j + 1] ** 2 - s[j + 1]), rtol=1e-6)
+        theta = q * q - s
+        gain = np.where(theta > 0, 0.5 * (theta / s + np.log(s / np.where(theta > 0, q * q, 1))), 0)
+        gain[cols] = -np.inf
+        if shortlist is None:  # the candidates that pass the add test on their own
+            shortlist = theta > 0
+        assert gain[j + 1] >= np.max(gain[shortlist]) - 1e-9
+        cols.append(j + 1)
+        lams.append(alpha)

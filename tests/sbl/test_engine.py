@@ -45,6 +45,7 @@ def test_settings_are_frozen_and_reject_unknown_fields():
         ("n_iter_no_change", 0),
         ("exact_switch", -1),
         ("tol", -1e-3),
+        ("flat_tol", -1e-6),
         ("lambda_2", float("nan")),
         ("threshold_lambda", 0.0),
     ],

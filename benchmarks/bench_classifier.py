@@ -425,7 +425,7 @@ REDUCED_TIMEOUT = 450
 BEST_OF_BOTH = ("image", "digits")
 
 
-def reduced(splits, datasets=None):
+def reduced(splits, datasets=None, scaling_only=False, scaling_timeout=SCALING_TIMEOUT):
     """Issue 8's classifier targets: DQN-SBL, fastrvm and SVC on ``splits`` random splits of every
     dataset (one for Ripley and Pima), RBF width by the benchmark's rule for every arm, then the
     RBF scaling point n=2000 against fastrvm. Writes ``results/sbl_classifier_reduced.*``; rows
@@ -433,14 +433,23 @@ def reduced(splits, datasets=None):
 
     With ``datasets`` (a subset of :data:`REDUCED_DATASETS`) only those datasets are rerun: their
     rows replace the saved ones, the other datasets' rows and the n=2000 point are kept, and the
-    rerun is recorded in the metadata (``reruns``)."""
+    rerun is recorded in the metadata (``reruns``). With ``scaling_only`` only the n=2000 point
+    is rerun (fastrvm killed after ``scaling_timeout`` s) and every dataset row is kept."""
     started = time.time()
     rows, scaling = [], []
     out = RESULTS / "sbl_classifier_reduced.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     command = f"python benchmarks/bench_classifier.py --reduced --splits {splits}"
     saved_meta = None
-    if datasets:
+    if scaling_only:
+        datasets = []
+        if not out.exists():
+            raise SystemExit(f"--scaling-only reruns part of a saved run, but {out} does not exist")
+        saved = json.loads(out.read_text())
+        saved_meta, kept = saved["meta"], saved["datasets"]
+        command = "python benchmarks/bench_classifier.py --reduced --scaling-only"
+        command += f" --scaling-timeout {scaling_timeout}"
+    elif datasets:
         unknown = sorted(set(datasets) - set(REDUCED_DATASETS))
         if unknown:
             raise SystemExit(f"--datasets: unknown {unknown}; choose from {REDUCED_DATASETS}")
@@ -474,12 +483,15 @@ def reduced(splits, datasets=None):
         payload = {"meta": meta, "datasets": all_rows, "scaling": scaling}
         out.write_text(json.dumps(payload, indent=1))
 
-    for peer in () if datasets else ("DQNSBLClassifier", "fastrvm.RVC"):
-        r = run_worker(peer, "make_classification_2000", 1, SCALING_TIMEOUT)
+    for peer in ("DQNSBLClassifier", "fastrvm.RVC") if scaling_only or not datasets else ():
+        r = run_worker(peer, "make_classification_2000", 1, scaling_timeout)
+        r["timeout_s"] = scaling_timeout
         scaling.append(r)
         print(f"scaling n=2000 {peer:18s} {r.get('status')} fit={r.get('fit_s')}", flush=True)
         save()
-    for ds in [d for d in REDUCED_DATASETS if not datasets or d in datasets]:
+    for ds in (
+        [] if scaling_only else [d for d in REDUCED_DATASETS if not datasets or d in datasets]
+    ):
         for seed in range(1 if ds in FIXED_SPLIT else splits):
             for peer in REDUCED_PEERS:
                 repeats = 1 if ds in ("digits", "image") else 3
@@ -609,8 +621,9 @@ def render_reduced(meta, rows, scaling):
         "## Speed: RBF (gamma = 0.05) on make_classification(n=2000, 20 features), 2000 test samples",
         "",
         (
-            f"fastrvm runs in a subprocess killed after {SCALING_TIMEOUT} s (its time is then a "
-            "lower bound)."
+            "fastrvm runs in a subprocess killed after "
+            f"{max(r.get('timeout_s', SCALING_TIMEOUT) for r in scaling) if scaling else SCALING_TIMEOUT}"
+            " s (its time is then a lower bound)."
         ),
         "",
         (
@@ -657,13 +670,26 @@ if __name__ == "__main__":
             help="with --reduced: rerun only these datasets (comma-separated) and keep the "
             "saved rows of the others and the n=2000 point",
         )
+        ap.add_argument(
+            "--scaling-only",
+            action="store_true",
+            help="with --reduced: rerun only the n=2000 speed point, keep the saved dataset rows",
+        )
+        ap.add_argument(
+            "--scaling-timeout",
+            type=int,
+            default=SCALING_TIMEOUT,
+            help="seconds after which the n=2000 fastrvm fit is killed (a lower bound then)",
+        )
         ap.add_argument("--render", action="store_true", help="re-render the reduced run's json")
         a = ap.parse_args()
-        if a.datasets and not a.reduced:
-            ap.error("--datasets applies to --reduced only")
+        if (a.datasets or a.scaling_only) and not a.reduced:
+            ap.error("--datasets and --scaling-only apply to --reduced only")
+        if a.datasets and a.scaling_only:
+            ap.error("--datasets and --scaling-only exclude each other")
         if a.render:
             render_reduced_file()
         elif a.reduced:
-            reduced(a.splits, a.datasets)
+            reduced(a.splits, a.datasets, a.scaling_only, a.scaling_timeout)
         else:
             main(quick=a.quick)

@@ -153,7 +153,7 @@ def free_rows(design):
     return 1 if design.intercept_column else 0
 
 
-def run_path(design, state, lik, settings, *, on_iter=None, candidates=None, restart_end=True):
+def run_path(design, state, lik, settings, *, on_iter=None, candidates=None):
     """Fit: the diagonal phase until at most ``exact_switch`` bases remain (or exact from the
     start for ``solver="exact"``), then exact iterations, until the stop rule fires or
     ``max_iter`` iterations have run in all (``state.converged`` tells which).
@@ -171,7 +171,7 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None, res
     exact phase runs from two starts and the fit keeps the end with the higher Laplace evidence:
     after a diagonal phase, from the diagonal phase's precisions and from a restart
     (:func:`_restart`) at the hand-over; when it ran from the start, from its end
-    (:func:`restart_from_end`; ``restart_end=False`` leaves that to the caller, the subset path).
+    (:func:`_restart_from_end`). The subset path (:mod:`._kernel_basis`) runs one start.
     ``state.n_iter`` then counts the iterations of both (``on_iter`` sees both;
     ``state.scores`` holds the kept path's).
     """
@@ -195,15 +195,15 @@ def run_path(design, state, lik, settings, *, on_iter=None, candidates=None, res
         _iterate(design, state, lik, settings, True, readmit, False, on_iter, candidates)
         _second_start(design, state, *alt, lik, settings, on_iter, candidates)
     lik.finish(design, state, settings, exact)
-    if split and exact and not at_switch and restart_end:
-        restart_from_end(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
+    if split and exact and not at_switch:
+        _restart_from_end(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
     return state
 
 
-def restart_from_end(design, state, lik, settings, *, on_iter=None, candidates=None):
+def _restart_from_end(design, state, lik, settings, *, on_iter=None, candidates=None):
     """A second start (:func:`_restart`) of a fit that ended in the exact phase, from its end;
     keeps the end with the higher Laplace evidence and finishes the fit again. For a path that
-    never ran a diagonal phase (the subset path's pool, :mod:`._kernel_basis`). Does nothing
+    never ran a diagonal phase (exact from the start: at most ``exact_switch`` bases). Does nothing
     without an exact posterior, ``state.lam_restart`` or iterations left."""
     if state.sigma_full is None or state.lam_restart is None or state.n_iter >= settings.max_iter:
         return state

@@ -8,7 +8,7 @@ default fit stopped at a local optimum of the evidence well below the exact meth
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
+from sklearn.datasets import load_breast_cancer, make_moons
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
@@ -88,4 +88,22 @@ def test_linear_basis_has_no_second_start(monkeypatch):
     X = rng.normal(size=(300, 250))
     y = (X[:, :5].sum(axis=1) + 0.5 * rng.normal(size=300) > 0).astype(int)
     DQNSBLClassifier(kernel=None).fit(X, y)
+    assert called == []
+
+
+def test_kernel_subset_path_runs_one_start(monkeypatch):
+    """The subset path (kernel_basis="subset") keeps the single start, where the full kernel on
+    the same data runs two: on the pool the second start shares ``max_iter`` with the scans'
+    paths and used it up before the scans were done (n = 10,000)."""
+    import sparsekit.sbl._kernel_basis as kb
+
+    called, real = [], engine._restart
+    monkeypatch.setattr(engine, "_restart", lambda *a, **k: (called.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(kb, "SUBSET_MIN", 120)
+    monkeypatch.setattr(kb, "SUBSET_MAX", 120)
+    X, y = make_moons(n_samples=400, noise=0.25, random_state=0)
+    DQNSBLClassifier(gamma=2.0, exact_switch=30, kernel_basis="full").fit(X, y)
+    assert called  # the full kernel's diagonal phase hands over to two starts
+    called.clear()
+    DQNSBLClassifier(gamma=2.0, exact_switch=30, kernel_basis="subset").fit(X, y)
     assert called == []

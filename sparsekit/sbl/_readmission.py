@@ -280,15 +280,18 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
 
 
 def propose_additions(
-    design, state, T, sw, candidates, threshold_lambda, likelihood="bernoulli", per_class=PER_SWEEP
+    design, state, T, sw, candidates, threshold_lambda, likelihood="bernoulli", per_class=None
 ):
     """Score the candidate bases for every one-vs-rest problem (or every class of a softmax
     model, :func:`_softmax_models`) at the current exact posterior.
 
     Uses ``state.coef`` and ``state.sigma_full`` as left by the exact step (consistent with
     ``state.mask``). Returns a list of ``(basis index, class, precision)``: for each class, the
-    ``per_class`` candidates outside its model with the largest evidence gains, when the gain is
-    worth having (in-memory candidates; a chunked source proposes ``PER_SWEEP``).
+    candidates outside its model with the largest evidence gains, when the gain is worth having.
+    ``per_class=None`` is a sweep: ``PER_SWEEP`` per class, or, from a source with ``batch > 1``,
+    up to ``batch`` that pass the add test jointly (:func:`choose_batched`); a number is a bulk
+    re-admission by the independent scores (the second start, :func:`._engine._restart`;
+    in-memory candidates only, a chunked source proposes ``PER_SWEEP``).
 
     Every basis function is scored, O(n M m). (Scoring only a shortlist, the bases that passed
     the add test at the last full sweep, with a full sweep before the fit may stop, scored 3.7x
@@ -311,10 +314,9 @@ def propose_additions(
         terms = _block_terms(design, candidates, js, Bw, R)
         _score(js, *terms, models, excluded, threshold_lambda, found)
     batch = getattr(candidates, "batch", 1)
-    if per_class != PER_SWEEP or likelihood != "bernoulli" or batch <= 1:
-        # a bulk re-admission (the second start, _engine._restart) takes the independent scores
-        return choose_additions(found, design, per_class)
-    return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)
+    if per_class is None and likelihood == "bernoulli" and batch > 1:
+        return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)
+    return choose_additions(found, design, PER_SWEEP if per_class is None else per_class)
 
 
 def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch):

@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import EmptyModelWarning
 from ..utils._threads import fit_threads, limit_threads
+from . import _all_feature
 from ._base import BaseDQNSBL
 from ._constructive import constructive_path
 from ._dask_design import make_design
@@ -355,9 +356,20 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                     init = (keep, lam[keep])
                 design = subset.fit_gaussian(design, t, state, settings, init=init, on_iter=on_iter)
             elif constructive:
+                # linear basis, M >= n and cheap: a second start from every feature
+                second = (
+                    self.kernel is None
+                    and init is None
+                    and not self.fix_noise
+                    and _all_feature.cheap(design, sw)
+                )
+                first = design.copy_active() if second else None
                 constructive_path(
                     design, t, sw, state, settings=settings, init=init, on_iter=on_iter
                 )
+                if second:
+                    design, state = self._keep_better_end(design, state, first, t, sw, settings)
+                    del first
             else:
                 run_path(design, state, Gaussian(t, sw, settings), settings, on_iter=on_iter)
             if design.n_active == 0:
@@ -405,6 +417,23 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             # 5th update as well (kernel; see _constructive)
             noise_every=0 if self.kernel is None else KERNEL_NOISE_EVERY,
         )
+
+    def _keep_better_end(self, design, state, full, t, sw, settings):
+        """Run the all-feature start (:func:`._all_feature.all_feature_path`) on ``full`` (the
+        design before the constructive path) and return the end, ``(design, state)``, with the
+        higher log evidence: the constructive path's (``design``, ``state``) or its own.
+        ``n_iter`` counts both runs."""
+        on_iter = self._print_progress if self.verbose else None
+        alt = _all_feature.all_feature_path(full, t, sw, settings, on_iter=on_iter)
+        if alt is None:
+            return design, state
+        alt_design, alt_state = alt
+        n_iter = state.n_iter + alt_state.n_iter
+        ev = _all_feature.end_log_evidence(design, t, sw, state, settings)
+        if _all_feature.end_log_evidence(alt_design, t, sw, alt_state, settings) > ev:
+            design, state = alt_design, alt_state
+        state.n_iter = n_iter
+        return design, state
 
     def _initial_state(self, design, warm):
         """Initial state of the diagonal and exact paths: every basis at precision 1 (or, when

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -422,8 +423,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         """Run the all-feature start (:func:`._all_feature.all_feature_path`) on ``full`` (the
         design before the constructive path) and return the end, ``(design, state)``, with the
         higher log evidence: the constructive path's (``design``, ``state``) or its own.
-        ``n_iter`` counts both runs."""
+        ``max_iter`` bounds both runs together and ``n_iter`` counts both."""
+        left = settings.max_iter - state.n_iter
+        if left < 1:
+            return design, state
         on_iter = self._print_progress if self.verbose else None
+        settings = dataclasses.replace(settings, max_iter=left)
         alt = _all_feature.all_feature_path(full, t, sw, settings, on_iter=on_iter)
         if alt is None:
             return design, state

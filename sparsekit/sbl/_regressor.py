@@ -17,6 +17,7 @@ from ..exceptions import EmptyModelWarning
 from ..utils._threads import fit_threads, limit_threads
 from . import _all_feature
 from ._base import BaseDQNSBL
+from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import constructive_path
 from ._dask_design import make_design
 from ._dask_input import chunkwise, is_dask_array
@@ -64,6 +65,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
       and whenever the model has settled (as SparseBayes). Measured against the diagonal
       phase, this path gives kernel bases fastrvm's accuracy and sparsity (README, relevance
       vector regression), and for p >> n it keeps the fit from interpolating the targets.
+      For the linear basis with at least as many features as samples and ``n^2 M <= 4e7``, a
+      second start follows: ARDRegression's iteration from every feature in the n-by-n
+      Woodbury form (never M-by-M), then the constructive path from its end; the fit keeps
+      the end with the higher log evidence (``n_iter_`` counts both, ``max_iter`` bounds
+      both). It reaches ARDRegression's optimum where the one-basis start settles in a worse
+      one (sparse recovery near the phase transition; :mod:`._all_feature`).
 
     Parameters
     ----------
@@ -434,7 +441,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             return design, state
         alt_design, alt_state = alt
         n_iter = state.n_iter + alt_state.n_iter
+        # the constructive end unless the other is higher by more than rounding (the same model
+        # reached twice keeps the constructive path's pruned precisions and scores)
         ev = _all_feature.end_log_evidence(design, t, sw, state, settings)
+        ev += CONSTRUCTIVE_GAIN_TOL * design.weight_sum
         if _all_feature.end_log_evidence(alt_design, t, sw, alt_state, settings) > ev:
             design, state = alt_design, alt_state
         state.n_iter = n_iter

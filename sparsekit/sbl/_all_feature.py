@@ -11,6 +11,19 @@ uncapped noise update, ARD's stop test; :class:`._regression_solver.Gaussian` wi
 m active features, never an m-by-m matrix), lets the constructive path polish its end, and keeps
 whichever end, this one or the constructive path's own, has the higher log evidence (both
 computed by :func:`._regression_solver.model_log_evidence`).
+
+Measured (bench_phase_transition.py's problems, n=100, 10 trials a k, one thread):
+
+- two ends against one run (ARD's start polished by the constructive path, no one-basis start):
+  at M=200, noise 0.01, k=30/35/40 the success rates are 1.0/0.9/0.4 against 0.9/0.7/0.4, and
+  noiseless 1.0/0.8/0.4 against 0.9/0.7/0.4 (the constructive path alone: 0.9/0.8/0.1 and
+  0.9/0.6/0.1). Both ends are kept.
+- ARD's end without the polish: 0 of 5 at k=40, noise 0.01; the iteration stops after 10-26
+  steps with ~80 features (a 100 times smaller ``tol`` changes nothing); the polish from there
+  reaches the support where ARDRegression does.
+- the cost bound: at n=100, M=10,000 (n^2 M = 1e8) ARD's iteration stopped with thousands of
+  features and the fit took 13 s instead of 0.3 s; with ``WORK_BUDGET = 4e7`` (M <= 4000 at
+  n=100) the mean fit time over the benchmark's k grid is 0.26-0.69 of LassoCV's at every M.
 """
 
 from __future__ import annotations

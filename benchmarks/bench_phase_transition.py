@@ -14,7 +14,9 @@ the same problem for all methods. ``--skip-ard-above M`` leaves ARDRegression ou
 (its O(n^2 M) iterations dominate the run); the report says where.
 
 Writes benchmarks/results/phase_transition_M<M>.json per run and, with --report,
-benchmarks/results/phase_transition.md/.json and phase_transition.png.
+benchmarks/results/phase_transition.md/.json and phase_transition.png. ``--tag T`` names them
+phase_transition_T_M<M>.json, phase_transition_T.md/.json/.png instead (a trial run beside the
+main results).
 """
 
 from __future__ import annotations
@@ -61,14 +63,14 @@ def success(coef, w):
     return bool(same or rel < 1e-2)
 
 
-def run(Ms, ks, trials, skip_ard_above):
+def run(Ms, ks, trials, skip_ard_above, stem="phase_transition", noises=NOISES):
     warnings.simplefilter("ignore", ConvergenceWarning)
     warnings.simplefilter("ignore", UserWarning)
     with threadpool_limits(limits=1):
         DQNSBLRegressor(n_jobs=1).fit(*problem(200, 2, 0.0, 0)[:2])  # compile numba kernels
         for M in Ms:
             cells = []
-            for noise in NOISES:
+            for noise in noises:
                 for k in ks:
                     for name, make in METHODS.items():
                         if name.startswith("ARD") and M > skip_ard_above:
@@ -94,7 +96,7 @@ def run(Ms, ks, trials, skip_ard_above):
                         print(cells[-1], flush=True)
             payload = {"environment": environment(), "cells": cells}
             RESULTS.mkdir(parents=True, exist_ok=True)
-            out = RESULTS / f"phase_transition_M{M}.json"
+            out = RESULTS / f"{stem}_M{M}.json"
             out.write_text(json.dumps(payload, indent=2) + "\n")
             print(f"wrote {out}")
 
@@ -109,9 +111,9 @@ def transition(ks, rates):
     return ks[-1] / N  # never dropped: at least the largest k tried
 
 
-def report():
+def report(stem="phase_transition"):
     cells, envs = [], []
-    for f in sorted(RESULTS.glob("phase_transition_M*.json")):
+    for f in sorted(RESULTS.glob(f"{stem}_M*.json")):
         d = json.loads(f.read_text())
         cells += d["cells"]
         envs.append(d["environment"])
@@ -163,11 +165,11 @@ def report():
     for r in rows:
         rates = ", ".join(f"{k}:{v:.2f}" for k, v in zip(r["ks"], r["rates"]))
         md.append(f"- M={r['M']}, σ={r['noise']}, {r['method']}: {rates}")
-    write_results("phase_transition", "\n".join(md), {"environments": envs, "rows": rows})
-    _figure(rows)
+    write_results(stem, "\n".join(md), {"environments": envs, "rows": rows})
+    _figure(rows, stem)
 
 
-def _figure(rows):
+def _figure(rows, stem):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,7 +193,7 @@ def _figure(rows):
                 ax.set_ylabel("success rate")
     axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    out = RESULTS / "phase_transition.png"
+    out = RESULTS / f"{stem}.png"
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
 
@@ -203,11 +205,14 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--skip-ard-above", type=int, default=10**9)
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--noise", type=float, nargs="*", default=list(NOISES))
+    ap.add_argument("--tag", default="", help="name the results phase_transition_<tag>*")
     args = ap.parse_args(argv)
+    stem = f"phase_transition_{args.tag}" if args.tag else "phase_transition"
     if args.M:
-        run(args.M, args.ks, args.trials, args.skip_ard_above)
+        run(args.M, args.ks, args.trials, args.skip_ard_above, stem, tuple(args.noise))
     if args.report:
-        report()
+        report(stem)
 
 
 if __name__ == "__main__":

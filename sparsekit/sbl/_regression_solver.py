@@ -54,15 +54,22 @@ class Gaussian:
         Sample weights.
     settings : PathSettings
         ``solver="exact"`` selects ARDRegression's stop test and uncapped noise update.
+    woodbury : bool, default=False
+        Exact steps in the n-by-n Woodbury form (:func:`woodbury_posterior`) while there are
+        more active bases than samples: O(n^2 m) per step, no m-by-m matrix (the all-feature
+        start of the constructive path, :func:`._constructive.all_feature_path`); the full
+        posterior covariance of the final model is then formed only when it has at most n bases.
     """
 
     readmits = False  # the Gaussian's re-admission is the constructive path
     uses_settle_test = False
     stops_when_empty = True
 
-    def __init__(self, t, sw, settings):
+    def __init__(self, t, sw, settings, *, woodbury=False):
         self.t = t
         self.sw = sw
+        self.woodbury = woodbury
+        self._psi = None  # sqrt(S) Phi over the active set (Woodbury steps), dense (n, m)
         self.ard = settings.solver == "exact"
         self.stop_statistic = "ard" if self.ard else "coefficients"
         self._phit_t = None  # Phi' S t over the active set
@@ -77,6 +84,8 @@ class Gaussian:
 
     def compact(self, keep_rows):
         self._phit_t = self._phit_t[keep_rows]
+        if self._psi is not None:
+            self._psi = np.asfortranarray(self._psi[:, keep_rows])
         if self._gram is not None:
             self._gram = self._gram[np.ix_(keep_rows, keep_rows)]
 
@@ -106,8 +115,22 @@ class Gaussian:
             self._phit_t = design.rmatvec(self.sw * self.t)
             self._exact_work = design.n_active**3
 
+    def _woodbury_now(self, design):
+        return self.woodbury and self._gram is None and design.n_active > design.n_samples
+
     def exact_step(self, design, state, settings):
         """Cholesky posterior over the active set; sets ``state.coef`` and ``state.sigma_diag``."""
+        if self._woodbury_now(design):
+            if self._psi is None:
+                self._psi = design.dense_active() * np.sqrt(self.sw)[:, None]
+            mu, sigma_diag, logdet = woodbury_posterior(
+                self._psi, np.sqrt(self.sw) * self.t, state.beta, state.lam[:, 0]
+            )
+            state.coef = mu[:, None]
+            state.sigma_diag = sigma_diag[:, None]
+            e = self.t - design.matvec(mu)
+            return GaussianStep(mu, float(self.sw @ (e * e)), state.beta, logdet)
+        self._psi = None
         self._ensure_gram(design)
         # O(m^3) factorisations per iteration: the fit's threads for the whole phase when its
         # first factorisation is large enough
@@ -149,6 +172,11 @@ class Gaussian:
         the diagonal phase keeps its last mean."""
         if not exact:
             state.sigma_diag = 1.0 / (state.beta * design.weight_sum + state.lam)
+            return
+        if self._woodbury_now(design):
+            step = self.exact_step(design, state, settings)
+            state.sigma_full = None  # more bases than samples: never m-by-m
+            state.coef = step.mu[:, None]
             return
         self._ensure_gram(design)
         if design.n_active > 0:
@@ -231,6 +259,39 @@ def posterior(G, beta, lam, phit_t):
     mu = beta * cho_solve((c, True), phit_t, check_finite=False)
     logdet = 2.0 * np.sum(np.log(np.diag(c)))
     return mu, Sigma, logdet
+
+
+def woodbury_posterior(psi, u, beta, lam):
+    """Posterior ``(mu, diag(Sigma), log det H)`` of ``H = beta psi'psi + diag(lam)`` with
+    ``mu = beta Sigma psi'u``, in the n-by-n Woodbury form for ``psi`` of shape (n, m), m > n::
+
+        Sigma = A^-1 - A^-1 psi' C^-1 psi A^-1,  C = I / beta + psi A^-1 psi',  A = diag(lam)
+        mu = A^-1 psi' C^-1 u,  log det H = sum(log lam) + n log beta + log det C
+
+    O(n^2 m) time, O(n m) memory; no m-by-m matrix. ``psi`` is the weighted basis
+    ``sqrt(S) Phi`` and ``u = sqrt(S) t``.
+    """
+    n = psi.shape[0]
+    psi_a = psi / lam
+    C = psi_a @ psi.T
+    C[np.diag_indices(n)] += 1.0 / beta
+    (c, _), _ = cholesky_jittered(C)
+    V = solve_triangular(c, psi_a, lower=True, check_finite=False)  # L^-1 psi A^-1
+    sigma_diag = 1.0 / lam - np.einsum("ij,ij->j", V, V)
+    mu = psi_a.T @ cho_solve((c, True), u, check_finite=False)
+    logdet = float(np.sum(np.log(lam)) + n * np.log(beta) + 2.0 * np.sum(np.log(np.diag(c))))
+    return mu, sigma_diag, logdet
+
+
+def model_log_evidence(G, phit_t, tt, wsum, beta, lam, settings):
+    """ARDRegression's objective (:func:`log_evidence`) of a model given by its Gram matrix
+    ``G = Phi_A' S Phi_A``, ``phit_t = Phi_A' S t``, ``tt = t' S t``, noise precision ``beta``
+    and precisions ``lam``, at its posterior mean: the same formula for every end of a fit."""
+    if len(lam) == 0:
+        return log_evidence(wsum, beta, lam, np.zeros(0), tt, 0.0, settings)
+    mu, _, logdet_h = posterior(np.array(G, dtype=np.float64), beta, lam, phit_t)
+    sse = max(tt - 2.0 * mu @ phit_t + mu @ (G @ mu), 0.0)
+    return log_evidence(wsum, beta, lam, mu, sse, -logdet_h, settings)
 
 
 def log_evidence(wsum, beta, lam, mu, sse, logdet_sigma, settings):

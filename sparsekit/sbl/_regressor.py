@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from numbers import Integral, Real
 from typing import ClassVar
@@ -14,7 +15,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ..exceptions import EmptyModelWarning
 from ..utils._threads import fit_threads, limit_threads
+from . import _all_feature
 from ._base import BaseDQNSBL
+from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import constructive_path
 from ._dask_design import make_design
 from ._dask_input import chunkwise, is_dask_array
@@ -62,6 +65,12 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
       and whenever the model has settled (as SparseBayes). Measured against the diagonal
       phase, this path gives kernel bases fastrvm's accuracy and sparsity (README, relevance
       vector regression), and for p >> n it keeps the fit from interpolating the targets.
+      For the linear basis with at least as many features as samples and ``n^2 M <= 4e7``, a
+      second start follows: ARDRegression's iteration from every feature in the n-by-n
+      Woodbury form (never M-by-M), then the constructive path from its end; the fit keeps
+      the end with the higher log evidence (``n_iter_`` counts both, ``max_iter`` bounds
+      both). It reaches ARDRegression's optimum where the one-basis start settles in a worse
+      one (sparse recovery near the phase transition; :mod:`._all_feature`).
 
     Parameters
     ----------
@@ -355,9 +364,20 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                     init = (keep, lam[keep])
                 design = subset.fit_gaussian(design, t, state, settings, init=init, on_iter=on_iter)
             elif constructive:
+                # linear basis, M >= n and cheap: a second start from every feature
+                second = (
+                    self.kernel is None
+                    and init is None
+                    and not self.fix_noise
+                    and _all_feature.cheap(design, sw)
+                )
+                first = design.copy_active() if second else None
                 constructive_path(
                     design, t, sw, state, settings=settings, init=init, on_iter=on_iter
                 )
+                if second:
+                    design, state = self._keep_better_end(design, state, first, t, sw, settings)
+                    del first
             else:
                 run_path(design, state, Gaussian(t, sw, settings), settings, on_iter=on_iter)
             if design.n_active == 0:
@@ -405,6 +425,30 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
             # 5th update as well (kernel; see _constructive)
             noise_every=0 if self.kernel is None else KERNEL_NOISE_EVERY,
         )
+
+    def _keep_better_end(self, design, state, full, t, sw, settings):
+        """Run the all-feature start (:func:`._all_feature.all_feature_path`) on ``full`` (the
+        design before the constructive path) and return the end, ``(design, state)``, with the
+        higher log evidence: the constructive path's (``design``, ``state``) or its own.
+        ``max_iter`` bounds both runs together and ``n_iter`` counts both."""
+        left = settings.max_iter - state.n_iter
+        if left < 1:
+            return design, state
+        on_iter = self._print_progress if self.verbose else None
+        settings = dataclasses.replace(settings, max_iter=left)
+        alt = _all_feature.all_feature_path(full, t, sw, settings, on_iter=on_iter)
+        if alt is None:
+            return design, state
+        alt_design, alt_state = alt
+        n_iter = state.n_iter + alt_state.n_iter
+        # the constructive end unless the other is higher by more than rounding (the same model
+        # reached twice keeps the constructive path's pruned precisions and scores)
+        ev = _all_feature.end_log_evidence(design, t, sw, state, settings)
+        ev += CONSTRUCTIVE_GAIN_TOL * design.weight_sum
+        if _all_feature.end_log_evidence(alt_design, t, sw, alt_state, settings) > ev:
+            design, state = alt_design, alt_state
+        state.n_iter = n_iter
+        return design, state
 
     def _initial_state(self, design, warm):
         """Initial state of the diagonal and exact paths: every basis at precision 1 (or, when

@@ -17,7 +17,7 @@ from sparsekit import DQNSBLRegressor
 from sparsekit.exceptions import EmptyModelWarning
 from sparsekit.sbl._constructive import constructive_path
 from sparsekit.sbl._design import DesignMatrix
-from sparsekit.sbl._engine import PathSettings, PathState
+from sparsekit.sbl._engine import PathSettings, PathState, run_path
 
 
 def _wide_problem(n, M, k, seed, noise=0.05, n_test=300):
@@ -176,3 +176,128 @@ def test_warm_start_resumes_the_constructive_path():
     np.testing.assert_array_equal(warm.relevance_, np.sort(support))
     assert warm.n_iter_ < cold.n_iter_
     np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-6, atol=1e-9)
+
+
+def _transition_problem(M, k, seed, noise=0.01):
+    """bench_phase_transition.py's problem (n=100)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(100, M))
+    w = np.zeros(M)
+    support = rng.choice(M, k, replace=False)
+    w[support] = rng.choice([-1.0, 1.0], k) * rng.uniform(1, 2, k)
+    return X, X @ w + noise * rng.normal(size=100), w
+
+
+def test_all_feature_start_reaches_ards_optimum(monkeypatch):
+    """n=100, M=200, k=40, noise 0.01 (the benchmark's problem at seed 200404, past the
+    constructive path's transition): the constructive path alone settles with ~70 features at a
+    log evidence far below ARDRegression's, which finds the true support; the second start from
+    every feature (ARD's iteration, then the constructive path from its end) reaches it."""
+    import sparsekit.sbl._all_feature as all_feature
+
+    X, y, w = _transition_problem(200, 40, 200404)
+    reg = DQNSBLRegressor().fit(X, y)
+    kept = np.flatnonzero(reg.coef_)
+    np.testing.assert_array_equal(kept, np.flatnonzero(w))
+    np.testing.assert_allclose(reg.coef_, w, atol=0.01)
+    ard = ARDRegression().fit(X, y)
+    on = np.flatnonzero(ard.lambda_ < ard.threshold_lambda)
+    np.testing.assert_array_equal(on, np.flatnonzero(w))
+    var_y, ms_x = np.var(y), np.var(X, axis=0)
+    ours = _log_evidence(X, y, kept, reg.lambda_[kept], reg.alpha_ * var_y)
+    theirs = _log_evidence(X, y, on, ard.lambda_[on] * var_y / ms_x[on], ard.alpha_ * var_y)
+    assert ours >= theirs - 1.0
+    # the constructive path alone: a worse local optimum
+    monkeypatch.setattr(all_feature, "cheap", lambda design, sw: False)
+    alone = DQNSBLRegressor().fit(X, y)
+    assert np.count_nonzero(alone.coef_) > 50
+    one = np.flatnonzero(alone.coef_)
+    assert _log_evidence(X, y, one, alone.lambda_[one], alone.alpha_ * var_y) < ours - 100.0
+
+
+@pytest.mark.parametrize(
+    ("n", "M", "kernel", "runs"),
+    [
+        (100, 300, None, True),
+        (100, 4000, None, True),  # n^2 M = 4e7, the budget
+        (100, 4100, None, False),
+        (40, 30, None, False),  # constructive (M >= n/2) but M < n
+        (100, 300, "rbf", False),  # kernel bases: never
+    ],
+)
+def test_all_feature_start_only_where_cheap(monkeypatch, n, M, kernel, runs):
+    import sparsekit.sbl._all_feature as all_feature
+
+    calls = []
+    real = all_feature.all_feature_path
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].n_active)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(all_feature, "all_feature_path", spy)
+    X, y, _, _, _ = _wide_problem(n, M, 3, seed=1, n_test=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyModelWarning)
+        DQNSBLRegressor(kernel=kernel).fit(X, y)
+    assert calls == ([M] if runs else [])
+
+
+def test_all_feature_start_bound_counts_weighted_samples():
+    """The cost bound counts samples with positive weight; the CSR problem of issue 8
+    (n=20,000, M=1e6) and n > MAX_SAMPLES never qualify."""
+    from types import SimpleNamespace
+
+    from sparsekit.sbl._all_feature import cheap
+
+    sw = np.ones(100)
+    assert cheap(SimpleNamespace(n_active=4000), sw)
+    assert not cheap(SimpleNamespace(n_active=4001), sw)
+    assert not cheap(SimpleNamespace(n_active=99), sw)
+    sw[50:] = 0.0
+    assert cheap(SimpleNamespace(n_active=16000), sw)
+    assert not cheap(SimpleNamespace(n_active=10**6), np.ones(20_000))
+    assert not cheap(SimpleNamespace(n_active=10**9), np.ones(2001))
+
+
+def test_woodbury_steps_follow_the_gram_steps():
+    """ARD's iteration in the n-by-n Woodbury form (more features than samples) takes the same
+    iterates as with the m-by-m Cholesky posterior, sample weights included."""
+    from sparsekit.sbl._regression_solver import Gaussian, posterior, woodbury_posterior
+
+    rng = np.random.default_rng(3)
+    X, y, _, _, _ = _wide_problem(50, 120, 4, seed=3, n_test=0)
+    sw = rng.uniform(0.5, 2.0, 50)
+    sw[:3] = 0.0
+    design = DesignMatrix(X, sw, center=True, intercept_column=False)
+    t = y - np.average(y, weights=sw)
+    t /= np.sqrt(np.average(t * t, weights=sw))
+    psi = design.dense_active() * np.sqrt(sw)[:, None]
+    lam = rng.uniform(0.1, 10.0, 120)
+    mu, sig, logdet = woodbury_posterior(psi, np.sqrt(sw) * t, 30.0, lam)
+    mu0, Sigma0, logdet0 = posterior(psi.T @ psi, 30.0, lam, design.rmatvec(sw * t))
+    np.testing.assert_allclose(mu, mu0, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(sig, np.diag(Sigma0), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(logdet, logdet0, rtol=1e-10)
+    settings = PathSettings(
+        solver="exact",
+        max_iter=300,
+        tol=1e-3,
+        n_iter_no_change=5,
+        threshold_lambda=1e4,
+        alpha_1=1e-6,
+        alpha_2=1e-6,
+        lambda_1=1e-6,
+        lambda_2=1e-6,
+    )
+    ends = []
+    for woodbury in (True, False):
+        d = design.copy_active()
+        state = PathState(np.zeros((120, 1)), np.ones((120, 1)), beta=1.0)
+        run_path(d, state, Gaussian(t, sw, settings, woodbury=woodbury), settings)
+        ends.append((d.active, state.lam[:, 0], state.coef[:, 0], state.beta, state.n_iter))
+    np.testing.assert_array_equal(ends[0][0], ends[1][0])
+    np.testing.assert_allclose(ends[0][1], ends[1][1], rtol=1e-6)
+    np.testing.assert_allclose(ends[0][2], ends[1][2], rtol=1e-6, atol=1e-10)
+    assert ends[0][3] == pytest.approx(ends[1][3], rel=1e-6)
+    assert ends[0][4] == ends[1][4]

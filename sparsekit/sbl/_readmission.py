@@ -17,8 +17,8 @@ approximate log marginal likelihood exactly when ``q_i^2 > s_i``, by
 Each sweep adds, per one-vs-rest problem, the candidate with the largest gain (above
 ``GAIN_TOL`` per unit of weight), or, for a source with ``batch > 1`` (the subset path's pool),
 up to ``batch`` candidates that pass the test jointly (:func:`choose_batched`); the outer loop's
-MacKay updates and Tipping and Faul's delete test (:func:`tipping_faul_delete`) then take it
-from there. A (basis, class) pair is re-admitted
+MacKay updates and Tipping and Faul's delete test (:func:`joint_delete`, one basis per class and
+iteration as :func:`tipping_faul_delete`, tested on the joint posterior) then take it from there. A (basis, class) pair is re-admitted
 at most ``MAX_READMIT`` times: without that bound the add test (at one Laplace posterior) and the
 delete test (at the next) can trade a marginal basis back and forth forever (measured on digits:
 one add and one delete every 15 iterations until ``max_iter``).

@@ -20,6 +20,7 @@ import sparsekit.sbl._kernel_basis as kb
 from sparsekit.sbl import DQNSBLClassifier
 from sparsekit.sbl._constructive import addition_gain
 from sparsekit.sbl._design import DesignMatrix
+from sparsekit.sbl._engine import FLAT_TOL
 from sparsekit.sbl._readmission import GAIN_TOL, MAX_READMIT
 
 GAMMA = 2.0
@@ -318,7 +319,7 @@ def test_path_between_scans_stops_early_and_the_last_one_uses_the_full_stop_rule
     monkeypatch.setattr(kb.KernelSubset, "scan", scan)
     est = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset", n_iter_no_change=7).fit(X, y)
     assert est.n_iter_ < est.max_iter
-    full, loose = (7, GAIN_TOL), (kb.SCAN_NO_CHANGE, kb.SCAN_FLAT_TOL)
+    full, loose = (7, FLAT_TOL), (kb.SCAN_NO_CHANGE, kb.SCAN_FLAT_TOL)
     assert loose[0] < full[0] and loose[1] > full[1]
     assert len(calls) == len(scans) >= 3
     assert calls[0] == full and calls[-1] == full

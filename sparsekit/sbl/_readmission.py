@@ -18,7 +18,7 @@ Each sweep adds, per one-vs-rest problem, the candidate with the largest gain (a
 ``GAIN_TOL`` per unit of weight), or, for a source with ``batch > 1`` (the subset path's pool),
 up to ``batch`` candidates that pass the test jointly (:func:`choose_batched`); the outer loop's
 MacKay updates and Tipping and Faul's delete test (:func:`joint_delete`, one basis per class and
-iteration as :func:`tipping_faul_delete`, tested on the joint posterior) then take it from there. A (basis, class) pair is re-admitted
+iteration, tested on the joint posterior) then take it from there. A (basis, class) pair is re-admitted
 at most ``MAX_READMIT`` times: without that bound the add test (at one Laplace posterior) and the
 delete test (at the next) can trade a marginal basis back and forth forever (measured on digits:
 one add and one delete every 15 iterations until ``max_iter``).
@@ -114,39 +114,9 @@ class CandidateColumns:
         return B
 
 
-def tipping_faul_delete(mu, sigma_diag, gamma, lam, cls, lam_new):
-    """Prune (infinite precision) the model basis of each class that Tipping and Faul's delete
-    test favours most.
-
-    With a basis' own contribution removed from the posterior, its sparsity and quality factors
-    are ``s_i = gamma_i / Sigma_ii`` and ``q_i = mu_i / Sigma_ii`` (``gamma_i = 1 - lam_i
-    Sigma_ii``), so the evidence is higher without it exactly when ``q_i^2 <= s_i``, i.e.
-    ``mu_i^2 <= gamma_i Sigma_ii``, by ``(log(1 + s_i / lam_i) - q_i^2 / (lam_i + s_i)) / 2``.
-    MacKay's ``gamma_i / mu_i^2`` lets such a precision creep towards the pruning threshold over
-    hundreds of iterations (each resetting the stop rule). Each test assumes the other bases stay,
-    so only one basis per class (``cls`` gives each entry's class) is deleted per iteration, as in
-    Tipping and Faul's one action per step; re-admission can bring it back. Returns ``lam_new``
-    with those entries set to ``inf``.
-    """
-    out = lam_new.copy()
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        s = gamma / sigma_diag
-        q = mu / sigma_diag
-        gain = 0.5 * (np.log1p(s / lam) - q * q / (lam + s))
-    gain = np.where(
-        (mu * mu <= gamma * sigma_diag) & np.isfinite(gain) & np.isfinite(lam_new), gain, -np.inf
-    )
-    for c in np.unique(cls):
-        sel = np.flatnonzero(cls == c)
-        i = sel[np.argmax(gain[sel])]
-        if gain[i] > -np.inf:
-            out[i] = np.inf
-    return out
-
-
 def joint_delete(sigma_full, coef, lam, lam_new, free, likelihood, cap=None, gamma_floor=0.0):
-    """Tipping and Faul's delete test run jointly at the Laplace mode: the deletes of
-    :func:`tipping_faul_delete`, each tested on the posterior without the bases already deleted.
+    """Tipping and Faul's delete test run jointly at the Laplace mode: each delete is tested on
+    the posterior without the bases already deleted.
 
     At fixed curvature weights ``B`` (the Gaussian approximation of the likelihood at the mode),
     removing coefficient ``i`` (an infinite precision) is conditioning the posterior on
@@ -160,7 +130,8 @@ def joint_delete(sigma_full, coef, lam, lam_new, free, likelihood, cap=None, gam
     whose removal raises the approximate evidence most (``q^2 <= s``; gain ``(log(1 + s / lam) -
     q^2 / (lam + s)) / 2`` at its current precision) is deleted, then the next on the conditioned
     posterior, while one remains and its class has had fewer than ``cap`` deletes (None: no cap).
-    With ``cap=1`` a one-vs-rest problem deletes what :func:`tipping_faul_delete` deletes; a
+    With ``cap=1`` a one-vs-rest problem deletes, per class, the basis whose own delete test
+    (the others assumed to stay) gains most; a
     softmax model deletes one coefficient per class, each class's tested on the posterior without
     the coefficients of the classes before it.
 

@@ -24,8 +24,38 @@ from sparsekit.sbl._readmission import (
     CandidateColumns,
     joint_delete,
     propose_additions,
-    tipping_faul_delete,
 )
+
+
+# One-at-a-time reference for joint_delete (the pre-joint rule of the engine).
+def tipping_faul_delete(mu, sigma_diag, gamma, lam, cls, lam_new):
+    """Prune (infinite precision) the model basis of each class that Tipping and Faul's delete
+    test favours most.
+
+    With a basis' own contribution removed from the posterior, its sparsity and quality factors
+    are ``s_i = gamma_i / Sigma_ii`` and ``q_i = mu_i / Sigma_ii`` (``gamma_i = 1 - lam_i
+    Sigma_ii``), so the evidence is higher without it exactly when ``q_i^2 <= s_i``, i.e.
+    ``mu_i^2 <= gamma_i Sigma_ii``, by ``(log(1 + s_i / lam_i) - q_i^2 / (lam_i + s_i)) / 2``.
+    MacKay's ``gamma_i / mu_i^2`` lets such a precision creep towards the pruning threshold over
+    hundreds of iterations (each resetting the stop rule). Each test assumes the other bases stay,
+    so only one basis per class (``cls`` gives each entry's class) is deleted per iteration, as in
+    Tipping and Faul's one action per step; re-admission can bring it back. Returns ``lam_new``
+    with those entries set to ``inf``.
+    """
+    out = lam_new.copy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = gamma / sigma_diag
+        q = mu / sigma_diag
+        gain = 0.5 * (np.log1p(s / lam) - q * q / (lam + s))
+    gain = np.where(
+        (mu * mu <= gamma * sigma_diag) & np.isfinite(gain) & np.isfinite(lam_new), gain, -np.inf
+    )
+    for c in np.unique(cls):
+        sel = np.flatnonzero(cls == c)
+        i = sel[np.argmax(gain[sel])]
+        if gain[i] > -np.inf:
+            out[i] = np.inf
+    return out
 
 
 @pytest.fixture(scope="module")

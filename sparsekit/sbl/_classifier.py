@@ -311,6 +311,8 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             if subset is None:
                 B, own, column_index = training_basis(self, X, self._gamma, sw)
             else:
+                if warm is None:
+                    warm = subset.coarse_start(T)  # coarse-to-fine (large n)
                 B, own, column_index = subset.initial_basis()
             design = make_design(
                 B,

@@ -47,6 +47,9 @@ def trace(monkeypatch):
         self._trace = {"subset": self, "phases": [], "scans": [], "state": None}
 
     def fit(self, design, state, lik, settings, on_iter=None):
+        f = int(design.intercept_column)
+        self._trace["start"] = design.active[state.mask[f:].any(axis=1)]
+
         def rec(st, *args):
             self._trace["phases"].append(st.phase)
 
@@ -145,9 +148,10 @@ def test_coarse_to_fine_reaches_the_direct_fit(data, coarse, trace):
     # n_iter_ counts the coarse fit's iterations and those at n
     assert est.n_iter_ == small["state"].n_iter + len(big["phases"])
     # the coarse model is in the pool at n
-    coarse_rv = np.flatnonzero(np.isfinite(small["subset"].est.lambda_).any(axis=0))
+    coarse_rv = small["subset"].est.relevance_
     rows = big["subset"].coarse_rows((y == 1).astype(float)[:, None])
     assert coarse_rv.size and np.isin(rows[coarse_rv], big["subset"].pool).all()
+    assert_array_equal(big["start"], rows[coarse_rv])  # the fit at n starts from it
     with coarse_off():
         direct = fit(X, y)
     assert est.scores_[-1] >= direct.scores_[-1] - 3.0

@@ -226,3 +226,18 @@ def test_few_samples_take_no_coarse_fit(data, small_pool, trace):
     X, y, _, _ = data
     fit(X, y)
     assert len(trace) == 1 and trace[0]["subset"].coarse_iter == 0
+
+
+def test_warm_start_takes_the_previous_model_not_a_coarse_fit(data, coarse, trace):
+    """warm_start=True resumes from the previous fit on the same samples (no coarse fit); on
+    other samples (its precisions do not fit them) the coarse fit runs."""
+    X, y, _, _ = data
+    est = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset", warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+        assert len(trace) == 2
+        est.fit(X, y)
+        assert len(trace) == 3 and trace[-1]["subset"].coarse_iter == 0
+        est.fit(X[:580], y[:580])
+    assert len(trace) == 5 and trace[-1]["subset"].coarse_iter > 0

@@ -80,10 +80,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         when no sample outside the model passes Tipping and Faul's add test, the stopping rule of
         the full path. Needs a kernel computed from X (not None or "precomputed"), binary or
         one-vs-rest problems and the exact finish (``exact_switch > 0``). "auto": "subset" for
-        more than 5,000 distinct training samples where it applies, "full" otherwise. Beyond
-        8,000 distinct samples the subset path starts coarse-to-fine: the same estimator is
-        fitted on a stratified random quarter of them first (recursively), and the fit on all
-        samples starts from its model.
+        more than 5,000 distinct training samples where it applies, "full" otherwise.
     multi_class : {"ovr", "multinomial"}, default="ovr"
         With more than two classes: independent one-vs-rest problems (solved together, each with
         its own precisions and relevance vectors), or one softmax model.
@@ -168,8 +165,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         Laplace estimate of the log marginal likelihood (up to a constant) at each iteration;
         with the diagonal log-determinant during the "dqn" phase.
     n_iter_ : int
-        Number of precision updates performed (with a coarse-to-fine start, those of the
-        coarse fits included; ``max_iter`` bounds them all).
+        Number of precision updates performed.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -315,8 +311,6 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             if subset is None:
                 B, own, column_index = training_basis(self, X, self._gamma, sw)
             else:
-                if warm is None or warm["lam"].shape != (T.shape[1], X.shape[0]):
-                    warm = subset.coarse_start(T)  # coarse-to-fine (large n)
                 B, own, column_index = subset.initial_basis()
             design = make_design(
                 B,

@@ -29,20 +29,12 @@ raised to the model's size): a pool sweep can take the model past ``exact_switch
 variances undo the exact phase's model (at n = 20,000, 240 bases, the log evidence fell from
 -1494 to -2245 and the fit ended there).
 
-Coarse-to-fine (:meth:`KernelSubset.coarse_start`, beyond ``COARSE_MIN`` distinct samples): the
-estimator is first fitted on a stratified random ``COARSE_FRACTION`` of the samples (a fit that
-starts the same way in turn when it is large enough); the fit at n starts in its exact phase
-from that model, with the coarse fit's final pool, and then runs as above. An iteration at n
-costs ``1 / COARSE_FRACTION`` times one of the coarse fit, so the iterations that bring a cold
-start to a first model (a diagonal phase on the random pool and a first path) run on the
-subsample. Measured on make_classification (gamma 0.05, 1 thread), n = 10,000: 812 iterations
-in all (converged; at most 250 of them on 2,500 samples) against 852 for the direct subset path,
-log evidence -454.5 against -463.2, test accuracy 0.969 against 0.975; with half of ``max_iter``
-for the coarse fit (which then crept to its cap) the fit stopped at ``max_iter``. The model at
-n keeps more relevance vectors than the coarse one (72 at 2,500, 186 at 10,000), so the scans
-at n still add most of them. At n = 20,000 both paths were stopped after 1,500 s (load 4-7),
-neither converged: four scans at n after 1,125 s with the coarse start (log evidence -1254.6),
-after 1,400 s without (-1250.9).
+Measured and left out (issue 9): a coarse-to-fine start (the estimator fitted first on a
+stratified random quarter of the samples, recursively, the fit at n warm-started from its model
+and pool). make_classification, gamma 0.05, n = 10,000: the same CPU time (175.6 s both, run side
+by side), 1,192 iterations against 772, log evidence -448.8 against -462.5 but accuracy 0.964
+against 0.9685, and with the coarse iterations counted in ``max_iter`` the default fit stopped at
+1,000 unconverged; at n = 20,000 about 20 % ahead after four scans, neither fit converged.
 
 The fit ends when a scan after a fully converged path finds no sample outside the pool worth
 adding, so at the end no basis
@@ -73,14 +65,10 @@ different relevance vectors. Below
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import replace
 
 import numpy as np
-from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
 
-from ..exceptions import EvidenceWarning
 from ..utils._threads import parallel
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
@@ -115,10 +103,6 @@ SCAN_NO_CHANGE = 3  # n_iter_no_change of the path on the pool between two scans
 SCAN_FLAT_TOL = 1e-5  # ... and its evidence-flat tolerance per unit of weight (PathSettings)
 POOL_BATCH = 8  # additions per class and pool sweep that pass the add test jointly
 POOL_CACHE_MAX = 2**30  # largest n-by-pool cache of the pool's kernel columns (bytes)
-COARSE_MIN = 8000  # classifier: coarse-to-fine start beyond this many distinct samples
-COARSE_FRACTION = 0.25  # ... on this fraction of them (stratified by class), recursively
-COARSE_SEED = 1  # the coarse rows are random but reproducible
-COARSE_ITER_SHARE = 0.25  # the coarse fit's share of max_iter (its iterations count in n_iter_)
 
 
 def subset_size(n_candidates):
@@ -228,7 +212,6 @@ class KernelSubset:
         self.pool = np.sort(self.candidates_all[pick])
         self.first_pool = self.pool
         self.n_scans = 0
-        self.coarse_iter = 0  # iterations of the coarse fit (:meth:`coarse_start`)
 
     def _kernel(self, js):
         Y = self.X[js]
@@ -263,93 +246,13 @@ class KernelSubset:
             batch=POOL_BATCH,
         )
 
-    def coarse_rows(self, T):
-        """The rows of the coarse fit: ``ceil(COARSE_FRACTION * count)`` distinct samples of
-        each class (of the positive-weight ones), drawn at random with ``COARSE_SEED``;
-        increasing."""
-        cand = self.candidates_all
-        labels = T[cand, 0] if T.shape[1] == 1 else np.argmax(T[cand], axis=1)
-        rng = np.random.RandomState(COARSE_SEED)
-        rows = []
-        for k in np.unique(labels):
-            of_k = cand[labels == k]
-            take = math.ceil(COARSE_FRACTION * of_k.size)
-            rows.append(rng.choice(of_k, take, replace=False))
-        return np.sort(np.concatenate(rows))
-
-    def coarse_start(self, T):
-        """Coarse-to-fine: for more than ``COARSE_MIN`` distinct samples, fit the estimator
-        (kernel_basis="subset", the resolved gamma) on :meth:`coarse_rows` first, a fit that
-        starts the same way in turn when it is large enough; then return its model as the
-        classifier's warm-start dict (precisions and scaled weights per class over all n
-        samples, infinite precision outside the model) and put its relevance vectors in the
-        pool. None (and nothing changes) for fewer samples, or when the coarse fit lost a class.
-
-        The columns of both designs are scaled to unit weighted RMS over their rows, so on a
-        random subsample the scales, the scaled weights and their precisions are the full
-        fit's, up to sampling noise. The fit at n then starts in its exact phase from the coarse
-        model, with the usual pool sweeps and scans; it ends by its own stop rule and a scan of
-        all n samples that finds nothing to add, as without the coarse start.
-
-        The coarse fit may run up to ``COARSE_ITER_SHARE`` of ``max_iter`` iterations (its own
-        coarse fit that share of those); ``coarse_iter`` keeps how many it ran, and :meth:`fit` counts them in
-        ``n_iter_`` (which ``max_iter`` bounds): an iteration of the coarse fit costs about
-        ``COARSE_FRACTION`` times one at n.
-        """
-        if self.candidates_all.size <= COARSE_MIN:
-            return None
-        rows = self.coarse_rows(T)
-        n_classes = 2 if T.shape[1] == 1 else T.shape[1]
-        y = T[rows, 0] if T.shape[1] == 1 else np.argmax(T[rows], axis=1)
-        est = self.est
-        coarse = clone(est).set_params(
-            gamma=self.gamma_,
-            kernel_basis="subset",
-            class_weight=None,  # already in the sample weights
-            warm_start=False,
-            max_iter=max(1, int(COARSE_ITER_SHARE * est.max_iter)),
-        )
-        subsets = []  # the coarse fit's subset path, for its pool
-
-        def record(X, sw, likelihood):
-            subsets.append(make_subset(coarse, X, sw, coarse._gamma, likelihood))
-            return subsets[-1]
-
-        coarse._kernel_subset = record
-        with warnings.catch_warnings():
-            # the coarse model is a start: its convergence and evidence are the full fit's
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", EvidenceWarning)
-            coarse.fit(self.X[rows], y, sample_weight=self.sw[rows])
-        if coarse.classes_.size != n_classes or not subsets or subsets[-1] is None:
-            return None
-        self.coarse_iter = int(coarse.n_iter_)
-        w = coarse._warm
-        K, n = w["lam"].shape[0], self.X.shape[0]
-        lam = np.full((K, n), np.inf)
-        lam[:, rows] = w["lam"]
-        coef = np.zeros((K, n))
-        coef[:, rows] = w["coef"]
-        # the pool: the coarse fit's own at its end (its random pool and the samples its scans
-        # added) and its model; at n = 10,000 this start ran 357 iterations at n against 467
-        # with the model and a new random pool of subset_size(n)
-        self.pool = np.union1d(rows[subsets[-1].pool], rows[coarse.relevance_])
-        return {
-            "lam": lam,
-            "coef": coef,
-            "coef0": w["coef0"],
-            "intercept_column": w["intercept_column"],
-        }
-
     def fit(self, design, state, lik, settings, on_iter=None):
         """Alternate the ordinary path on the pool with scans over all samples (module
         docstring; between two scans with the looser stop of ``SCAN_NO_CHANGE`` and
         ``SCAN_FLAT_TOL``) until a scan after a path with the estimator's stop rule adds nothing,
         ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
         the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
-        exact posterior to scan at, and the model holds pool samples only). The iterations of a
-        coarse fit (:meth:`coarse_start`) count in ``state.n_iter``."""
-        state.n_iter += self.coarse_iter
+        exact posterior to scan at, and the model holds pool samples only)."""
         candidates = self.candidate_columns(design.n_basis)
         if np.setdiff1d(self.candidates_all, self.pool).size:
             # One start when scans can add: the exact phase's second start (_engine.run_path)
@@ -366,12 +269,7 @@ class KernelSubset:
                 flat_tol=max(SCAN_FLAT_TOL, settings.flat_tol),
             )
         tight = loose is settings
-        # in the exact phase: after a path that reached it, or from a coarse start with at most
-        # exact_switch bases (no diagonal phase, whose stop the loose settings would change)
-        f = int(design.intercept_column)
-        exact = (
-            self.coarse_iter > 0 and int(state.mask[f:].any(axis=1).sum()) <= settings.exact_switch
-        )
+        exact = False  # whether the last path reached the exact phase
         while True:
             path_settings = settings
             if exact:

@@ -289,20 +289,26 @@ def test_joint_deletes_equal_deletes_recomputed_from_scratch(seed):
     assert not again[ref[0], 0] and not again[0, 0]
 
 
+def _three_class_design(n, seed):
+    """A random three-class problem on two features: its RBF design (unit-RMS scaled, intercept
+    column), the scales, labels, weights and the generator (for further draws)."""
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(n, 2))
+    y = np.argmax(X @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(n, 3)), axis=1)
+    K = np.exp(-1.0 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    sw = rng.uniform(0.5, 2.0, n)
+    design = DesignMatrix(K, sw, center=False, intercept_column=True)
+    return rng, y, K, sw, design, design.inv_scale.copy()
+
+
 @pytest.mark.parametrize("cap", [None, 1])
 def test_softmax_joint_deletes_condition_on_every_class(cap):
     """Multinomial: the deletes condition on the joint, class-coupled Laplace covariance (the
     softmax curvature between coefficients (i, k) and (j, l) is phi_i' diag(sw p_k (delta_kl -
     p_l)) phi_j, written out here), and equal one-at-a-time deletes recomputed from scratch at the
     same curvature, with at most ``cap`` per class."""
-    rng = np.random.RandomState(0)
     n = 50
-    X = rng.normal(size=(n, 2))
-    y = np.argmax(X @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(n, 3)), axis=1)
-    K = np.exp(-1.0 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
-    sw = rng.uniform(0.5, 2.0, n)
-    design = DesignMatrix(K, sw, center=False, intercept_column=True)
-    scale = design.inv_scale.copy()
+    rng, y, K, sw, design, scale = _three_class_design(n, 0)
     design.compact(np.arange(n) % 4 == 0)
     T = np.eye(3)[y]
     m = design.n_coef
@@ -402,13 +408,7 @@ def test_evidence_flat_stop_ends_creeping_tails_without_changing_the_model(monke
 def _softmax_posterior(n=45, m_model=3, seed=0):
     """A three-class problem, a design with a few model bases (not the same ones in every
     class), and its exact multinomial Laplace posterior."""
-    rng = np.random.RandomState(seed)
-    X = rng.normal(size=(n, 2))
-    y = np.argmax(X @ rng.normal(size=(2, 3)) + 0.5 * rng.normal(size=(n, 3)), axis=1)
-    K = np.exp(-1.0 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
-    sw = rng.uniform(0.5, 2.0, n)
-    design = DesignMatrix(K, sw, center=False, intercept_column=True)
-    scale = design.inv_scale.copy()
+    rng, y, K, sw, design, scale = _three_class_design(n, seed)
     keep = np.zeros(n, dtype=bool)
     keep[rng.choice(n, 2 * m_model, replace=False)] = True
     design.compact(keep)

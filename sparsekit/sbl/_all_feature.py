@@ -85,12 +85,10 @@ def all_feature_path(design, t, sw, settings, *, on_iter=None):
         return None
     # the constructive path from ARD's end, every column a candidate again
     pos = np.searchsorted(design.active, work.active)
-    init = (pos, state.lam[:, 0].copy())
+    init = (pos, state.lam[:, 0].copy()) if len(pos) else None
     end = design.copy_active()
     polish = PathState(np.zeros((0, 1)), np.zeros((0, 1)), beta=state.beta)
     polish.n_iter = state.n_iter
     polish.pruned_lam = dict(state.pruned_lam)
-    if len(pos) == 0:
-        init = None
     constructive_path(end, t, sw, polish, settings=settings, init=init, on_iter=on_iter)
     return end, polish

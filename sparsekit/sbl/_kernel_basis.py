@@ -291,8 +291,7 @@ class KernelSubset:
                 or self.n_scans >= MAX_SCANS
             ):
                 return state
-            added = self.scan(design, state, lik.T, lik.sw, settings.threshold_lambda)
-            if not added:
+            if not self.scan(design, state, lik.T, lik.sw, settings.threshold_lambda):
                 if between:
                     tight = True  # converge on the pool with the full stop rule, then scan again
                     state.converged = False

@@ -57,7 +57,7 @@ class Gaussian:
     woodbury : bool, default=False
         Exact steps in the n-by-n Woodbury form (:func:`woodbury_posterior`) while there are
         more active bases than samples: O(n^2 m) per step, no m-by-m matrix (the all-feature
-        start of the constructive path, :func:`._constructive.all_feature_path`); the full
+        start of the constructive path, :func:`._all_feature.all_feature_path`); the full
         posterior covariance of the final model is then formed only when it has at most n bases.
     """
 

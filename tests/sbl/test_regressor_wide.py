@@ -102,6 +102,19 @@ def test_sparse_csr_wide_problem():
     np.testing.assert_allclose(reg.coef_, dense.coef_, rtol=1e-6, atol=1e-9)
 
 
+def _path_settings(**params):
+    """The path settings of the engine-level tests here (ARDRegression's defaults)."""
+    return PathSettings(
+        max_iter=300,
+        tol=1e-3,
+        n_iter_no_change=5,
+        threshold_lambda=1e4,
+        alpha_1=1e-6,
+        alpha_2=1e-6,
+        **params,
+    )
+
+
 def test_pruning_is_reversible():
     """Started from a model made only of wrong bases, the constructive path deletes them and
     re-admits the true ones (Q_i^2 > S_i), so no pruning decision is final."""
@@ -111,15 +124,7 @@ def test_pruning_is_reversible():
     design = DesignMatrix(X, sw, center=True, intercept_column=False)
     wrong = np.setdiff1d(np.arange(10), support)[:5]
     state = PathState(np.zeros((0, 1)), np.zeros((0, 1)), beta=100.0)
-    settings = PathSettings(
-        max_iter=300,
-        tol=1e-3,
-        n_iter_no_change=5,
-        threshold_lambda=1e4,
-        alpha_1=1e-6,
-        alpha_2=1e-6,
-        fix_noise=False,
-    )
+    settings = _path_settings(fix_noise=False)
     constructive_path(design, t, sw, state, settings=settings, init=(wrong, np.ones(5)))
     assert state.converged
     np.testing.assert_array_equal(design.active, np.sort(support))
@@ -279,17 +284,7 @@ def test_woodbury_steps_follow_the_gram_steps():
     np.testing.assert_allclose(mu, mu0, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(sig, np.diag(Sigma0), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(logdet, logdet0, rtol=1e-10)
-    settings = PathSettings(
-        solver="exact",
-        max_iter=300,
-        tol=1e-3,
-        n_iter_no_change=5,
-        threshold_lambda=1e4,
-        alpha_1=1e-6,
-        alpha_2=1e-6,
-        lambda_1=1e-6,
-        lambda_2=1e-6,
-    )
+    settings = _path_settings(solver="exact", lambda_1=1e-6, lambda_2=1e-6)
     ends = []
     for woodbury in (True, False):
         d = design.copy_active()

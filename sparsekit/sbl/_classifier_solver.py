@@ -177,7 +177,7 @@ def _exact_diag(design, P, sw, likelihood):
 
 # ---------------------------------------------------------------------------------- exact phase
 def _dense_basis(design):
-    """[1 | Phi_A] (or Phi_A) as a dense float64 array, for the exact phase only."""
+    """[1 | Phi_A] (or Phi_A) as a C-contiguous float64 array, for the exact phase only."""
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     if design.intercept_column:
         return np.hstack([np.ones((design.n_samples, 1)), Pa])
@@ -269,7 +269,8 @@ def exact_step(design, state, T, sw, likelihood):
             idx = np.flatnonzero(mask[:, k])
             ids = np.full(idx.size, -1, dtype=np.intp)  # basis ids, -1 the intercept
             ids[idx >= f] = design.active[idx[idx >= f] - f]
-            Phi_k = np.ascontiguousarray(Phi[:, idx])
+            # a binary problem's model is every active basis: no copy of the n-by-m basis
+            Phi_k = Phi if idx.size == Phi.shape[1] else np.take(Phi, idx, axis=1)
             w, loss, S, ld, status, gram = laplace_newton(
                 Phi_k,
                 T[:, k],

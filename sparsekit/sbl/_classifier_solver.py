@@ -177,7 +177,7 @@ def _exact_diag(design, P, sw, likelihood):
 
 # ---------------------------------------------------------------------------------- exact phase
 def _dense_basis(design):
-    """[1 | Phi_A] (or Phi_A) as a dense float64 array, for the exact phase only."""
+    """[1 | Phi_A] (or Phi_A) as a C-contiguous float64 array, for the exact phase only."""
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     if design.intercept_column:
         return np.hstack([np.ones((design.n_samples, 1)), Pa])
@@ -264,10 +264,15 @@ def exact_step(design, state, T, sw, likelihood):
         sigma_full = []
         class_loss, class_ld, statuses = [], [], []
         gtol = EXACT_GTOL_REL * design.weight_sum
+        f = free_rows(design)
         for k in range(K):
             idx = np.flatnonzero(mask[:, k])
-            w, loss, S, ld, status = laplace_newton(
-                np.ascontiguousarray(Phi[:, idx]),
+            ids = np.full(idx.size, -1, dtype=np.intp)  # basis ids, -1 the intercept
+            ids[idx >= f] = design.active[idx[idx >= f] - f]
+            # a binary problem's model is every active basis: no copy of the n-by-m basis
+            Phi_k = Phi if idx.size == Phi.shape[1] else np.take(Phi, idx, axis=1)
+            w, loss, S, ld, status, gram = laplace_newton(
+                Phi_k,
                 T[:, k],
                 sw,
                 np.ascontiguousarray(coef[idx, k]),
@@ -276,7 +281,9 @@ def exact_step(design, state, T, sw, likelihood):
                 gtol,
                 NEWTON_SMALL_STEP,
                 ARMIJO_C1,
+                _chord_matrix(state.gram.get(k), ids, Phi_k),
             )
+            state.gram[k] = None if gram is None else (ids, *gram)
             if status < 0:
                 raise FloatingPointError(
                     "The Laplace precision matrix is not positive definite even with jitter; "
@@ -306,6 +313,30 @@ def exact_step(design, state, T, sw, likelihood):
         logdet = 2.0 * np.sum(np.log(np.diag(cf[0])))
     state.sigma_diag = sigma_diag
     return loss_total, logdet
+
+
+def _chord_matrix(cached, ids, Phi):
+    """A chord matrix for the Newton solve of one class over the bases ``ids`` (columns of
+    ``Phi``): the data Gram matrix of its previous solve (``cached``: basis ids, Gram, curvature
+    weights ``b``), restricted to the bases still in the model, with the rows and columns of the
+    bases added since computed at the same ``b`` (O(n m k) for k new bases). None without a
+    previous solve or when no basis is shared."""
+    if cached is None or not ids.size:
+        return None
+    prev_ids, G, b = cached
+    pos = np.minimum(np.searchsorted(prev_ids, ids), prev_ids.size - 1)
+    have = prev_ids[pos] == ids
+    if not have.any():
+        return None
+    if have.all():
+        return G if pos.size == prev_ids.size else G[np.ix_(pos, pos)]
+    G0 = np.empty((ids.size, ids.size))
+    G0[np.ix_(have, have)] = G[np.ix_(pos[have], pos[have])]
+    new = np.flatnonzero(~have)
+    cross = Phi.T @ (Phi[:, new] * b[:, None])
+    G0[:, new] = cross
+    G0[new, :] = cross.T
+    return G0
 
 
 # ---------------------------------------------------------------------------------- evidence

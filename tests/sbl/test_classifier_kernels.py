@@ -176,6 +176,8 @@ def test_laplace_newton_blas_matches_the_numba_kernel(case):
     args = (Phi, t, sw, w0, lam, max_iter, gtol, 1e-12, 1e-4)
     ref = laplace_newton_bernoulli(*args)
     got = CK.laplace_newton_bernoulli_blas(*args)
+    gram, b = got[5]
+    assert_allclose(gram, (Phi * b[:, None]).T @ Phi, rtol=1e-12, atol=1e-12)
     assert got[4] == ref[4]
     assert got[4] == {"plain": 0, "separable": 0, "duplicate_columns": 2, "capped": 1}[case]
     # the two copies' split of their weight is ill-conditioned: agreement to the jitter's scale
@@ -190,7 +192,56 @@ def test_laplace_newton_blas_matches_the_numba_kernel(case):
 def test_laplace_newton_dispatches_large_products_to_blas(monkeypatch):
     calls = []
     monkeypatch.setattr(CK, "laplace_newton_bernoulli_blas", lambda *a: calls.append("blas"))
-    monkeypatch.setattr(CK, "laplace_newton_bernoulli", lambda *a: calls.append("numba"))
+    monkeypatch.setattr(CK, "laplace_newton_bernoulli", lambda *a: calls.append("numba") or ())
     for n, m in [(100, 10), (2100, 100)]:
         CK.laplace_newton(np.zeros((n, m)), *([None] * 8))
     assert calls == ["numba", "blas"]
+
+
+def _chord_problem():
+    """A binary problem, its mode at one set of precisions (and the data Gram there), and new
+    precisions: the situation of two consecutive exact steps."""
+    Phi, rng = _basis(400, 15, 5)
+    Phi[:, 0] = 1.0
+    w_true = np.zeros(15)
+    w_true[1:5] = [1.5, -2.0, 0.7, 1.1]
+    t = (rng.random(400) < 1 / (1 + np.exp(-Phi @ w_true))).astype(float)
+    sw, lam = rng.uniform(0.5, 2.0, 400), rng.uniform(0.2, 2.0, 15)
+    old = CK.laplace_newton_bernoulli_blas(Phi, t, sw, np.zeros(15), lam, 50, 1e-7, 1e-12, 1e-4)
+    lam_new = lam * rng.uniform(0.5, 2.0, 15)
+    return Phi, t, sw, old, lam_new
+
+
+@pytest.mark.parametrize("chord", ["previous", "wrong"])
+def test_chord_steps_reach_the_newton_mode(chord):
+    """Chord steps from the previous solve's Gram (or from a useless one) end at the mode of a
+    plain Newton solve, with the covariance and log-determinant of the Laplace precision at it."""
+    Phi, t, sw, old, lam = _chord_problem()
+    G0 = old[5][0] if chord == "previous" else 1e3 * np.eye(15)
+    args = (Phi, t, sw, old[0], lam, 50, 1e-7, 1e-12, 1e-4)
+    ref = CK.laplace_newton_bernoulli_blas(*args)
+    got = CK.laplace_newton_bernoulli_blas(*args, G0)
+    assert got[4] == ref[4] == 0
+    assert_allclose(got[0], ref[0], rtol=1e-7, atol=1e-9)  # both to the gradient tolerance
+    assert_allclose(got[1], ref[1], rtol=1e-10)
+    p = 1 / (1 + np.exp(-Phi @ got[0]))
+    H = (Phi * (sw * p * (1 - p))[:, None]).T @ Phi + np.diag(lam)
+    assert_allclose(got[2], np.linalg.inv(H), rtol=1e-8, atol=1e-12)
+    assert_allclose(got[3], np.linalg.slogdet(H)[1], rtol=1e-10)
+
+
+def test_chord_steps_save_gram_products(monkeypatch):
+    """From the previous solve's Gram, the solve forms the Gram once (at the mode): two
+    factorisations in all (the chord matrix's and the Gram's), against three or more Newton
+    iterations from the same start without it."""
+    Phi, t, sw, old, lam = _chord_problem()
+    calls = []
+    factor = CK._factor_jittered
+    monkeypatch.setattr(CK, "_factor_jittered", lambda G: calls.append(1) or factor(G))
+    args = (Phi, t, sw, old[0], lam, 50, 1e-7, 1e-12, 1e-4)
+    CK.laplace_newton_bernoulli_blas(*args)
+    plain = len(calls)
+    calls.clear()
+    CK.laplace_newton_bernoulli_blas(*args, old[5][0])
+    assert plain >= 3
+    assert len(calls) == 2

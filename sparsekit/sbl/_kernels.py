@@ -239,3 +239,80 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
             g = -np.inf
         gain[j] = g
     return gain, lam_new, s, theta
+
+
+_GROUP = 32  # columns per thread of a row-major block pass (a row's slice of 256 bytes)
+
+
+@jit(parallel=True)
+def block_column_stats(raw, sw, Bw, R, moments=True):
+    """One row-major (C-ordered, n-by-b) block of candidate columns read twice, rows outer and
+    columns inner: per column its largest magnitude ``amax``, the weighted ``mean`` and sum of
+    squared deviations ``ssd`` exactly as :func:`weighted_column_moments` computes them (same
+    order of summation), and per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2``
+    and ``qr[j, k] = sum_i R[i, k] raw[i, j]`` (``Bw`` and ``R`` of shape (n, K); K may be 0).
+    No n-by-b temporary; threads take groups of ``_GROUP`` columns. With ``moments=False`` only
+    the products are computed (one pass; ``amax``, ``mean`` and ``ssd`` are returned as zeros)."""
+    n, b = raw.shape
+    K = Bw.shape[1]
+    amax = np.zeros(b, dtype=np.float64)
+    mean = np.zeros(b, dtype=np.float64)
+    ssd = np.zeros(b, dtype=np.float64)
+    sq = np.zeros((K, b), dtype=np.float64)
+    qr = np.zeros((K, b), dtype=np.float64)
+    wsum = 0.0
+    for i in range(n):
+        wsum += sw[i]
+    n_groups = (b + _GROUP - 1) // _GROUP
+    for g in prange(n_groups):
+        lo = g * _GROUP
+        hi = min(b, lo + _GROUP)
+        for i in range(n):
+            if moments:
+                w = sw[i]
+                for j in range(lo, hi):
+                    v = raw[i, j]
+                    a = abs(v)
+                    amax[j] = max(amax[j], a)
+                    mean[j] += w * v
+            for k in range(K):
+                bk = Bw[i, k]
+                rk = R[i, k]
+                for j in range(lo, hi):
+                    v = raw[i, j]
+                    sq[k, j] += bk * v * v
+                    qr[k, j] += rk * v
+        if not moments:
+            continue
+        for j in range(lo, hi):
+            mean[j] = mean[j] / wsum
+        for i in range(n):
+            w = sw[i]
+            for j in range(lo, hi):
+                dev = raw[i, j] - mean[j]
+                ssd[j] += w * dev * dev
+    return amax, mean, ssd, sq.T.copy(), qr.T.copy()
+
+
+@jit(parallel=True)
+def column_products(rawT, Bw, R):
+    """Per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2`` and ``qr[j, k] =
+    sum_i R[i, k] raw[i, j]`` of the columns of a column-major block, given as its transpose
+    ``rawT`` (b-by-n, C-ordered: a column is contiguous): one pass, no ``raw * raw`` temporary."""
+    b, n = rawT.shape
+    K = Bw.shape[1]
+    BwT = np.ascontiguousarray(Bw.T)
+    RT = np.ascontiguousarray(R.T)
+    sq = np.zeros((b, K), dtype=np.float64)
+    qr = np.zeros((b, K), dtype=np.float64)
+    for j in prange(b):
+        for k in range(K):
+            acc = 0.0
+            acc2 = 0.0
+            for i in range(n):
+                v = rawT[j, i]
+                acc += BwT[k, i] * v * v
+                acc2 += RT[k, i] * v
+            sq[j, k] = acc
+            qr[j, k] = acc2
+    return sq, qr

@@ -241,18 +241,19 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     return gain, lam_new, s, theta
 
 
-_GROUP = 32  # columns per thread of a row-major block pass (a row's slice of 256 bytes)
-
-
-@jit(parallel=True)
+@jit
 def block_column_stats(raw, sw, Bw, R, moments=True):
     """One row-major (C-ordered, n-by-b) block of candidate columns read twice, rows outer and
     columns inner: per column its largest magnitude ``amax``, the weighted ``mean`` and sum of
     squared deviations ``ssd`` exactly as :func:`weighted_column_moments` computes them (same
     order of summation), and per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2``
     and ``qr[j, k] = sum_i R[i, k] raw[i, j]`` (``Bw`` and ``R`` of shape (n, K); K may be 0).
-    No n-by-b temporary; threads take groups of ``_GROUP`` columns. With ``moments=False`` only
-    the products are computed (one pass; ``amax``, ``mean`` and ``ssd`` are returned as zeros)."""
+    No n-by-b temporary. With ``moments=False`` only the products are computed (one pass;
+    ``amax``, ``mean`` and ``ssd`` are returned as zeros).
+
+    One thread: the inner loops run along a row and vectorise across columns (at n = 10,000,
+    b = 256, K = 1: 3.4 ms, against 39 ms for a ``prange`` over groups of 32 columns, whose
+    inner loops did not vectorise)."""
     n, b = raw.shape
     K = Bw.shape[1]
     amax = np.zeros(b, dtype=np.float64)
@@ -263,33 +264,31 @@ def block_column_stats(raw, sw, Bw, R, moments=True):
     wsum = 0.0
     for i in range(n):
         wsum += sw[i]
-    n_groups = (b + _GROUP - 1) // _GROUP
-    for g in prange(n_groups):
-        lo = g * _GROUP
-        hi = min(b, lo + _GROUP)
-        for i in range(n):
-            if moments:
-                w = sw[i]
-                for j in range(lo, hi):
-                    v = raw[i, j]
-                    a = abs(v)
-                    amax[j] = max(amax[j], a)
-                    mean[j] += w * v
-            for k in range(K):
-                bk = Bw[i, k]
-                rk = R[i, k]
-                for j in range(lo, hi):
-                    v = raw[i, j]
-                    sq[k, j] += bk * v * v
-                    qr[k, j] += rk * v
-        if not moments:
-            continue
-        for j in range(lo, hi):
+    for i in range(n):
+        row = raw[i]
+        if moments:
+            w = sw[i]
+            for j in range(b):
+                v = row[j]
+                amax[j] = max(amax[j], abs(v))
+                mean[j] += w * v
+        for k in range(K):
+            bk = Bw[i, k]
+            rk = R[i, k]
+            sqk = sq[k]
+            qrk = qr[k]
+            for j in range(b):
+                v = row[j]
+                sqk[j] += bk * v * v
+                qrk[j] += rk * v
+    if moments:
+        for j in range(b):
             mean[j] = mean[j] / wsum
         for i in range(n):
             w = sw[i]
-            for j in range(lo, hi):
-                dev = raw[i, j] - mean[j]
+            row = raw[i]
+            for j in range(b):
+                dev = row[j] - mean[j]
                 ssd[j] += w * dev * dev
     return amax, mean, ssd, sq.T.copy(), qr.T.copy()
 

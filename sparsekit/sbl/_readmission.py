@@ -242,7 +242,7 @@ def _score(js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, fo
     whole block and the dropped columns' rows are left out after it (no copy of the block)."""
     for k, (BP, S) in enumerate(models):
         C = np.asarray(raw.T @ BP)
-        if keep is not None:
+        if keep is not None and not keep.all():
             C = C[keep]
         C = C * scale[:, None]
         if shift is not None:

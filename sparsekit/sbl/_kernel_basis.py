@@ -68,6 +68,8 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.extmath import row_norms
 
 from ..utils._threads import parallel
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
@@ -75,8 +77,8 @@ from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
 from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._engine import run_path
-from ._features import distinct_rows, kernel_block
-from ._kernels import block_column_stats
+from ._features import distinct_rows, kernel_block, kernel_params
+from ._kernels import block_column_stats, rbf_exponent_inplace
 from ._readmission import CACHE_BYTES, CandidateColumns, _score, choose_additions, sweep_terms
 
 FULL_KERNEL_MAX = 5000  # "auto", classifier: the full kernel up to this many distinct samples
@@ -180,6 +182,26 @@ def make_subset(est, X, sample_weight, gamma_, likelihood, cls=None):
     return (cls or KernelSubset)(est, X, sample_weight, gamma_, distinct)
 
 
+def _rbf_terms(est, X, gamma_):
+    """``(squared row norms of X, -gamma)`` when the scans can compute the RBF kernel themselves
+    (:meth:`KernelSubset._scan_kernel`: ``kernel="rbf"``, dense C-ordered float64 X, finite
+    gamma), else None."""
+    if not (isinstance(est.kernel, str) and est.kernel == "rbf"):
+        return None
+    if sp.issparse(X) or not isinstance(X, np.ndarray) or X.dtype != np.float64:
+        return None
+    if not X.flags.c_contiguous:
+        return None  # scikit-learn's row norms and products of an F-ordered X differ in rounding
+    params = kernel_params(est, gamma_)
+    if set(params) - {"gamma", "degree", "coef0"}:
+        return None
+    gamma = params.get("gamma")
+    gamma = 1.0 / X.shape[1] if gamma is None else float(gamma)  # rbf_kernel's default
+    if not (np.isfinite(gamma) and np.all(np.isfinite(X))):
+        return None  # kernel_block raises its error
+    return row_norms(X, squared=True), -gamma
+
+
 def block_scaling(raw, sw, Bw, R, design, *, center):
     """Scaling of a block of raw candidate columns as ``design`` scales its own, from one fused
     pass (:func:`._kernels.block_column_stats`, rows outer: the kernel block is C-ordered).
@@ -243,6 +265,19 @@ class KernelSubset:
         self.pool = np.sort(self.candidates_all[pick])
         self.first_pool = self.pool
         self.n_scans = 0
+        self._rbf = _rbf_terms(est, X, gamma_)
+
+    def _scan_kernel(self, js):
+        """K(X, X[js]) for a scan block: for the RBF kernel on dense float64 X, scikit-learn's
+        ``rbf_kernel`` arithmetic (the same Gram product, squared row norms and operation order,
+        numpy's ``exp``) with its elementwise passes fused (:func:`._kernels.rbf_exponent_inplace`);
+        :func:`._features.kernel_block` otherwise."""
+        if self._rbf is None:
+            return self._kernel(js)
+        xx, neg_gamma = self._rbf
+        G = np.asarray(self.X @ self.X[js].T)
+        rbf_exponent_inplace(G, xx, xx[js], neg_gamma)
+        return np.exp(G, out=G)
 
     def _kernel(self, js):
         Y = self.X[js]
@@ -346,7 +381,7 @@ class KernelSubset:
         none = np.zeros((self.sw.size, 0))
         for start in range(0, others.size, SCAN_BLOCK):
             js = others[start : start + SCAN_BLOCK]
-            raw = self._kernel(js)
+            raw = self._scan_kernel(js)
             base, inv_scale, scale, offset, keep, _sq, _qr = block_scaling(
                 raw, self.sw, none, none, design, center=center
             )
@@ -371,7 +406,7 @@ class KernelSubset:
         others = self._others()
         for start in range(0, others.size, SCAN_BLOCK):
             js = others[start : start + SCAN_BLOCK]
-            raw = self._kernel(js)
+            raw = self._scan_kernel(js)
             base, inv_scale, scale, _offset, keep, sq, qr = block_scaling(
                 raw, self.sw, Bw, R, design, center=False
             )

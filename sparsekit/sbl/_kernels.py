@@ -315,3 +315,19 @@ def column_products(rawT, Bw, R):
             sq[j, k] = acc
             qr[j, k] = acc2
     return sq, qr
+
+
+@jit
+def rbf_exponent_inplace(G, xx, yy, neg_gamma):
+    """``G[i, j] = max(-2 G[i, j] + xx[i] + yy[j], 0) * neg_gamma`` in place, in that order of
+    operations: scikit-learn's ``rbf_kernel`` arithmetic on the Gram block ``G = X @ Y.T`` with
+    the squared row norms ``xx`` of X and ``yy`` of Y (four numpy passes there, one here); the
+    kernel is ``exp`` of the result."""
+    n, b = G.shape
+    for i in range(n):
+        row = G[i]
+        xi = xx[i]
+        for j in range(b):
+            d = -2.0 * row[j] + xi
+            d = d + yy[j]
+            row[j] = max(d, 0.0) * neg_gamma

@@ -103,3 +103,7 @@ def block_column_stats(raw, sw, Bw, R, moments=True):
 def column_products(rawT, Bw, R):
     raw = np.asarray(rawT, dtype=np.float64).T
     return (raw * raw).T @ Bw, raw.T @ R
+
+
+def rbf_exponent(G, xx, yy, neg_gamma):
+    return np.maximum(-2.0 * G + xx[:, None] + yy[None, :], 0.0) * neg_gamma

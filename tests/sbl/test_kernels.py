@@ -57,6 +57,19 @@ def test_block_column_stats(Phi, readonly, moments):
     np.testing.assert_allclose(ssd, ref_ssd, **_tol(raw))
 
 
+def test_rbf_exponent_inplace():
+    """Bit for bit scikit-learn's squared-distance arithmetic, clipped at zero, times -gamma."""
+    rng = np.random.default_rng(10)
+    X, Y = rng.normal(size=(41, 6)), rng.normal(size=(9, 6))
+    Y[0] = X[3]  # a zero distance (rounding can make it negative before the clip)
+    xx, yy = (X * X).sum(1), (Y * Y).sum(1)
+    G = X @ Y.T
+    ref = naive.rbf_exponent(G, xx, yy, -0.3)
+    K.rbf_exponent_inplace(G, xx, yy, -0.3)
+    np.testing.assert_array_equal(G, ref)
+    assert G.max() <= 0.0
+
+
 @pytest.mark.parametrize("readonly", [False, True])
 def test_column_products(Phi, readonly):
     """Per-class products of a column-major block, given as its C-ordered transpose."""

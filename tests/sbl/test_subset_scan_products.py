@@ -232,6 +232,32 @@ def test_block_scaling_moments_are_the_designs():
     assert_array_equal(ssd, ref_ssd)
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(kernel="rbf", gamma=0.3),
+        dict(kernel="rbf", gamma=None),
+        dict(kernel="rbf", gamma=None, kernel_params={"gamma": 2.0}),
+        dict(kernel="poly", degree=2, gamma=0.5),
+    ],
+)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_scan_kernel_is_kernel_block(params, order):
+    """The scans' own RBF kernel block is scikit-learn's, bit for bit (same Gram product,
+    norms, order of operations and exp); other kernels, and F-ordered X, go through
+    kernel_block."""
+    rng = np.random.default_rng(7)
+    X = np.asarray(rng.normal(size=(150, 4)) * 3, order=order)
+    est = DQNSBLClassifier(**params)
+    gamma_ = params.get("gamma") or (1.0 / X.shape[1])
+    subset = kb.KernelSubset(est, X, np.ones(150), gamma_)
+    assert (subset._rbf is not None) == (params["kernel"] == "rbf" and order == "C")
+    js = np.array([0, 5, 7, 33, 149])
+    got = subset._scan_kernel(js)
+    assert_array_equal(got, kb.kernel_block(est, X, X[js], gamma_))
+    assert got.flags.c_contiguous
+
+
 # ---------------------------------------------------------------- pool sweeps
 @pytest.mark.parametrize("layout", ["F", "C", "sparse"])
 @pytest.mark.parametrize("offset", [False, True])

@@ -60,7 +60,9 @@ class CandidateColumns:
     cache : bool
         Keep the computed columns between sweeps (for sources that are costly to evaluate, such as
         kernels) when the cached columns fit in ``cache_bytes``: one n-by-M array, filled column
-        by column as sweeps ask for them, so any subset is served from it.
+        by column as sweeps ask for them, so any subset is served from it. Column-major, so that
+        a sweep's block is a column-major view (read along its columns without a copy by
+        :func:`dense_column_products`; with a row-major cache, the strided view was copied).
     universe : ndarray of int, default=None
         The only basis functions that will be asked for (increasing; the subset path's pool):
         the cache then holds these M columns rather than all ``n_basis``.
@@ -109,7 +111,7 @@ class CandidateColumns:
             if B.shape[0] * keys.size * 8 <= self._cache_bytes and np.all(np.isin(js, keys)):
                 self._pos = np.full(self.n_basis, -1, dtype=np.intp)
                 self._pos[keys] = np.arange(keys.size)
-                self._full = np.empty((B.shape[0], keys.size))
+                self._full = np.empty((B.shape[0], keys.size), order="F")  # blocks: F views
                 self._have = np.zeros(keys.size, dtype=bool)
                 self._full[:, self._pos[js]] = B
                 self._have[self._pos[js]] = True

@@ -71,7 +71,6 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import row_norms
 
-from ..utils._threads import parallel
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
@@ -215,13 +214,12 @@ def block_scaling(raw, sw, Bw, R, design, *, center):
     ``qr[j, k] = sum_i R[i, k] base[i, j]`` (unscaled, all columns). The moments are
     :func:`._kernels.weighted_column_moments`'s, summed in the same order."""
     raw = np.ascontiguousarray(raw)
-    with parallel(raw.size * (2 + 2 * Bw.shape[1])):
-        amax, mean, ssd, sq, qr = block_column_stats(raw, sw, Bw, R)
-        d = moment_divisor(amax)
-        base = raw
-        if np.any(d != 1.0):
-            base = raw / d
-            _amax, mean, ssd, sq, qr = block_column_stats(base, sw, Bw, R)
+    amax, mean, ssd, sq, qr = block_column_stats(raw, sw, Bw, R)  # one thread (its docstring)
+    d = moment_divisor(amax)
+    base = raw
+    if np.any(d != 1.0):
+        base = raw / d
+        _amax, mean, ssd, sq, qr = block_column_stats(base, sw, Bw, R)
     offset, s, constant = column_scaling(
         mean,
         ssd,

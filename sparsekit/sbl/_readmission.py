@@ -202,11 +202,11 @@ def dense_column_products(raw, Bw, R):
     without the ``raw * raw`` temporary: :func:`._kernels.column_products` on a column-major
     block (the pool cache's slices), :func:`._kernels.block_column_stats`'s products on a
     row-major one."""
-    with parallel(raw.size * 2 * Bw.shape[1]):
-        if raw.flags.f_contiguous:
+    if raw.flags.f_contiguous:
+        with parallel(raw.size * 2 * Bw.shape[1]):
             return column_products(raw.T, Bw, R)
-        raw = np.ascontiguousarray(raw)
-        _amax, _mean, _ssd, sq, qr = block_column_stats(raw, Bw[:, 0], Bw, R, False)
+    raw = np.ascontiguousarray(raw)
+    _amax, _mean, _ssd, sq, qr = block_column_stats(raw, Bw[:, 0], Bw, R, False)
     return sq, qr
 
 

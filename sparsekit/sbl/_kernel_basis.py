@@ -69,15 +69,16 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.extmath import row_norms
 
-from ..utils._threads import parallel
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
 from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._engine import run_path
-from ._features import distinct_rows, kernel_block
-from ._kernels import weighted_column_moments
+from ._features import distinct_rows, kernel_block, kernel_params
+from ._kernels import block_column_stats, rbf_exponent_inplace
 from ._readmission import CACHE_BYTES, CandidateColumns, _score, choose_additions, sweep_terms
 
 # "auto", classifier: the full kernel up to this many distinct samples. make_classification(n,
@@ -186,6 +187,56 @@ def make_subset(est, X, sample_weight, gamma_, likelihood, cls=None):
     return (cls or KernelSubset)(est, X, sample_weight, gamma_, distinct)
 
 
+def _rbf_terms(est, X, gamma_):
+    """``(squared row norms of X, -gamma)`` when the scans can compute the RBF kernel themselves
+    (:meth:`KernelSubset._scan_kernel`: ``kernel="rbf"``, dense C-ordered float64 X, finite
+    gamma), else None."""
+    if not (isinstance(est.kernel, str) and est.kernel == "rbf"):
+        return None
+    if sp.issparse(X) or not isinstance(X, np.ndarray) or X.dtype != np.float64:
+        return None
+    if not X.flags.c_contiguous:
+        return None  # scikit-learn's row norms and products of an F-ordered X differ in rounding
+    params = kernel_params(est, gamma_)
+    if set(params) - {"gamma", "degree", "coef0"}:
+        return None
+    gamma = params.get("gamma")
+    gamma = 1.0 / X.shape[1] if gamma is None else float(gamma)  # rbf_kernel's default
+    if not (np.isfinite(gamma) and np.all(np.isfinite(X))):
+        return None  # kernel_block raises its error
+    return row_norms(X, squared=True), -gamma
+
+
+def block_scaling(raw, sw, Bw, R, design, *, center):
+    """Scaling of a block of raw candidate columns as ``design`` scales its own, from one fused
+    pass (:func:`._kernels.block_column_stats`, rows outer: the kernel block is C-ordered).
+
+    Returns ``(base, inv_scale, scale, offset, keep, sq, qr)``: ``base`` is ``raw``, or
+    ``raw / d`` (float64) when a column's :func:`._design.moment_divisor` ``d`` is not 1 (entries
+    whose squares would overflow or underflow); ``inv_scale`` the design's inverse scales of the
+    raw columns, ``scale`` those of ``base``'s (``inv_scale * d``), ``offset`` the offsets of
+    ``base``'s columns (``offset / d``; zeros unless ``center``),
+    ``keep`` the columns that are not constant, and ``sq[j, k] = sum_i Bw[i, k] base[i, j]^2``,
+    ``qr[j, k] = sum_i R[i, k] base[i, j]`` (unscaled, all columns). The moments are
+    :func:`._kernels.weighted_column_moments`'s, summed in the same order."""
+    raw = np.ascontiguousarray(raw)
+    amax, mean, ssd, sq, qr = block_column_stats(raw, sw, Bw, R)  # one thread (its docstring)
+    d = moment_divisor(amax)
+    base = raw
+    if np.any(d != 1.0):
+        base = raw / d
+        _amax, mean, ssd, sq, qr = block_column_stats(base, sw, Bw, R)
+    offset, s, constant = column_scaling(
+        mean,
+        ssd,
+        design.weight_sum,
+        d,
+        center=center,
+        intercept_column=design.intercept_column,
+    )
+    return base, s, s * d, offset / d, ~constant, sq, qr
+
+
 class KernelSubset:
     """The subset path of one fit (module docstring): :meth:`fit` for the classifier,
     :meth:`fit_gaussian` for the regressor.
@@ -218,6 +269,19 @@ class KernelSubset:
         self.pool = np.sort(self.candidates_all[pick])
         self.first_pool = self.pool
         self.n_scans = 0
+        self._rbf = _rbf_terms(est, X, gamma_)
+
+    def _scan_kernel(self, js):
+        """K(X, X[js]) for a scan block: for the RBF kernel on dense float64 X, scikit-learn's
+        ``rbf_kernel`` arithmetic (the same Gram product, squared row norms and operation order,
+        numpy's ``exp``) with its elementwise passes fused (:func:`._kernels.rbf_exponent_inplace`);
+        :func:`._features.kernel_block` otherwise."""
+        if self._rbf is None:
+            return self._kernel(js)
+        xx, neg_gamma = self._rbf
+        G = np.asarray(self.X @ self.X[js].T)
+        rbf_exponent_inplace(G, xx, xx[js], neg_gamma)
+        return np.exp(G, out=G)
 
     def _kernel(self, js):
         Y = self.X[js]
@@ -307,36 +371,54 @@ class KernelSubset:
             # new pool columns: the cached pool blocks no longer match the sweep's blocks
             candidates = self.candidate_columns(design.n_basis)
 
+    def _others(self):
+        """The distinct samples outside the pool (increasing)."""
+        return np.setdiff1d(self.candidates_all, self.pool, assume_unique=True)
+
     def scan_blocks(self, design, *, center):
         """The samples outside the pool in blocks of ``SCAN_BLOCK``: yields ``(js, Phi_js, s)``,
         the samples whose columns are not constant, their columns of K(X, X[js]) scaled as the
         design scales its own (centred when ``center``, unit weighted RMS; float64) and their
-        inverse scales. The kernel of a block is computed once and never kept."""
-        sw = self.sw
-        others = np.setdiff1d(self.candidates_all, self.pool, assume_unique=True)
+        inverse scales. The kernel of a block is computed once and never kept. (The regressor's
+        scan; the classifier's, :meth:`scan_products`, never forms the scaled columns.)"""
+        others = self._others()
+        none = np.zeros((self.sw.size, 0))
         for start in range(0, others.size, SCAN_BLOCK):
             js = others[start : start + SCAN_BLOCK]
-            raw = self._kernel(js)
-            amax = np.max(np.abs(raw), axis=0).astype(np.float64)
-            d = moment_divisor(amax)
-            scaled = raw if np.all(d == 1.0) else raw / d
-            with parallel(2 * raw.size):
-                mean, ssd = weighted_column_moments(np.asfortranarray(scaled), sw)
-            offset, s, constant = column_scaling(
-                mean,
-                ssd,
-                design.weight_sum,
-                d,
-                center=center,
-                intercept_column=design.intercept_column,
+            raw = self._scan_kernel(js)
+            base, inv_scale, scale, offset, keep, _sq, _qr = block_scaling(
+                raw, self.sw, none, none, design, center=center
             )
-            keep = ~constant
             if not keep.any():
                 continue
-            blk = np.asarray(raw[:, keep], dtype=np.float64)
+            blk = base[:, keep]
             if center:
                 blk = blk - offset[keep]
-            yield js[keep], blk * s[keep], s[keep]
+            yield js[keep], blk * scale[keep], inv_scale[keep]
+
+    def scan_products(self, design, Bw, R):
+        """The classifier's scan blocks: yields ``(js, inv_scale, base, scale, keep, sq, Qb)`` per
+        block of ``SCAN_BLOCK`` samples outside the pool: ``base`` holds the block's columns of
+        K(X, X[js]) (the raw kernel block, or that block divided by
+        :func:`._design.moment_divisor` when a column needs it), ``keep`` marks its columns that
+        are not constant, ``js`` their samples, ``inv_scale`` the design's inverse scales of the
+        columns ``js`` (unit weighted RMS, uncentred), ``scale`` those of ``base``'s kept columns,
+        and ``sq``, ``Qb`` (len(js), K) the scaled columns' ``phi' B phi`` and ``phi' sw (t -
+        p)``. One fused pass over each block (:func:`._kernels.block_column_stats`)
+        gives the scaling and these products; the scale is applied to them, and to the model
+        products, rather than to a copy of the block."""
+        others = self._others()
+        for start in range(0, others.size, SCAN_BLOCK):
+            js = others[start : start + SCAN_BLOCK]
+            raw = self._scan_kernel(js)
+            base, inv_scale, scale, _offset, keep, sq, qr = block_scaling(
+                raw, self.sw, Bw, R, design, center=False
+            )
+            if not keep.any():
+                continue
+            sc = scale[keep]
+            sq = sq[keep] * (sc * sc)[:, None]
+            yield js[keep], inv_scale[keep], base, sc, keep, sq, qr[keep] * sc[:, None]
 
     def scan(self, design, state, T, sw, threshold_lambda):
         """Score every distinct sample outside the pool by the add test at the current exact
@@ -347,12 +429,10 @@ class KernelSubset:
         Bw, R, models, excluded = sweep_terms(design, state, T, sw)
         found = [[] for _ in range(K)]
         inv_scale = {}
-        for js, blk, s in self.scan_blocks(design, center=False):
+        for js, s, base, scale, keep, sq, Qb in self.scan_products(design, Bw, R):
             inv_scale.update(zip(js.tolist(), s.tolist()))
-            sq = (blk * blk).T @ Bw
-            Qb = blk.T @ R
             _score(
-                js, blk, np.ones(js.size), None, sq, Qb, models, excluded, threshold_lambda, found
+                js, base, scale, None, sq, Qb, models, excluded, threshold_lambda, found, keep=keep
             )
         chosen = choose_additions(found, design, per_class=class_scan_additions(self.m0))
         new = {j for j, _k, _lam in chosen}

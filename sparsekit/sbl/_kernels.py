@@ -239,3 +239,95 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
             g = -np.inf
         gain[j] = g
     return gain, lam_new, s, theta
+
+
+@jit
+def block_column_stats(raw, sw, Bw, R, moments=True):
+    """One row-major (C-ordered, n-by-b) block of candidate columns read twice, rows outer and
+    columns inner: per column its largest magnitude ``amax``, the weighted ``mean`` and sum of
+    squared deviations ``ssd`` exactly as :func:`weighted_column_moments` computes them (same
+    order of summation), and per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2``
+    and ``qr[j, k] = sum_i R[i, k] raw[i, j]`` (``Bw`` and ``R`` of shape (n, K); K may be 0).
+    No n-by-b temporary. With ``moments=False`` only the products are computed (one pass;
+    ``amax``, ``mean`` and ``ssd`` are returned as zeros).
+
+    One thread: the inner loops run along a row and vectorise across columns (at n = 10,000,
+    b = 256, K = 1: 3.4 ms, against 39 ms for a ``prange`` over groups of 32 columns, whose
+    inner loops did not vectorise)."""
+    n, b = raw.shape
+    K = Bw.shape[1]
+    amax = np.zeros(b, dtype=np.float64)
+    mean = np.zeros(b, dtype=np.float64)
+    ssd = np.zeros(b, dtype=np.float64)
+    sq = np.zeros((K, b), dtype=np.float64)
+    qr = np.zeros((K, b), dtype=np.float64)
+    wsum = 0.0
+    for i in range(n):
+        wsum += sw[i]
+    for i in range(n):
+        row = raw[i]
+        if moments:
+            w = sw[i]
+            for j in range(b):
+                v = row[j]
+                amax[j] = max(amax[j], abs(v))
+                mean[j] += w * v
+        for k in range(K):
+            bk = Bw[i, k]
+            rk = R[i, k]
+            sqk = sq[k]
+            qrk = qr[k]
+            for j in range(b):
+                v = row[j]
+                sqk[j] += bk * v * v
+                qrk[j] += rk * v
+    if moments:
+        for j in range(b):
+            mean[j] = mean[j] / wsum
+        for i in range(n):
+            w = sw[i]
+            row = raw[i]
+            for j in range(b):
+                dev = row[j] - mean[j]
+                ssd[j] += w * dev * dev
+    return amax, mean, ssd, sq.T.copy(), qr.T.copy()
+
+
+@jit(parallel=True)
+def column_products(rawT, Bw, R):
+    """Per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2`` and ``qr[j, k] =
+    sum_i R[i, k] raw[i, j]`` of the columns of a column-major block, given as its transpose
+    ``rawT`` (b-by-n, C-ordered: a column is contiguous): one pass, no ``raw * raw`` temporary."""
+    b, n = rawT.shape
+    K = Bw.shape[1]
+    BwT = np.ascontiguousarray(Bw.T)
+    RT = np.ascontiguousarray(R.T)
+    sq = np.zeros((b, K), dtype=np.float64)
+    qr = np.zeros((b, K), dtype=np.float64)
+    for j in prange(b):
+        for k in range(K):
+            acc = 0.0
+            acc2 = 0.0
+            for i in range(n):
+                v = rawT[j, i]
+                acc += BwT[k, i] * v * v
+                acc2 += RT[k, i] * v
+            sq[j, k] = acc
+            qr[j, k] = acc2
+    return sq, qr
+
+
+@jit
+def rbf_exponent_inplace(G, xx, yy, neg_gamma):
+    """``G[i, j] = max(-2 G[i, j] + xx[i] + yy[j], 0) * neg_gamma`` in place, in that order of
+    operations: scikit-learn's ``rbf_kernel`` arithmetic on the Gram block ``G = X @ Y.T`` with
+    the squared row norms ``xx`` of X and ``yy`` of Y (four numpy passes there, one here); the
+    kernel is ``exp`` of the result."""
+    n, b = G.shape
+    for i in range(n):
+        row = G[i]
+        xi = xx[i]
+        for j in range(b):
+            d = -2.0 * row[j] + xi
+            d = d + yy[j]
+            row[j] = max(d, 0.0) * neg_gamma

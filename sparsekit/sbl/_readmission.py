@@ -35,7 +35,9 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
+from ..utils._threads import parallel
 from ._constructive import addition_gain
+from ._kernels import block_column_stats, column_products
 
 BLOCK = 256  # candidate columns per block of a sweep
 PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
@@ -58,7 +60,9 @@ class CandidateColumns:
     cache : bool
         Keep the computed columns between sweeps (for sources that are costly to evaluate, such as
         kernels) when the cached columns fit in ``cache_bytes``: one n-by-M array, filled column
-        by column as sweeps ask for them, so any subset is served from it.
+        by column as sweeps ask for them, so any subset is served from it. Column-major, so that
+        a sweep's block is a column-major view (read along its columns without a copy by
+        :func:`dense_column_products`; with a row-major cache, the strided view was copied).
     universe : ndarray of int, default=None
         The only basis functions that will be asked for (increasing; the subset path's pool):
         the cache then holds these M columns rather than all ``n_basis``.
@@ -107,7 +111,7 @@ class CandidateColumns:
             if B.shape[0] * keys.size * 8 <= self._cache_bytes and np.all(np.isin(js, keys)):
                 self._pos = np.full(self.n_basis, -1, dtype=np.intp)
                 self._pos[keys] = np.arange(keys.size)
-                self._full = np.empty((B.shape[0], keys.size))
+                self._full = np.empty((B.shape[0], keys.size), order="F")  # blocks: F views
                 self._have = np.zeros(keys.size, dtype=bool)
                 self._full[:, self._pos[js]] = B
                 self._have[self._pos[js]] = True
@@ -193,6 +197,19 @@ def joint_delete(sigma_full, coef, lam, lam_new, free, likelihood, cap=None, gam
     return out
 
 
+def dense_column_products(raw, Bw, R):
+    """``((raw * raw).T @ Bw, raw.T @ R)`` for a dense block of columns in one pass over it and
+    without the ``raw * raw`` temporary: :func:`._kernels.column_products` on a column-major
+    block (the pool cache's slices), :func:`._kernels.block_column_stats`'s products on a
+    row-major one."""
+    if raw.flags.f_contiguous:
+        with parallel(raw.size * 2 * Bw.shape[1]):
+            return column_products(raw.T, Bw, R)
+    raw = np.ascontiguousarray(raw)
+    _amax, _mean, _ssd, sq, qr = block_column_stats(raw, Bw[:, 0], Bw, R, False)
+    return sq, qr
+
+
 def _block_terms(design, candidates, js, Bw, R):
     """Candidate columns ``js`` (unscaled) with their scale, an offset correction (or None), and
     ``phi' B phi`` and ``phi' sw (t - p)`` per class for the scaled (and centred, where the
@@ -205,9 +222,13 @@ def _block_terms(design, candidates, js, Bw, R):
     shift = None
     if sp.issparse(raw) or np.any(o != 0.0):
         shift = -o * s  # phi = raw s + shift: a rank-one correction
-    sq = np.asarray(raw.multiply(raw).T @ Bw) if sp.issparse(raw) else (raw * raw).T @ Bw
+    if sp.issparse(raw):
+        sq = np.asarray(raw.multiply(raw).T @ Bw)
+        Qb = np.asarray(raw.T @ R)
+    else:
+        sq, Qb = dense_column_products(raw, Bw, R)
     sq = sq * (s * s)[:, None]
-    Qb = np.asarray(raw.T @ R) * s[:, None]
+    Qb = Qb * s[:, None]
     if shift is not None:
         lin_b = np.asarray(raw.T @ Bw) * s[:, None]
         sq = sq + 2.0 * shift[:, None] * lin_b + (shift**2)[:, None] * Bw.sum(axis=0)
@@ -215,10 +236,17 @@ def _block_terms(design, candidates, js, Bw, R):
     return raw, s, shift, sq, Qb
 
 
-def _score(js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, found):
-    """Append ``(gain, basis, precision)`` of the candidates ``js`` worth adding to ``found[k]``."""
+def _score(js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, found, keep=None):
+    """Append ``(gain, basis, precision)`` of the candidates ``js`` worth adding to ``found[k]``.
+
+    ``raw`` holds the candidates' unscaled columns, or with ``keep`` (a mask over its columns) a
+    block whose kept columns are the candidates: the product with the model is taken over the
+    whole block and the dropped columns' rows are left out after it (no copy of the block)."""
     for k, (BP, S) in enumerate(models):
-        C = np.asarray(raw.T @ BP) * scale[:, None]
+        C = np.asarray(raw.T @ BP)
+        if keep is not None and not keep.all():
+            C = C[keep]
+        C = C * scale[:, None]
         if shift is not None:
             C = C + np.outer(shift, BP.sum(axis=0))
         s = sq[:, k] - np.einsum("ij,ij->i", C @ S, C)

@@ -89,3 +89,21 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     g_in = np.where(np.isnan(g_in), -np.inf, g_in)
     gain[model] = np.where(over[model] & (q_in * q_in > s_in), np.inf, g_in)
     return gain, lam_new, s, theta
+
+
+def block_column_stats(raw, sw, Bw, R, moments=True):
+    raw = np.asarray(raw, dtype=np.float64)
+    mean, ssd = weighted_column_moments(raw, sw)
+    amax = np.abs(raw).max(0)
+    if not moments:
+        amax, mean, ssd = (np.zeros(raw.shape[1]) for _ in range(3))
+    return amax, mean, ssd, (raw * raw).T @ Bw, raw.T @ R
+
+
+def column_products(rawT, Bw, R):
+    raw = np.asarray(rawT, dtype=np.float64).T
+    return (raw * raw).T @ Bw, raw.T @ R
+
+
+def rbf_exponent(G, xx, yy, neg_gamma):
+    return np.maximum(-2.0 * G + xx[:, None] + yy[None, :], 0.0) * neg_gamma

@@ -88,12 +88,18 @@ def test_scans_reach_every_sample(moons, small_pool, monkeypatch):
     X, y, _, _ = moons
     seen = set()
     real = kb.KernelSubset._kernel
+    real_scan = kb.KernelSubset._scan_kernel  # the scans' own RBF blocks
 
     def recording(self, js):
         seen.update(np.asarray(js).tolist())
         return real(self, js)
 
+    def recording_scan(self, js):
+        seen.update(np.asarray(js).tolist())
+        return real_scan(self, js)
+
     monkeypatch.setattr(kb.KernelSubset, "_kernel", recording)
+    monkeypatch.setattr(kb.KernelSubset, "_scan_kernel", recording_scan)
     est = DQNSBLClassifier(gamma=GAMMA, kernel_basis="subset").fit(X, y)
     assert seen == set(range(X.shape[0]))
     assert est.relevance_.size > 0

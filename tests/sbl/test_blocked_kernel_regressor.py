@@ -93,17 +93,23 @@ def test_scans_reach_every_sample(friedman, small_pool, monkeypatch):
     X, y, _, _ = friedman
     seen = set()
     real = kb.KernelSubset._kernel
+    real_scan = kb.KernelSubset._scan_kernel  # the scans' own RBF blocks
     real_design = kb.KernelSubset.gaussian_design
 
     def recording(self, js):
         seen.update(np.asarray(js).tolist())
         return real(self, js)
 
+    def recording_scan(self, js):
+        seen.update(np.asarray(js).tolist())
+        return real_scan(self, js)
+
     def recording_pool(self):
         seen.update(self.pool.tolist())
         return real_design(self)
 
     monkeypatch.setattr(kb.KernelSubset, "_kernel", recording)
+    monkeypatch.setattr(kb.KernelSubset, "_scan_kernel", recording_scan)
     monkeypatch.setattr(kb.KernelSubset, "gaussian_design", recording_pool)
     est = _fit(X, y, kernel_basis="subset")
     assert seen == set(range(X.shape[0]))

@@ -36,6 +36,50 @@ def test_weighted_column_moments(Phi, readonly):
     np.testing.assert_allclose(ssd, ref_ssd, **_tol(Phi))
 
 
+@pytest.mark.parametrize("moments", [True, False])
+@pytest.mark.parametrize("readonly", [False, True])
+def test_block_column_stats(Phi, readonly, moments):
+    """The fused row-major pass over a scan block (C-ordered; more columns than one thread's
+    group, so several groups and a partial one), with and without the moments."""
+    rng = np.random.default_rng(8)
+    raw = np.ascontiguousarray(np.hstack([Phi] * 7)[:, :75])
+    sw = rng.uniform(0, 2, raw.shape[0])
+    Bw, R = rng.uniform(0, 0.25, (raw.shape[0], 3)), rng.normal(size=(raw.shape[0], 3))
+    P = _readonly(raw) if readonly else raw
+    got = K.block_column_stats(P, sw, Bw, R, moments)
+    ref = naive.block_column_stats(raw.astype(np.float64), sw, Bw, R, moments)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, **_tol(raw))
+    none = np.zeros((raw.shape[0], 0))
+    _amax, _mean, ssd, sq, qr = K.block_column_stats(P, sw, none, none)  # K = 0 classes
+    assert sq.shape == qr.shape == (75, 0)
+    ref_ssd = naive.weighted_column_moments(raw.astype(np.float64), sw)[1]
+    np.testing.assert_allclose(ssd, ref_ssd, **_tol(raw))
+
+
+def test_rbf_exponent_inplace():
+    """Bit for bit scikit-learn's squared-distance arithmetic, clipped at zero, times -gamma."""
+    rng = np.random.default_rng(10)
+    X, Y = rng.normal(size=(41, 6)), rng.normal(size=(9, 6))
+    Y[0] = X[3]  # a zero distance (rounding can make it negative before the clip)
+    xx, yy = (X * X).sum(1), (Y * Y).sum(1)
+    G = X @ Y.T
+    ref = naive.rbf_exponent(G, xx, yy, -0.3)
+    K.rbf_exponent_inplace(G, xx, yy, -0.3)
+    np.testing.assert_array_equal(G, ref)
+    assert G.max() <= 0.0
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_column_products(Phi, readonly):
+    """Per-class products of a column-major block, given as its C-ordered transpose."""
+    rng = np.random.default_rng(9)
+    Bw, R = rng.uniform(0, 0.25, (Phi.shape[0], 2)), rng.normal(size=(Phi.shape[0], 2))
+    P = _readonly(Phi.T) if readonly else Phi.T
+    for a, b in zip(K.column_products(P, Bw, R), naive.column_products(Phi.T, Bw, R)):
+        np.testing.assert_allclose(a, b, **_tol(Phi))
+
+
 @pytest.mark.parametrize("readonly", [False, True])
 def test_dask_block_column_sums(Phi, readonly):
     """The per-chunk moment kernels of the dask design (sums, then squared deviations from the

@@ -309,12 +309,9 @@ def _reference_fit_patches(monkeypatch):
     monkeypatch.setattr(ra, "_block_terms", reference_terms_phi)
 
 
-@pytest.mark.parametrize("classes", [2, 3])
-def test_subset_fit_is_the_scaled_copy_fit(classes, monkeypatch):
-    """A whole subset fit (n = 600, the default pool of 500 and two scans' worth of other
-    samples) ends in the model of the scaled-copy scans and sweeps: the same relevance
-    vectors and iterations, coefficients to 1e-8."""
-    X, y = _classification(600, classes, seed=2)
+def _assert_scaled_copy_fit(X, y, monkeypatch):
+    """The subset fit and the fit with the scaled-copy scans and sweeps: the same relevance
+    vectors and iterations, coefficients and intercepts to 1e-8."""
     params = dict(gamma=0.2, kernel_basis="subset")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -328,19 +325,17 @@ def test_subset_fit_is_the_scaled_copy_fit(classes, monkeypatch):
     assert_allclose(new.intercept_, ref.intercept_, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_subset_fit_is_the_scaled_copy_fit(classes, monkeypatch):
+    """A whole subset fit (n = 600, the default pool of 500 and two scans' worth of other
+    samples) ends in the model of the scaled-copy scans and sweeps: the same relevance
+    vectors and iterations, coefficients to 1e-8."""
+    _assert_scaled_copy_fit(*_classification(600, classes, seed=2), monkeypatch)
+
+
 def test_subset_fit_with_a_small_pool_is_the_scaled_copy_fit(small_pool, monkeypatch):
     """The same with a pool of 40 of 300 samples: several scans add samples."""
-    X, y = _classification(300, 2, seed=1)
-    params = dict(gamma=0.2, kernel_basis="subset")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        new = DQNSBLClassifier(**params).fit(X, y)
-        with monkeypatch.context() as m:
-            _reference_fit_patches(m)
-            ref = DQNSBLClassifier(**params).fit(X, y)
-    assert new.n_iter_ == ref.n_iter_
-    assert_array_equal(new.relevance_, ref.relevance_)
-    assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)
+    _assert_scaled_copy_fit(*_classification(300, 2, seed=1), monkeypatch)
 
 
 def test_regressor_gaussian_scan_is_the_scaled_copy_scan(small_pool, monkeypatch):

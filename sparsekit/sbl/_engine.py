@@ -164,8 +164,9 @@ class PathState:
         # exact phase, bernoulli: per class, the status of the last Newton solve (0 converged,
         # 1 stopped at its iteration cap, 2 converged on a jittered precision)
         self.newton_status = None
-        # exact phase, bernoulli: per class, (basis ids, data Gram matrix) of the last Newton
-        # solve, the next one's chord matrix (:func:`._classifier_solver.exact_step`)
+        # exact phase, bernoulli: per class, (basis ids, data Gram matrix, its curvature weights)
+        # of the last Newton solve, the next one's chord matrix (:func:`._classifier_solver
+        # .exact_step`)
         self.gram = {}
 
 

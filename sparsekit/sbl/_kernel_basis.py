@@ -371,9 +371,16 @@ class KernelSubset:
             # new pool columns: the cached pool blocks no longer match the sweep's blocks
             candidates = self.candidate_columns(design.n_basis)
 
-    def _others(self):
-        """The distinct samples outside the pool (increasing)."""
-        return np.setdiff1d(self.candidates_all, self.pool, assume_unique=True)
+    def _scaled_blocks(self, design, Bw, R, *, center):
+        """The samples outside the pool in blocks of ``SCAN_BLOCK``, each block's kernel columns
+        computed once (:meth:`_scan_kernel`) and scaled by :func:`block_scaling`: yields ``(js,
+        *block_scaling(...))`` for the blocks with a column that is not constant."""
+        others = np.setdiff1d(self.candidates_all, self.pool, assume_unique=True)
+        for start in range(0, others.size, SCAN_BLOCK):
+            js = others[start : start + SCAN_BLOCK]
+            terms = block_scaling(self._scan_kernel(js), self.sw, Bw, R, design, center=center)
+            if terms[4].any():  # keep
+                yield js, *terms
 
     def scan_blocks(self, design, *, center):
         """The samples outside the pool in blocks of ``SCAN_BLOCK``: yields ``(js, Phi_js, s)``,
@@ -381,16 +388,10 @@ class KernelSubset:
         design scales its own (centred when ``center``, unit weighted RMS; float64) and their
         inverse scales. The kernel of a block is computed once and never kept. (The regressor's
         scan; the classifier's, :meth:`scan_products`, never forms the scaled columns.)"""
-        others = self._others()
         none = np.zeros((self.sw.size, 0))
-        for start in range(0, others.size, SCAN_BLOCK):
-            js = others[start : start + SCAN_BLOCK]
-            raw = self._scan_kernel(js)
-            base, inv_scale, scale, offset, keep, _sq, _qr = block_scaling(
-                raw, self.sw, none, none, design, center=center
-            )
-            if not keep.any():
-                continue
+        for js, base, inv_scale, scale, offset, keep, _sq, _qr in self._scaled_blocks(
+            design, none, none, center=center
+        ):
             blk = base[:, keep]
             if center:
                 blk = blk - offset[keep]
@@ -407,15 +408,9 @@ class KernelSubset:
         p)``. One fused pass over each block (:func:`._kernels.block_column_stats`)
         gives the scaling and these products; the scale is applied to them, and to the model
         products, rather than to a copy of the block."""
-        others = self._others()
-        for start in range(0, others.size, SCAN_BLOCK):
-            js = others[start : start + SCAN_BLOCK]
-            raw = self._scan_kernel(js)
-            base, inv_scale, scale, _offset, keep, sq, qr = block_scaling(
-                raw, self.sw, Bw, R, design, center=False
-            )
-            if not keep.any():
-                continue
+        for js, base, inv_scale, scale, _offset, keep, sq, qr in self._scaled_blocks(
+            design, Bw, R, center=False
+        ):
             sc = scale[keep]
             sq = sq[keep] * (sc * sc)[:, None]
             yield js[keep], inv_scale[keep], base, sc, keep, sq, qr[keep] * sc[:, None]

@@ -79,7 +79,14 @@ from ._design import DesignMatrix, column_scaling, moment_divisor
 from ._engine import run_path
 from ._features import distinct_rows, kernel_block, kernel_params
 from ._kernels import block_column_stats, rbf_exponent_inplace
-from ._readmission import CACHE_BYTES, CandidateColumns, _score, choose_additions, sweep_terms
+from ._readmission import (
+    CACHE_BYTES,
+    CandidateColumns,
+    Screen,
+    _score,
+    choose_additions,
+    sweep_terms,
+)
 
 # "auto", classifier: the full kernel up to this many distinct samples. make_classification(n,
 # 20 features, 8 informative), gamma 0.05, seeds 0-2, subset against full: n = 2,500 fit time
@@ -422,12 +429,15 @@ class KernelSubset:
         self.n_scans += 1
         K = T.shape[1]
         Bw, R, models, excluded = sweep_terms(design, state, T, sw)
+        screen = Screen.of(models, design.n_samples)
         found = [[] for _ in range(K)]
         inv_scale = {}
         for js, s, base, scale, keep, sq, Qb in self.scan_products(design, Bw, R):
             inv_scale.update(zip(js.tolist(), s.tolist()))
             _score(
-                js, base, scale, None, sq, Qb, models, excluded, threshold_lambda, found, keep=keep
+                *(js, base, scale, None, sq, Qb, models, excluded, threshold_lambda, found),
+                keep=keep,
+                screen=screen,
             )
         chosen = choose_additions(found, design, per_class=class_scan_additions(self.m0))
         new = {j for j, _k, _lam in chosen}

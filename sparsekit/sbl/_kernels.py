@@ -331,3 +331,23 @@ def rbf_exponent_inplace(G, xx, yy, neg_gamma):
             d = -2.0 * row[j] + xi
             d = d + yy[j]
             row[j] = max(d, 0.0) * neg_gamma
+
+
+@jit
+def float32_copy_range(A):
+    """``A`` (2-D, C-ordered, float64) rounded to float32 in one pass, with the smallest and
+    largest of its entries (NaNs are skipped): the input of a float32 product whose error bound
+    (:func:`._readmission._score`) needs the entries' signs and range."""
+    n, b = A.shape
+    out = np.empty((n, b), dtype=np.float32)
+    lo = np.inf
+    hi = -np.inf
+    for i in range(n):
+        row = A[i]
+        orow = out[i]
+        for j in range(b):
+            v = row[j]
+            orow[j] = v
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return out, lo, hi

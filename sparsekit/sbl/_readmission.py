@@ -37,7 +37,7 @@ from scipy.special import expit
 
 from ..utils._threads import parallel
 from ._constructive import addition_gain
-from ._kernels import block_column_stats, column_products
+from ._kernels import block_column_stats, column_products, float32_copy_range
 
 BLOCK = 256  # candidate columns per block of a sweep
 PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
@@ -45,6 +45,12 @@ SHORTLIST = 64  # candidates per class choose_batched re-tests
 GAIN_TOL = 1e-6  # evidence gain per unit of sample weight below which an addition is noise
 MAX_READMIT = 2  # re-admissions of one (basis, class) pair: the add and delete tests can cycle
 CACHE_BYTES = 64 * 2**20  # kernel candidate columns are kept between sweeps up to this size
+# model products of a block with at least this many multiply-adds are screened in float32 (_score)
+SCREEN_MIN_WORK = 2**24
+_U32 = 2.0**-24  # unit roundoff of float32
+_U64 = 2.0**-53  # and of float64
+_TINY32 = 2.0**-126  # its smallest normal number: the absolute error of a result that underflows
+_F32_SAFE = 1e36  # largest sum of products a float32 product may reach (float32's max: 3.4e38)
 
 
 class CandidateColumns:
@@ -236,13 +242,40 @@ def _block_terms(design, candidates, js, Bw, R):
     return raw, s, shift, sq, Qb
 
 
-def _score(js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, found, keep=None):
+def _score(
+    js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, found, keep=None, screen=None
+):
     """Append ``(gain, basis, precision)`` of the candidates ``js`` worth adding to ``found[k]``.
 
     ``raw`` holds the candidates' unscaled columns, or with ``keep`` (a mask over its columns) a
     block whose kept columns are the candidates: the product with the model is taken over the
-    whole block and the dropped columns' rows are left out after it (no copy of the block)."""
+    whole block and the dropped columns' rows are left out after it (no copy of the block).
+    With ``screen`` (:class:`Screen`, from the same ``models``), the model products of a large
+    dense block with non-negative entries are computed in float32 first, and only the candidates
+    that may pass the add test are scored again in float64 (:meth:`Screen.candidates`): the same
+    candidates are found, with the same scores to rounding, for about half the work."""
+    A32 = None
+    if (
+        screen is not None
+        and shift is None
+        and not sp.issparse(raw)
+        and raw.size * screen.width >= max(SCREEN_MIN_WORK, 1)
+    ):
+        # the block as a C-ordered array: raw itself, or the transpose of a column-major one
+        A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
+        if not (lo >= 0.0 and hi <= screen.hi):
+            A32 = None  # a negative entry, or too large for the bound (or only NaNs)
+    cols = np.arange(raw.shape[1]) if keep is None else np.flatnonzero(keep)
     for k, (BP, S) in enumerate(models):
+        if A32 is not None and screen.BP32[k] is not None:
+            C = A32 @ screen.BP32[k] if raw.flags.f_contiguous else A32.T @ screen.BP32[k]
+            sel = screen.candidates(
+                k, C[cols], scale, hi, sq[:, k], Qb[:, k], excluded[k, js], threshold_lambda
+            )
+            C = np.asarray(raw[:, cols[sel]].T @ BP) * scale[sel, None]
+            s = sq[sel, k] - np.einsum("ij,ij->i", C @ S, C)
+            score_class(k, js[sel], s, Qb[sel, k], excluded, threshold_lambda, found)
+            continue
         C = np.asarray(raw.T @ BP)
         if keep is not None and not keep.all():
             C = C[keep]
@@ -251,6 +284,77 @@ def _score(js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, fo
             C = C + np.outer(shift, BP.sum(axis=0))
         s = sq[:, k] - np.einsum("ij,ij->i", C @ S, C)
         score_class(k, js, s, Qb[:, k], excluded, threshold_lambda, found)
+
+
+class Screen:
+    """A sweep's float32 screening of the add test (:func:`_score`), from its ``models`` (per
+    class ``(B Phi_A, Sigma)``) over ``n_rows`` samples.
+
+    For a block of non-negative candidate columns ``raw`` and a non-negative ``B Phi_A`` (RBF
+    kernel columns, uncentred, with the intercept's column of ones), each entry of the float32
+    product ``raw' B Phi_A`` is within ``gamma C + eta`` of the exact one: Higham's bound
+    ``gamma_n = n u / (1 - n u)`` for a dot product of length n in float32 (``u = 2^-24``; any
+    order of summation, so any BLAS), widened for the rounding of the two inputs to float32 and
+    taken relative to the float32 result, and an absolute ``eta`` for entries that underflow.
+    Then ``s = phi' B phi - c' Sigma c`` is within ``D = 2 |Sigma c|' (gamma c + eta) +
+    ||Sigma||_inf ||gamma c + eta||^2`` (plus the float64 rounding of either side) of ``s`` from
+    float64 products, and :meth:`candidates` keeps every candidate for which some ``s`` in
+    ``[s - D, s + D]`` passes the add test. On make_classification (n = 5,000, RBF gamma 0.05,
+    300 iterations of the subset path) it kept 7.4 % of the candidates scored, of which 6.3 %
+    passed; the float32 product takes 0.45 of the float64 one's time (one thread).
+
+    Parameters
+    ----------
+    models : list of (ndarray, ndarray)
+        Per class ``B Phi_A`` (n_rows, m) and ``Sigma`` (m, m).
+    n_rows : int
+        Number of samples (the length of the dot products).
+    """
+
+    def __init__(self, models, n_rows):
+        n = int(n_rows)
+        gamma = (n + 2) * (_U32 + _U64)
+        gamma = gamma / (1.0 - gamma)
+        self.gamma = gamma / (1.0 - gamma)  # relative to the float32 result
+        self.ok = gamma < 0.01  # the bound is of use while n u << 1
+        self.n_rows = n
+        self.width = max((BP.shape[1] for BP, _S in models), default=0)
+        self.BP32, self.s_norm = [], []
+        self.S = [S for _BP, S in models]
+        bp_hi = 0.0
+        for BP, S in models:
+            lo, hi = (float(BP.min()), float(BP.max())) if BP.size else (0.0, 0.0)
+            ok = self.ok and lo >= 0.0 and hi <= _F32_SAFE / n
+            self.BP32.append(BP.astype(np.float32) if ok else None)
+            self.s_norm.append(float(np.abs(S).sum(axis=1).max(initial=0.0)))
+            bp_hi = max(bp_hi, hi if ok else 0.0)
+        self.bp_hi = max(bp_hi, 1.0)
+        self.hi = _F32_SAFE / (n * self.bp_hi)  # largest block entry: no overflow in float32
+
+    @classmethod
+    def of(cls, models, n_rows):
+        """A Screen, or None when no class can be screened."""
+        screen = cls(models, n_rows)
+        return screen if any(b is not None for b in screen.BP32) else None
+
+    def candidates(self, k, C32, scale, raw_hi, sq, q, excluded, threshold_lambda):
+        """Indices of the candidates of class ``k`` that may pass the add test, from the float32
+        products ``C32`` (unscaled, candidates by rows) of a block whose largest entry is
+        ``raw_hi``, the column scales, ``phi' B phi``, ``q`` and the excluded mask."""
+        C = C32.astype(np.float64) * scale[:, None]
+        eta = self.n_rows * _TINY32 * (raw_hi + self.bp_hi + 1.0)
+        err = self.gamma * C + eta * scale[:, None]
+        CS = C @ self.S[k]
+        s = sq - np.einsum("ij,ij->i", CS, C)
+        cc = np.einsum("ij,ij->i", C, C)
+        D = 2.0 * np.einsum("ij,ij->i", np.abs(CS), err)
+        D += self.s_norm[k] * (np.einsum("ij,ij->i", err, err) + 4.0 * (C.shape[1] + 2) * _U64 * cc)
+        D = D * (1.0 + 1e-6) + 4.0 * _U64 * np.abs(sq)
+        s_lo = np.maximum(s - D, 0.0)
+        theta = q * q - s_lo
+        sel = (s + D > 0.0) & (theta > 0.0) & ~excluded
+        sel &= theta * threshold_lambda > s_lo * s_lo
+        return np.flatnonzero(sel)
 
 
 def score_class(k, js, s, q, excluded, threshold_lambda, found):
@@ -385,11 +489,12 @@ def propose_additions(
     K = T.shape[1]
     Bw, R, models, excluded = sweep_terms(design, state, T, sw, likelihood)
     valid = np.flatnonzero(design.inv_scale > 0.0)
+    screen = Screen.of(models, design.n_samples)
     found = [[] for _ in range(K)]  # per class: (gains, basis indices, precisions) per block
     for start in range(0, valid.size, BLOCK):
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)
-        _score(js, *terms, models, excluded, threshold_lambda, found)
+        _score(js, *terms, models, excluded, threshold_lambda, found, screen=screen)
     batch = getattr(candidates, "batch", 1)
     if per_class is None and likelihood == "bernoulli" and batch > 1:
         return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)

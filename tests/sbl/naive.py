@@ -107,3 +107,10 @@ def column_products(rawT, Bw, R):
 
 def rbf_exponent(G, xx, yy, neg_gamma):
     return np.maximum(-2.0 * G + xx[:, None] + yy[None, :], 0.0) * neg_gamma
+
+
+def float32_copy_range(A):
+    A = np.asarray(A, dtype=np.float64)
+    lo = np.nanmin(A) if A.size and not np.isnan(A).all() else np.inf
+    hi = np.nanmax(A) if A.size and not np.isnan(A).all() else -np.inf
+    return A.astype(np.float32), lo, hi

@@ -81,6 +81,23 @@ def test_column_products(Phi, readonly):
 
 
 @pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_float32_copy_range(readonly, order):
+    """The block rounded to float32 and its smallest and largest entries, NaNs skipped; a
+    column-major block is given as its C-ordered transpose, as the screen does."""
+    rng = np.random.default_rng(11)
+    A = rng.normal(size=(37, 11)) * 1e3
+    A[3, 4] = np.nan
+    A = np.asarray(A, order=order)
+    B = A.T if order == "F" else A
+    B = _readonly(B) if readonly else B
+    got, ref = K.float32_copy_range(B), naive.float32_copy_range(B)
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert got[0].dtype == np.float32 and got[0].flags.c_contiguous
+    assert (got[1], got[2]) == (ref[1], ref[2])
+
+
+@pytest.mark.parametrize("readonly", [False, True])
 def test_dask_block_column_sums(Phi, readonly):
     """The per-chunk moment kernels of the dask design (sums, then squared deviations from the
     global mean)."""

@@ -1,0 +1,170 @@
+"""The add test's float32 screening (``_readmission.Screen``, used by ``_score`` in pool sweeps and
+scans): the model products of a non-negative block are computed in float32, and only the
+candidates that may pass by the float32 products' error bound are scored again in float64. These
+tests hold it to the plain float64 scoring: every candidate the float64 products pass is kept
+(candidates built to sit on the test's edge included), the same candidates are found with the same
+scores, blocks it cannot bound fall back to float64, and whole fits end in the same model.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.datasets import make_classification
+
+import sparsekit.sbl._readmission as ra
+from sparsekit.sbl import DQNSBLClassifier
+
+
+def _rbf_problem(n, m, n_cand, seed, *, weight=1.0):
+    """A realistic add-test problem: RBF columns of a model of ``m`` nearby centres (an
+    ill-conditioned ``Sigma`` with large entries of both signs), curvature weights of a fitted
+    logistic model, and candidate columns."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    centres = X[rng.choice(n, m + n_cand, replace=False)]
+    K = np.exp(-0.3 * ((X[:, None, :] - centres[None]) ** 2).sum(-1))
+    Phi = np.hstack([np.ones((n, 1)), K[:, :m] * rng.uniform(0.5, 2.0, m)])
+    raw = np.asfortranarray(K[:, m:])
+    w = rng.normal(size=m + 1)
+    p = 1.0 / (1.0 + np.exp(-Phi @ w))
+    sw = np.full(n, weight)
+    b = sw * p * (1 - p)
+    lam = np.exp(rng.uniform(-3, 3, m + 1))
+    S = np.linalg.inv(Phi.T @ (b[:, None] * Phi) + np.diag(lam))
+    S = (S + S.T) / 2
+    BP = b[:, None] * Phi
+    scale = rng.uniform(0.5, 3.0, n_cand)
+    sq = ((raw * raw).T @ b)[:, None] * (scale * scale)[:, None]
+    C = (raw.T @ BP) * scale[:, None]
+    s = sq[:, 0] - np.einsum("ij,ij->i", C @ S, C)
+    q = rng.normal(size=n_cand) * np.sqrt(np.abs(s)) * rng.uniform(0, 2, n_cand)
+    return raw, scale, sq, q, [(BP, S)], s
+
+
+def _found(found):
+    return [np.concatenate(a) if a else np.zeros(0) for f in found for a in zip(*f)] or None
+
+
+def _score_both(raw, scale, sq, Qb, models, threshold, monkeypatch, keep=None):
+    js = np.arange(sq.shape[0]) + 1000
+    excluded = np.zeros((len(models), 2000), dtype=bool)
+    excluded[0, js[::7]] = True
+    out = {}
+    for key, screen in (("f64", None), ("f32", ra.Screen.of(models, raw.shape[0]))):
+        found = [[] for _ in models]
+        monkeypatch.setattr(ra, "SCREEN_MIN_WORK", 0)
+        ra._score(js, raw, scale, None, sq, Qb, models, excluded, threshold, found, keep, screen)
+        out[key] = _found(found)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("weight", [1.0, 1e4])
+def test_screened_scores_are_the_float64_scores(seed, weight, monkeypatch):
+    """Random RBF problems: the screened ``_score`` finds the float64 candidates, gains and
+    precisions to rounding, and screens out most of the rest."""
+    raw, scale, sq, q, models, _s = _rbf_problem(700, 25, 300, seed, weight=weight)
+    kept = []
+    real = ra.Screen.candidates
+
+    def counting(self, *args):
+        sel = real(self, *args)
+        kept.append(sel.size)
+        return sel
+
+    monkeypatch.setattr(ra.Screen, "candidates", counting)
+    out = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch)
+    assert kept and sum(kept) < 300  # the screen did work
+    assert len(out["f32"]) == len(out["f64"]) == 3
+    gain, js, lam = out["f32"]
+    assert_array_equal(js, out["f64"][1])
+    assert_allclose(gain, out["f64"][0], rtol=1e-9)
+    assert_allclose(lam, out["f64"][2], rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("edge", [1e-9, 1e-6, 1e-4, 1e-2])
+def test_candidates_on_the_edge_of_the_add_test_are_kept(seed, edge, monkeypatch):
+    """Candidates whose ``q^2`` exceeds their float64 ``s`` by a relative ``edge`` (far below the
+    float32 products' error for the smaller ones) pass in float64, so the screen must keep every
+    one of them; and those just below the edge must not be found."""
+    raw, scale, sq, _q, models, s = _rbf_problem(900, 30, 400, seed)
+    assert np.all(s > 0)
+    sign = np.where(np.arange(s.size) % 2 == 0, 1.0, -1.0)
+    q = np.sqrt(s * (1.0 + sign * edge))
+    out = _score_both(raw, scale, sq, q[:, None], models, 1e300, monkeypatch)
+    js_ref = out["f64"][1]
+    assert js_ref.size > 100  # most of the "above" half pass in float64
+    assert_array_equal(out["f32"][1], js_ref)
+    assert np.all((js_ref - 1000) % 2 == 0)
+
+
+def test_keep_mask_and_row_major_blocks(monkeypatch):
+    """A C-ordered block with dropped columns (the scans' blocks) screens the same as float64."""
+    raw, scale, sq, q, models, _s = _rbf_problem(600, 20, 200, 7)
+    keep = np.ones(200, dtype=bool)
+    keep[::5] = False
+    raw_c = np.ascontiguousarray(raw)
+    out = _score_both(raw_c, scale[keep], sq[keep], q[keep, None], models, 1e12, monkeypatch, keep)
+    assert_array_equal(out["f32"][1], out["f64"][1])
+    assert_allclose(out["f32"][0], out["f64"][0], rtol=1e-9)
+
+
+def test_blocks_it_cannot_bound_are_scored_in_float64(monkeypatch):
+    """A block with a negative entry, or entries too large for float32, and a model with a
+    negative entry are not screened: the float64 scores, bit for bit."""
+    raw, scale, sq, q, models, _s = _rbf_problem(500, 15, 100, 3)
+    called = []
+    monkeypatch.setattr(ra.Screen, "candidates", lambda *a: called.append(1))
+    neg = raw.copy()
+    neg[4, 9] = -1e-300
+    big = raw.copy()
+    big[0, 0] = 1e35
+    for block in (neg, big):
+        out = _score_both(block, scale, sq, q[:, None], models, 1e12, monkeypatch)
+        for a, b in zip(out["f32"], out["f64"]):
+            assert_array_equal(a, b)
+    BP, S = models[0]
+    BP = BP.copy()
+    BP[2, 3] = -0.5
+    assert ra.Screen.of([(BP, S)], BP.shape[0]) is None
+    assert not called
+
+
+def _fits(X, y, monkeypatch, **params):
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, work in (("f64", 2**62), ("f32", 0)):
+            monkeypatch.setattr(ra, "SCREEN_MIN_WORK", work)
+            out[key] = DQNSBLClassifier(gamma=0.2, **params).fit(X, y)
+    return out["f32"], out["f64"]
+
+
+@pytest.mark.parametrize("basis, classes", [("subset", 2), ("subset", 3), ("full", 2), ("full", 3)])
+def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch):
+    """Whole fits (subset path with several scans, and the full kernel's re-admission sweeps)
+    with every block screened end in the float64 fit's model: the same relevance vectors and
+    iterations, coefficients to 1e-8; and the screen was used and set candidates aside."""
+    X, y = make_classification(
+        n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=classes,
+        n_clusters_per_class=1, random_state=4,
+    )  # fmt: skip
+    kept, scored = [], []
+    real = ra.Screen.candidates
+
+    def counting(self, k, C32, *args):
+        sel = real(self, k, C32, *args)
+        kept.append(sel.size)
+        scored.append(C32.shape[0])
+        return sel
+
+    monkeypatch.setattr(ra.Screen, "candidates", counting)
+    new, ref = _fits(X, y, monkeypatch, kernel_basis=basis)
+    assert sum(scored) > 0 and sum(kept) < 0.5 * sum(scored)
+    assert new.n_iter_ == ref.n_iter_
+    assert_array_equal(new.relevance_, ref.relevance_)
+    assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)
+    assert_allclose(new.intercept_, ref.intercept_, rtol=1e-8, atol=1e-8)

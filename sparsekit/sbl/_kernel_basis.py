@@ -439,6 +439,8 @@ class KernelSubset:
                 keep=keep,
                 screen=screen,
             )
+        if screen is not None:
+            screen.flush()
         chosen = choose_additions(found, design, per_class=class_scan_additions(self.m0))
         new = {j for j, _k, _lam in chosen}
         if not new:

@@ -47,6 +47,7 @@ MAX_READMIT = 2  # re-admissions of one (basis, class) pair: the add and delete 
 CACHE_BYTES = 64 * 2**20  # kernel candidate columns are kept between sweeps up to this size
 # model products of a block with at least this many multiply-adds are screened in float32 (_score)
 SCREEN_MIN_WORK = 2**24
+RESCORE_COLUMNS = 256  # candidates per class the screen rescores in float64 in one product
 _U32 = 2.0**-24  # unit roundoff of float32
 _U64 = 2.0**-53  # and of float64
 _TINY32 = 2.0**-126  # its smallest normal number: the absolute error of a result that underflows
@@ -252,8 +253,9 @@ def _score(
     whole block and the dropped columns' rows are left out after it (no copy of the block).
     With ``screen`` (:class:`Screen`, from the same ``models``), the model products of a large
     dense block with non-negative entries are computed in float32 first, and only the candidates
-    that may pass the add test are scored again in float64 (:meth:`Screen.candidates`): the same
-    candidates are found, with the same scores to rounding, for about half the work."""
+    that may pass the add test are scored again in float64 (:meth:`Screen.candidates`), in
+    batches of RESCORE_COLUMNS (:meth:`Screen.defer`; the caller calls :meth:`Screen.flush` after
+    its last block): the same candidates are found, with the same scores to rounding."""
     A32 = None
     if (
         screen is not None
@@ -272,9 +274,11 @@ def _score(
             sel = screen.candidates(
                 k, C[cols], scale, hi, sq[:, k], Qb[:, k], excluded[k, js], threshold_lambda
             )
-            C = np.asarray(raw[:, cols[sel]].T @ BP) * scale[sel, None]
-            s = sq[sel, k] - np.einsum("ij,ij->i", C @ S, C)
-            score_class(k, js[sel], s, Qb[sel, k], excluded, threshold_lambda, found)
+            if sel.size:
+                screen.defer(
+                    k, raw[:, cols[sel]], js[sel], scale[sel], sq[sel, k], Qb[sel, k],
+                    (excluded, threshold_lambda, found),
+                )  # fmt: skip
             continue
         C = np.asarray(raw.T @ BP)
         if keep is not None and not keep.all():
@@ -330,6 +334,44 @@ class Screen:
             bp_hi = max(bp_hi, hi if ok else 0.0)
         self.bp_hi = max(bp_hi, 1.0)
         self.hi = _F32_SAFE / (n * self.bp_hi)  # largest block entry: no overflow in float32
+
+        self.BP = [BP for BP, _S in models]
+        self._queue = [[] for _ in models]
+        self._queued = [0] * len(models)
+        self._context = None
+
+    def defer(self, k, raw, js, scale, sq, q, context):
+        """Queue candidates ``js`` of class ``k`` for scoring in float64: their unscaled columns
+        ``raw`` (n-by-len(js), a copy), scales, ``phi' B phi`` and ``q``; ``context`` is
+        ``(excluded, threshold_lambda, found)`` of :func:`_score`. Scores the queue once it holds
+        RESCORE_COLUMNS candidates: one product with the model instead of one per block (a few
+        candidates per block make a thin product, at half the speed of a wide one)."""
+        self._queue[k].append((raw, js, scale, sq, q))
+        self._queued[k] += js.size
+        self._context = context
+        if self._queued[k] >= RESCORE_COLUMNS:
+            self._rescore(k)
+
+    def flush(self):
+        """Score every queued candidate (after the last block of a sweep or scan)."""
+        for k, queue in enumerate(self._queue):
+            if queue:
+                self._rescore(k)
+
+    def _rescore(self, k):
+        queue = self._queue[k]
+        raw = np.empty((self.n_rows, self._queued[k]), order="F")
+        at = 0
+        for cols, *_rest in queue:
+            raw[:, at : at + cols.shape[1]] = cols
+            at += cols.shape[1]
+        js, scale, sq, q = (np.concatenate(a) for a in list(zip(*queue))[1:])
+        self._queue[k] = []
+        self._queued[k] = 0
+        C = np.asarray(raw.T @ self.BP[k]) * scale[:, None]
+        s = sq - np.einsum("ij,ij->i", C @ self.S[k], C)
+        excluded, threshold_lambda, found = self._context
+        score_class(k, js, s, q, excluded, threshold_lambda, found)
 
     @classmethod
     def of(cls, models, n_rows):
@@ -495,6 +537,8 @@ def propose_additions(
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)
         _score(js, *terms, models, excluded, threshold_lambda, found, screen=screen)
+    if screen is not None:
+        screen.flush()
     batch = getattr(candidates, "batch", 1)
     if per_class is None and likelihood == "bernoulli" and batch > 1:
         return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)

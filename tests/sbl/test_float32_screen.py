@@ -56,15 +56,19 @@ def _score_both(raw, scale, sq, Qb, models, threshold, monkeypatch, keep=None):
         found = [[] for _ in models]
         monkeypatch.setattr(ra, "SCREEN_MIN_WORK", 0)
         ra._score(js, raw, scale, None, sq, Qb, models, excluded, threshold, found, keep, screen)
+        if screen is not None:
+            screen.flush()
         out[key] = _found(found)
     return out
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("weight", [1.0, 1e4])
-def test_screened_scores_are_the_float64_scores(seed, weight, monkeypatch):
+@pytest.mark.parametrize("weight, batch", [(1.0, 256), (1e4, 256), (1.0, 7)])
+def test_screened_scores_are_the_float64_scores(seed, weight, batch, monkeypatch):
     """Random RBF problems: the screened ``_score`` finds the float64 candidates, gains and
-    precisions to rounding, and screens out most of the rest."""
+    precisions to rounding (rescored in one product, or in several), and screens out most of
+    the rest."""
+    monkeypatch.setattr(ra, "RESCORE_COLUMNS", batch)
     raw, scale, sq, q, models, _s = _rbf_problem(700, 25, 300, seed, weight=weight)
     kept = []
     real = ra.Screen.candidates
@@ -147,7 +151,9 @@ def _fits(X, y, monkeypatch, **params):
 def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch):
     """Whole fits (subset path with several scans, and the full kernel's re-admission sweeps)
     with every block screened end in the float64 fit's model: the same relevance vectors and
-    iterations, coefficients to 1e-8; and the screen was used and set candidates aside."""
+    iterations, coefficients to 1e-8; and the screen was used and set candidates aside. Small
+    rescoring batches, so that both the batch and the final flush score candidates."""
+    monkeypatch.setattr(ra, "RESCORE_COLUMNS", 16)
     X, y = make_classification(
         n_samples=300, n_features=5, n_informative=4, n_redundant=0, n_classes=classes,
         n_clusters_per_class=1, random_state=4,

@@ -317,6 +317,10 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     p = np.empty(n)
     r = np.empty(n)
     b = np.empty(n)
+    # (loss, gradient) at the current (w, z) when the chord steps ended without moving, with
+    # p, r, b filled there: the Newton loop's first iteration starts from them rather than
+    # recomputing them (an O(n m) product and an O(n) pass of exp and log)
+    here = None
     if G0 is not None and G0.shape == (m, m):
         Hc = np.array(G0, dtype=np.float64)
         Hc[np.diag_indices(m)] += lam
@@ -325,6 +329,7 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
         for _ in range(CHORD_MAX_ITER if Lc is not None else 0):
             loss = _bernoulli_terms(z, t, sw, p, r, b)
             g = Phi.T @ r + lam * w
+            here = (loss, g)
             gmax = float(np.max(np.abs(g), initial=0.0))
             if gmax <= CHORD_GTOL * gtol or gmax > CHORD_RATE * gprev:
                 break
@@ -336,13 +341,18 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
                 break
             w += eta * step
             z += eta * dz
+            here = None
     status = 1
     loss = 0.0
     L = None
     Gd = None
     for it in range(max_iter + 1):
-        loss = _bernoulli_terms(z, t, sw, p, r, b)
-        g = Phi.T @ r + lam * w
+        if here is not None:
+            loss, g = here
+            here = None
+        else:
+            loss = _bernoulli_terms(z, t, sw, p, r, b)
+            g = Phi.T @ r + lam * w
         A = Phi * np.sqrt(b)[:, None]
         Gd = A.T @ A
         del A

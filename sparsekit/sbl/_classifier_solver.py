@@ -178,7 +178,8 @@ def _exact_diag(design, P, sw, likelihood):
 
 # ---------------------------------------------------------------------------------- exact phase
 def _dense_basis(design, state=None):
-    """[1 | Phi_A] (or Phi_A) as a C-contiguous float64 array, for the exact phase only: from
+    """[1 | Phi_A] (or Phi_A) as a contiguous float64 array (:func:`._design.dense_basis`), for
+    the exact phase only: from
     ``state.dense_basis`` (:class:`._design.DenseBasis`) when the design's active set is the one
     it was built from, else built (and kept there). Not to be modified: it is shared with the
     re-admission sweep of the same iteration and with later exact steps on the same design."""

@@ -85,10 +85,10 @@ def column_scaling(mean, ssd, weight_sum, d, *, center, intercept_column):
 
 class DenseBasis:
     """The dense basis ``[1 | Phi_A]`` (``Phi_A`` alone without an intercept column) of a
-    design's current active set, C-contiguous float64, built once and handed out again while
-    the design's active set is the one it was built from.
+    design's current active set, float64 (:func:`dense_basis`), built once and handed out again
+    while the design's active set is the one it was built from.
 
-    The classifier's exact phase needs this copy (its Newton solves take C-ordered rows;
+    The classifier's exact phase needs this copy (its Newton solves take one contiguous array;
     :func:`._classifier_solver._dense_basis`), and so does the re-admission sweep that follows the
     exact step in the same iteration (:func:`._readmission.sweep_terms`); the next exact step needs
     it again when no basis was deleted or added in between. ``PathState.dense_basis`` holds one.
@@ -129,7 +129,9 @@ class DenseBasis:
 
 
 def dense_basis(design):
-    """[1 | Phi_A] (or Phi_A) of ``design`` as a new C-contiguous float64 array."""
+    """[1 | Phi_A] (or Phi_A) of ``design`` as a new contiguous float64 array: column-major for
+    a dense design (``np.hstack`` keeps the layout of the design's buffer), row-major for a
+    sparse one."""
     Pa = np.asarray(design.dense_active(), dtype=np.float64)
     if design.intercept_column:
         return np.hstack([np.ones((design.n_samples, 1)), Pa])

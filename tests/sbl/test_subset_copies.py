@@ -335,29 +335,43 @@ def test_subset_fit_is_the_fit_before_the_change(case, pool_of_60, monkeypatch):
     assert_array_equal(new.decision_function(X), old.decision_function(X))
 
 
-def test_newton_after_chord_steps_is_the_old_loop():
+def test_newton_after_chord_steps_is_the_old_loop(monkeypatch):
     """The BLAS Newton solve with chord steps returns what the loop that recomputed the first
     gradient returned, for chord runs that end at their tolerance, at their rate test, at their
-    iteration cap and without a step."""
+    iteration cap (then the last gradient is stale: recomputed) and without a step; with one
+    pass of the likelihood terms fewer where the chord steps ended at a test."""
     rng = np.random.default_rng(5)
     n, m = 400, 12
     Phi = np.ascontiguousarray(rng.normal(size=(n, m)))
     t = (rng.random(n) < expit(Phi @ rng.normal(size=m))).astype(float)
     sw = np.ones(n)
     lam = np.full(m, 0.5)
-    _w, _l, _S, _ld, _st, (G_mode, _b) = REAL_BLAS_NEWTON(
-        Phi, t, sw, np.zeros(m), lam, 50, 1e-9, 1e-12, 1e-4
-    )
+    gtol = 1e-8 * n  # the exact step's tolerance
+    mode = REAL_BLAS_NEWTON(Phi, t, sw, np.zeros(m), lam, 50, gtol, 1e-12, 1e-4)
+    w_mode, G_mode = mode[0], mode[5][0]
+    terms = []
+    real_terms = CK._bernoulli_terms
+    monkeypatch.setattr(CK, "_bernoulli_terms", lambda *a: (terms.append(1), real_terms(*a))[1])
     starts = {
-        "near the mode (tolerance)": (_w + 1e-3, G_mode),
-        "far (rate or cap)": (np.zeros(m), G_mode),
-        "at the mode (no step)": (_w, G_mode),
+        "near the mode (tolerance)": (w_mode + 1e-3, G_mode),
+        "far (rate)": (np.zeros(m), G_mode),
+        "at the mode": (w_mode, G_mode),
         "poor chord matrix": (np.zeros(m), G_mode * 0.05),
+        "slow chord steps (cap)": (np.zeros(m), G_mode * 0.7),
     }
-    for w0, G0 in starts.values():
-        args = (Phi, t, sw, w0, lam, 50, 1e-9, 1e-12, 1e-4, G0)
-        got, want = REAL_BLAS_NEWTON(*args), reference_newton_blas(*args)
+    calls = {}
+    for name, (w0, G0) in starts.items():
+        args = (Phi, t, sw, w0, lam, 50, gtol, 1e-12, 1e-4, G0)
+        terms.clear()
+        got = REAL_BLAS_NEWTON(*args)
+        calls[name] = len(terms)
+        terms.clear()
+        want = reference_newton_blas(*args)
+        # the chord steps' last gradient is the Newton loop's first unless a step followed it
+        assert calls[name] == len(terms) - (0 if name.endswith("(cap)") else 1)
         for a, b in zip(got[:5], want[:5]):
             assert_array_equal(a, b)
         assert_array_equal(got[5][0], want[5][0])
         assert_array_equal(got[5][1], want[5][1])
+    assert calls["slow chord steps (cap)"] > CK.CHORD_MAX_ITER
+    assert calls["near the mode (tolerance)"] < CK.CHORD_MAX_ITER

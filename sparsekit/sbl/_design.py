@@ -98,7 +98,9 @@ class DenseBasis:
     ``active`` (:meth:`DesignMatrix.compact`, :meth:`DesignMatrix.insert_columns`, the second
     start's swap of designs in :func:`._engine._second_start`) and the entry holds references to
     all three, so their ids cannot be reused while it lives: a changed design never matches, and
-    the basis is built afresh. A deep copy (of a ``PathState``) starts empty.
+    the basis is built afresh. (The offsets and scales of active columns never change once the
+    design is built; the subset path's scans set those of new pool columns only.) A deep copy
+    (of a ``PathState``) starts empty.
     """
 
     def __init__(self):

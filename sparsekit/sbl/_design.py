@@ -83,6 +83,63 @@ def column_scaling(mean, ssd, weight_sum, d, *, center, intercept_column):
     return offset, inv_scale, constant
 
 
+class DenseBasis:
+    """The dense basis ``[1 | Phi_A]`` (``Phi_A`` alone without an intercept column) of a
+    design's current active set, float64 (:func:`dense_basis`), built once and handed out again
+    while the design's active set is the one it was built from.
+
+    The classifier's exact phase needs this copy (its Newton solves take one contiguous array;
+    :func:`._classifier_solver._dense_basis`), and so does the re-admission sweep that follows the
+    exact step in the same iteration (:func:`._readmission.sweep_terms`); the next exact step needs
+    it again when no basis was deleted or added in between. ``PathState.dense_basis`` holds one.
+
+    The entry is keyed by identity: the design object, its ``active`` array and its column buffer
+    (``_Phi``, or ``_B_act`` for a sparse design). Every change of the active columns replaces
+    ``active`` (:meth:`DesignMatrix.compact`, :meth:`DesignMatrix.insert_columns`, the second
+    start's swap of designs in :func:`._engine._second_start`) and the entry holds references to
+    all three, so their ids cannot be reused while it lives: a changed design never matches, and
+    the basis is built afresh. (The offsets and scales of active columns never change once the
+    design is built; the subset path's scans set those of new pool columns only.) A deep copy
+    (of a ``PathState``) starts empty.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._basis = None
+
+    def __deepcopy__(self, memo):
+        return DenseBasis()
+
+    @staticmethod
+    def _key_of(design):
+        buffer = design._B_act if design.sparse else design._Phi
+        return (design, design.active, buffer)
+
+    def get(self, design):
+        """``[1 | Phi_A]`` of ``design`` (do not modify: it is shared until the design changes)."""
+        key = self._key_of(design)
+        if self._key is not None and all(a is b for a, b in zip(self._key, key)):
+            return self._basis
+        self._key = self._basis = None  # release the old basis before building the new one
+        basis = dense_basis(design)
+        self._key, self._basis = key, basis
+        return basis
+
+    def clear(self):
+        """Forget the basis held (its memory is released)."""
+        self._key = self._basis = None
+
+
+def dense_basis(design):
+    """[1 | Phi_A] (or Phi_A) of ``design`` as a new contiguous float64 array: column-major for
+    a dense design (``np.hstack`` keeps the layout of the design's buffer), row-major for a
+    sparse one."""
+    Pa = np.asarray(design.dense_active(), dtype=np.float64)
+    if design.intercept_column:
+        return np.hstack([np.ones((design.n_samples, 1)), Pa])
+    return np.ascontiguousarray(Pa)
+
+
 def _width(v):
     """Number of right-hand sides of a product (1 for a vector)."""
     return 1 if v.ndim == 1 else v.shape[1]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._design import DenseBasis
 from ._kernels import EM, MACKAY, reestimate_lambda
 from ._readmission import apply_additions, joint_delete, propose_additions
 
@@ -168,6 +169,9 @@ class PathState:
         # of the last Newton solve, the next one's chord matrix (:func:`._classifier_solver
         # .exact_step`)
         self.gram = {}
+        # exact phase: [1 | Phi_A] of the design's current active set, shared by the exact step and
+        # the re-admission sweep (:class:`._design.DenseBasis`; rebuilt when the design changes)
+        self.dense_basis = DenseBasis()
 
 
 def free_rows(design):

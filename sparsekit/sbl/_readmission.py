@@ -37,6 +37,7 @@ from scipy.special import expit
 
 from ..utils._threads import parallel
 from ._constructive import addition_gain
+from ._design import dense_basis
 from ._kernels import block_column_stats, column_products, float32_copy_range
 
 BLOCK = 256  # candidate columns per block of a sweep
@@ -102,7 +103,7 @@ class CandidateColumns:
                 missing = ~self._have[pos]
                 if missing.any():
                     cols = np.asarray(self._raw_block(js[missing]), dtype=np.float64)
-                    self._full[:, pos[missing]] = cols
+                    _fill_columns(self._full, pos[missing], cols)
                     self._have[pos[missing]] = True
                 if pos.size and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
                     view = self._full[:, pos[0] : pos[-1] + 1]  # a sweep's blocks are ranges
@@ -120,9 +121,23 @@ class CandidateColumns:
                 self._pos[keys] = np.arange(keys.size)
                 self._full = np.empty((B.shape[0], keys.size), order="F")  # blocks: F views
                 self._have = np.zeros(keys.size, dtype=bool)
-                self._full[:, self._pos[js]] = B
+                _fill_columns(self._full, self._pos[js], B)
                 self._have[self._pos[js]] = True
         return B
+
+
+FILL_ROWS = 512  # rows per block when columns are copied into the column-major cache
+
+
+def _fill_columns(full, pos, cols):
+    """``full[:, pos] = cols`` for the column-major ``full``, in blocks of ``FILL_ROWS`` rows: a
+    row-major ``cols`` (a kernel block) is transposed on the way, and a block's rows stay in the
+    cache while they are written (twice as fast as one assignment at n = 8,000, 256 columns)."""
+    if not cols.flags.c_contiguous:
+        full[:, pos] = cols
+        return
+    for start in range(0, cols.shape[0], FILL_ROWS):
+        full[start : start + FILL_ROWS, pos] = cols[start : start + FILL_ROWS]
 
 
 def joint_delete(sigma_full, coef, lam, lam_new, free, likelihood, cap=None, gamma_floor=0.0):
@@ -485,11 +500,16 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
     """What a sweep needs from the current exact posterior: the curvature weights ``Bw`` and
     residuals ``R`` (n, K), per class the model's ``(B Phi_A, Sigma)`` (with the class-coupled
     softmax blocks, :func:`_softmax_models`), and the (K, n_basis) mask of bases that are not
-    candidates (in the model, or re-admitted MAX_READMIT times already)."""
-    f = 1 if design.intercept_column else 0
-    n, K = T.shape
-    Pa = np.asarray(design.dense_active(), dtype=np.float64)
-    Phi = np.hstack([np.ones((n, 1)), Pa]) if f else Pa
+    candidates (in the model, or re-admitted MAX_READMIT times already).
+
+    ``[1 | Phi_A]`` is the one the exact step of the same iteration built (``state.dense_basis``,
+    :class:`._design.DenseBasis`: built here only when the design changed since), and ``B
+    Phi_A`` is formed by :func:`_weighted_columns`: the same numbers in the same layout as
+    before, without a copy of ``[1 | Phi_A]`` per sweep. (Without an intercept column ``Phi_A``
+    is the design's own column-major view, as before.)"""
+    K = T.shape[1]
+    f = design.intercept_column
+    Phi = _dense_basis(design, state) if f else np.asarray(design.dense_active(), np.float64)
     Z = Phi @ state.coef
     softmax = likelihood == "softmax"
     P = _softmax(Z) if softmax else expit(Z)
@@ -498,8 +518,36 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
     models = _softmax_models(Phi, P, sw, state) if softmax else []
     for k in range(0 if softmax else K):
         idx, S = state.sigma_full[k]
-        models.append((Bw[:, k : k + 1] * Phi[:, idx], S))
+        models.append((_weighted_columns(design, Phi, idx, Bw[:, k]), S))
     return Bw, R, models, excluded_bases(design, state)
+
+
+def _weighted_columns(design, Phi, idx, b):
+    """``b[:, None] * Phi[:, idx]``, column-major as that product is, for ``Phi = [1 | Phi_A]``
+    and increasing ``idx``.
+
+    For a dense design with an intercept column whose model holds the intercept, the columns
+    are multiplied straight from the design's own column-major buffer (a view: ``Phi_A``) into
+    the column-major result, without the copy a fancy index of ``Phi`` makes first (half the
+    time at n = 10,000, m = 190, one thread). The same products of the same numbers, in the same
+    layout (which matters: BLAS takes another path, and rounds differently, for a one-column
+    product with a row-major operand)."""
+    dense = not getattr(design, "sparse", True) and design.intercept_column
+    if not (dense and idx.size and idx[0] == 0):
+        return b[:, None] * Phi[:, idx]
+    out = np.empty((Phi.shape[0], idx.size), order="F")
+    out[:, 0] = b  # b times the intercept column's ones
+    Pa = design.dense_active()
+    cols = Pa if idx.size == Phi.shape[1] else Pa[:, idx[1:] - 1]
+    np.multiply(cols, b[:, None], out=out[:, 1:])
+    return out
+
+
+def _dense_basis(design, state):
+    """[1 | Phi_A] from ``state.dense_basis`` (built and kept there when the design changed),
+    or built afresh for a state without one."""
+    cache = getattr(state, "dense_basis", None)
+    return dense_basis(design) if cache is None else cache.get(design)
 
 
 def propose_additions(

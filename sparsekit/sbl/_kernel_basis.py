@@ -81,6 +81,7 @@ from ._features import distinct_rows, kernel_block, kernel_params
 from ._kernels import block_column_stats, rbf_exponent_inplace
 from ._readmission import (
     CACHE_BYTES,
+    GAIN_TOL,
     CandidateColumns,
     Screen,
     _score,
@@ -429,7 +430,8 @@ class KernelSubset:
         self.n_scans += 1
         K = T.shape[1]
         Bw, R, models, excluded = sweep_terms(design, state, T, sw)
-        screen = Screen.of(models, design.n_samples)
+        top = class_scan_additions(self.m0)
+        screen = Screen.of(models, design.n_samples, top, GAIN_TOL * design.weight_sum)
         found = [[] for _ in range(K)]
         inv_scale = {}
         for js, s, base, scale, keep, sq, Qb in self.scan_products(design, Bw, R):
@@ -441,7 +443,7 @@ class KernelSubset:
             )
         if screen is not None:
             screen.flush()
-        chosen = choose_additions(found, design, per_class=class_scan_additions(self.m0))
+        chosen = choose_additions(found, design, per_class=top)
         new = {j for j, _k, _lam in chosen}
         if not new:
             return 0

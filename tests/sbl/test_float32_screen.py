@@ -47,58 +47,111 @@ def _found(found):
     return [np.concatenate(a) if a else np.zeros(0) for f in found for a in zip(*f)] or None
 
 
-def _score_both(raw, scale, sq, Qb, models, threshold, monkeypatch, keep=None):
+def _score_both(
+    raw, scale, sq, Qb, models, threshold, monkeypatch, keep=None, top=None, tol=0.0, width=64
+):
+    """Score the candidates of ``raw`` in blocks of ``width`` columns without and with a screen:
+    the found candidates (gains, indices, precisions) of each, and the screen."""
     js = np.arange(sq.shape[0]) + 1000
     excluded = np.zeros((len(models), 2000), dtype=bool)
     excluded[0, js[::7]] = True
+    monkeypatch.setattr(ra, "SCREEN_MIN_WORK", 0)
+    cols = np.arange(raw.shape[1]) if keep is None else np.flatnonzero(keep)
     out = {}
-    for key, screen in (("f64", None), ("f32", ra.Screen.of(models, raw.shape[0]))):
+    screen = ra.Screen.of(models, raw.shape[0], top, tol)
+    for key, scr in (("f64", None), ("f32", screen)):
         found = [[] for _ in models]
-        monkeypatch.setattr(ra, "SCREEN_MIN_WORK", 0)
-        ra._score(js, raw, scale, None, sq, Qb, models, excluded, threshold, found, keep, screen)
-        if screen is not None:
-            screen.flush()
+        for a in range(0, raw.shape[1], width):
+            block = raw[:, a : a + width]
+            block = np.asfortranarray(block) if raw.flags.f_contiguous else block
+            sub = (cols >= a) & (cols < a + width)
+            kb = None if keep is None else keep[a : a + width]
+            ra._score(
+                *(js[sub], block, scale[sub], None, sq[sub], Qb[sub], models, excluded),
+                *(threshold, found, kb, scr),
+            )
+        if scr is not None:
+            scr.flush()
         out[key] = _found(found)
-    return out
+    return out, screen
+
+
+def _top(found, k, tol=-np.inf):
+    gain, js, _lam = found
+    order = np.argsort(-gain, kind="stable")[:k]
+    order = order[gain[order] > tol]
+    return js[order], gain[order]
 
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("weight, batch", [(1.0, 256), (1e4, 256), (1.0, 7)])
 def test_screened_scores_are_the_float64_scores(seed, weight, batch, monkeypatch):
     """Random RBF problems: the screened ``_score`` finds the float64 candidates, gains and
-    precisions to rounding (rescored in one product, or in several), and screens out most of
-    the rest."""
+    precisions to rounding (rescored in one product, or in several; float32 products in runs
+    of 128 rows), and screens out the rest."""
     monkeypatch.setattr(ra, "RESCORE_COLUMNS", batch)
+    monkeypatch.setattr(ra, "SCREEN_ROWS", 128)
     raw, scale, sq, q, models, _s = _rbf_problem(700, 25, 300, seed, weight=weight)
-    kept = []
-    real = ra.Screen.candidates
-
-    def counting(self, *args):
-        sel = real(self, *args)
-        kept.append(sel.size)
-        return sel
-
-    monkeypatch.setattr(ra.Screen, "candidates", counting)
-    out = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch)
-    assert kept and sum(kept) < 300  # the screen did work
+    out, screen = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch)
+    assert 0 < screen.rescored < 300  # the screen did work
     assert len(out["f32"]) == len(out["f64"]) == 3
     gain, js, lam = out["f32"]
     assert_array_equal(js, out["f64"][1])
-    assert_allclose(gain, out["f64"][0], rtol=1e-9)
-    assert_allclose(lam, out["f64"][2], rtol=1e-9)
+    # float64 to rounding: the rescoring's product has another shape than the blocks', and
+    # near q^2 = s the gain and precision amplify s's rounding (by 1 / (q^2 / s - 1))
+    assert_allclose(gain, out["f64"][0], rtol=1e-5)
+    assert_allclose(lam, out["f64"][2], rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("top", [1, 5, 40])
+@pytest.mark.parametrize("at_tol", [False, True])
+def test_the_best_candidates_are_the_float64_best(seed, top, at_tol, monkeypatch):
+    """With ``top``, the ``top`` best candidates (above ``tol``) are those of the float64
+    scores, with their gains, while far fewer candidates are rescored than pass; small
+    rescoring batches and queue bounds, so that pruning runs between blocks."""
+    monkeypatch.setattr(ra, "BLOCK", 8)
+    raw, scale, sq, q, models, _s = _rbf_problem(800, 25, 600, seed)
+    ref, _ = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch)
+    tol = float(np.median(ref["f64"][0])) if at_tol else 0.0
+    out, screen = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch, None, top, tol)
+    js_ref, g_ref = _top(out["f64"], top, tol)
+    js_new, g_new = _top(out["f32"], top, tol)
+    assert_array_equal(js_new, js_ref)
+    assert_allclose(g_new, g_ref, rtol=1e-5)
+    assert out["f64"][1].size > 100
+    assert screen.rescored < 0.5 * out["f64"][1].size
+
+
+@pytest.mark.parametrize("top", [1, 3, 20])
+def test_near_ties_are_rescored(top, monkeypatch):
+    """Candidates whose gains differ by 1e-8 relative (far inside the float32 bounds) are all
+    rescored, and the best ``top`` are the float64 ones."""
+    raw, scale, sq, _q, models, s = _rbf_problem(700, 20, 300, 5)
+    rng = np.random.default_rng(0)
+    x = 3.0 * (1.0 + 1e-8 * rng.uniform(size=s.size))
+    q = np.sqrt(s * x)
+    out, _ = _score_both(raw, scale, sq, q[:, None], models, 1e300, monkeypatch, None, top)
+    js_ref, g_ref = _top(out["f64"], top)
+    js_new, g_new = _top(out["f32"], top)
+    assert_array_equal(js_new, js_ref)
+    assert_allclose(g_new, g_ref, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("edge", [1e-9, 1e-6, 1e-4, 1e-2])
-def test_candidates_on_the_edge_of_the_add_test_are_kept(seed, edge, monkeypatch):
+@pytest.mark.parametrize("rows", [1024, 97])
+def test_candidates_on_the_edge_of_the_add_test_are_kept(seed, edge, rows, monkeypatch):
     """Candidates whose ``q^2`` exceeds their float64 ``s`` by a relative ``edge`` (far below the
     float32 products' error for the smaller ones) pass in float64, so the screen must keep every
-    one of them; and those just below the edge must not be found."""
+    one of them; and those just below the edge must not be found. With one float32 product over
+    all rows, and with runs of 97 rows summed in float64."""
+    monkeypatch.setattr(ra, "SCREEN_ROWS", rows)
     raw, scale, sq, _q, models, s = _rbf_problem(900, 30, 400, seed)
     assert np.all(s > 0)
     sign = np.where(np.arange(s.size) % 2 == 0, 1.0, -1.0)
     q = np.sqrt(s * (1.0 + sign * edge))
-    out = _score_both(raw, scale, sq, q[:, None], models, 1e300, monkeypatch)
+    out, _ = _score_both(raw, scale, sq, q[:, None], models, 1e300, monkeypatch)
     js_ref = out["f64"][1]
     assert js_ref.size > 100  # most of the "above" half pass in float64
     assert_array_equal(out["f32"][1], js_ref)
@@ -111,7 +164,9 @@ def test_keep_mask_and_row_major_blocks(monkeypatch):
     keep = np.ones(200, dtype=bool)
     keep[::5] = False
     raw_c = np.ascontiguousarray(raw)
-    out = _score_both(raw_c, scale[keep], sq[keep], q[keep, None], models, 1e12, monkeypatch, keep)
+    out, _ = _score_both(
+        raw_c, scale[keep], sq[keep], q[keep, None], models, 1e12, monkeypatch, keep
+    )
     assert_array_equal(out["f32"][1], out["f64"][1])
     assert_allclose(out["f32"][0], out["f64"][0], rtol=1e-9)
 
@@ -127,7 +182,7 @@ def test_blocks_it_cannot_bound_are_scored_in_float64(monkeypatch):
     big = raw.copy()
     big[0, 0] = 1e35
     for block in (neg, big):
-        out = _score_both(block, scale, sq, q[:, None], models, 1e12, monkeypatch)
+        out, _ = _score_both(block, scale, sq, q[:, None], models, 1e12, monkeypatch, width=100)
         for a, b in zip(out["f32"], out["f64"]):
             assert_array_equal(a, b)
     BP, S = models[0]
@@ -163,7 +218,7 @@ def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch
 
     def counting(self, k, C32, *args):
         sel = real(self, k, C32, *args)
-        kept.append(sel.size)
+        kept.append(sel[0].size)
         scored.append(C32.shape[0])
         return sel
 
@@ -174,3 +229,26 @@ def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch
     assert_array_equal(new.relevance_, ref.relevance_)
     assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)
     assert_allclose(new.intercept_, ref.intercept_, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_product_sums_float32_runs_of_rows_in_float64(transposed, monkeypatch):
+    """``Screen.product`` is the float64 sum of float32 products over runs of SCREEN_ROWS rows
+    (the runs its error bound counts), and within that bound of the float64 product."""
+    monkeypatch.setattr(ra, "SCREEN_ROWS", 100)
+    rng = np.random.default_rng(1)
+    n, b, m = 1050, 40, 12
+    raw = rng.uniform(size=(n, b)) * rng.uniform(1e-3, 1e3, b)
+    BP = rng.uniform(size=(n, m)) * rng.uniform(1e-3, 1e3, m)
+    screen = ra.Screen([(BP, np.eye(m))], n)
+    A32 = np.ascontiguousarray(raw.T if transposed else raw).astype(np.float32)
+    got = screen.product(A32, 0, transposed)
+    B32 = BP.astype(np.float32)
+    ref = np.zeros((b, m))
+    for a in range(0, n, 100):
+        blk = A32[:, a : a + 100] if transposed else A32[a : a + 100].T
+        ref += blk @ B32[a : a + 100]
+    assert_array_equal(got, ref)
+    exact = raw.T @ BP
+    assert np.all(np.abs(got - exact) <= screen.gamma * got)
+    assert screen.gamma < 1e-4  # runs of 100 rows, not one product of 1,050

@@ -50,6 +50,7 @@ CACHE_BYTES = 64 * 2**20  # kernel candidate columns are kept between sweeps up 
 SCREEN_MIN_WORK = 2**24
 RESCORE_COLUMNS = 256  # candidates per class the screen rescores in float64 in one product
 SCREEN_ROWS = 1024  # rows per float32 product of the screen, summed in float64 (Screen.product)
+SCREEN_MISSES = 2  # blocks a screen fails to bound (negative entries) before it stops trying
 _U32 = 2.0**-24  # unit roundoff of float32
 _U64 = 2.0**-53  # and of float64
 _TINY32 = 2.0**-126  # its smallest normal number: the absolute error of a result that underflows
@@ -275,6 +276,7 @@ def _score(
     A32 = None
     if (
         screen is not None
+        and screen.misses < SCREEN_MISSES
         and shift is None
         and not sp.issparse(raw)
         and raw.size * screen.width >= max(SCREEN_MIN_WORK, 1)
@@ -283,6 +285,7 @@ def _score(
         A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
         if not (lo >= 0.0 and hi <= screen.hi):
             A32 = None  # a negative entry, or too large for the bound (or only NaNs)
+            screen.misses += 1  # (dense linear features: most blocks have negative entries)
     cols = np.arange(raw.shape[1]) if keep is None else np.flatnonzero(keep)
     for k, (BP, S) in enumerate(models):
         if A32 is not None and screen.BP32[k] is not None:
@@ -365,6 +368,7 @@ class Screen:
         self._queued = [0] * len(models)
         self._context = None
         self.rescored = 0  # candidates scored in float64, for the tests and benchmarks
+        self.misses = 0  # blocks that could not be screened (see SCREEN_MISSES)
 
     def product(self, A32, k, transposed):
         """The float32 products of a block with class ``k``'s ``B Phi_A``, (block columns, m)

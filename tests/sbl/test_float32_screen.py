@@ -252,3 +252,18 @@ def test_product_sums_float32_runs_of_rows_in_float64(transposed, monkeypatch):
     exact = raw.T @ BP
     assert np.all(np.abs(got - exact) <= screen.gamma * got)
     assert screen.gamma < 1e-4  # runs of 100 rows, not one product of 1,050
+
+
+def test_a_screen_stops_trying_after_blocks_it_cannot_bound(monkeypatch):
+    """Blocks with negative entries (dense linear features) are converted to float32 for nothing:
+    after SCREEN_MISSES of them a screen scores the rest in float64 without trying."""
+    raw, scale, sq, q, models, _s = _rbf_problem(500, 15, 320, 2)
+    raw = raw.copy()
+    raw[3, :] = -1e-3  # every block has a negative entry
+    tried = []
+    real = ra.float32_copy_range
+    monkeypatch.setattr(ra, "float32_copy_range", lambda A: tried.append(1) or real(A))
+    out, screen = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch, width=32)
+    assert len(tried) == ra.SCREEN_MISSES == screen.misses
+    for a, b in zip(out["f32"], out["f64"]):
+        assert_array_equal(a, b)

@@ -32,7 +32,7 @@ from scipy.linalg import cho_solve
 from scipy.special import expit, log_expit
 
 from ._classifier_kernels import laplace_newton
-from ._design import dense_basis
+from ._design import held_dense_basis
 from ._engine import free_rows
 from ._kernels import dbfgs_update, psb_update
 from ._linalg import cholesky_jittered
@@ -177,18 +177,6 @@ def _exact_diag(design, P, sw, likelihood):
 
 
 # ---------------------------------------------------------------------------------- exact phase
-def _dense_basis(design, state=None):
-    """[1 | Phi_A] (or Phi_A) as a contiguous float64 array (:func:`._design.dense_basis`), for
-    the exact phase only: from
-    ``state.dense_basis`` (:class:`._design.DenseBasis`) when the design's active set is the one
-    it was built from, else built (and kept there). Not to be modified: it is shared with the
-    re-admission sweep of the same iteration and with later exact steps on the same design."""
-    cache = getattr(state, "dense_basis", None)
-    if cache is None:
-        return dense_basis(design)
-    return cache.get(design)
-
-
 def _softmax_hessian(Phi, P, sw, mask, lam_flat):
     """Full Laplace precision of the multinomial model over the masked coefficients, ordered
     class-major (class k's active coefficients, then class k+1's)."""
@@ -259,7 +247,7 @@ def exact_step(design, state, T, sw, likelihood):
         from ._dask_laplace import exact_step_chunked
 
         return exact_step_chunked(design, state, T, sw, likelihood)
-    Phi = _dense_basis(design, state)
+    Phi = held_dense_basis(design, state)
     coef, lam, mask = state.coef, state.lam, state.mask
     n_coef, K = coef.shape
     sigma_diag = np.zeros((n_coef, K))

@@ -89,7 +89,7 @@ class DenseBasis:
     while the design's active set is the one it was built from.
 
     The classifier's exact phase needs this copy (its Newton solves take one contiguous array;
-    :func:`._classifier_solver._dense_basis`), and so does the re-admission sweep that follows the
+    :func:`held_dense_basis`), and so does the re-admission sweep that follows the
     exact step in the same iteration (:func:`._readmission.sweep_terms`); the next exact step needs
     it again when no basis was deleted or added in between. ``PathState.dense_basis`` holds one.
 
@@ -125,9 +125,14 @@ class DenseBasis:
         self._key, self._basis = key, basis
         return basis
 
-    def clear(self):
-        """Forget the basis held (its memory is released)."""
-        self._key = self._basis = None
+
+def held_dense_basis(design, state):
+    """[1 | Phi_A] (or Phi_A) of ``design`` from ``state.dense_basis`` (:class:`DenseBasis`: built
+    and kept there when the design changed), or built afresh for a state without one. Not to be
+    modified: it is shared by the exact step, the re-admission sweep of the same iteration and
+    later exact steps on the same design."""
+    cache = getattr(state, "dense_basis", None)
+    return dense_basis(design) if cache is None else cache.get(design)
 
 
 def dense_basis(design):

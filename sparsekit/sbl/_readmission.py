@@ -37,7 +37,7 @@ from scipy.special import expit
 
 from ..utils._threads import parallel
 from ._constructive import addition_gain
-from ._design import dense_basis
+from ._design import held_dense_basis
 from ._kernels import block_column_stats, column_products, float32_copy_range
 
 BLOCK = 256  # candidate columns per block of a sweep
@@ -347,7 +347,6 @@ class Screen:
         gamma = (rows + 2) * _U32 + (n // rows + 3) * _U64
         gamma = gamma / (1.0 - gamma)
         self.gamma = gamma / (1.0 - gamma)  # relative to the computed result
-        self.ok = gamma < 0.01
         self.n_rows = n
         self.top = top
         self.tol = float(tol)
@@ -358,7 +357,7 @@ class Screen:
         bp_hi = 0.0
         for BP, S in models:
             lo, hi = (float(BP.min()), float(BP.max())) if BP.size else (0.0, 0.0)
-            ok = self.ok and lo >= 0.0 and hi <= _F32_SAFE / n
+            ok = gamma < 0.01 and lo >= 0.0 and hi <= _F32_SAFE / n
             self.BP32.append(BP.astype(np.float32) if ok else None)
             self.s_norm.append(float(np.abs(S).sum(axis=1).max(initial=0.0)))
             bp_hi = max(bp_hi, hi if ok else 0.0)
@@ -471,11 +470,12 @@ class Screen:
         screen = cls(models, n_rows, top, tol)
         return screen if any(b is not None for b in screen.BP32) else None
 
-    def candidates(self, k, C32, scale, raw_hi, sq, q, excluded, threshold_lambda):
-        """Indices of the candidates of class ``k`` that may pass the add test, from the float32
-        products ``C32`` (unscaled, candidates by rows) of a block whose largest entry is
-        ``raw_hi``, the column scales, ``phi' B phi``, ``q`` and the excluded mask."""
-        C = C32.astype(np.float64) * scale[:, None]
+    def candidates(self, k, C, scale, raw_hi, sq, q, excluded, threshold_lambda):
+        """Indices of the candidates of class ``k`` that may pass the add test, with lower and
+        upper bounds on their gains, from the products ``C`` of :meth:`product` (unscaled,
+        candidates by rows) of a block whose largest entry is ``raw_hi``, the column scales,
+        ``phi' B phi``, ``q`` and the excluded mask."""
+        C = C * scale[:, None]
         eta = self.n_rows * _TINY32 * (raw_hi + self.bp_hi + 1.0)
         err = self.gamma * C + eta * scale[:, None]
         CS = C @ self.S[k]
@@ -596,7 +596,7 @@ def sweep_terms(design, state, T, sw, likelihood="bernoulli"):
     is the design's own column-major view, as before.)"""
     K = T.shape[1]
     f = design.intercept_column
-    Phi = _dense_basis(design, state) if f else np.asarray(design.dense_active(), np.float64)
+    Phi = held_dense_basis(design, state) if f else np.asarray(design.dense_active(), np.float64)
     Z = Phi @ state.coef
     softmax = likelihood == "softmax"
     P = _softmax(Z) if softmax else expit(Z)
@@ -628,13 +628,6 @@ def _weighted_columns(design, Phi, idx, b):
     cols = Pa if idx.size == Phi.shape[1] else Pa[:, idx[1:] - 1]
     np.multiply(cols, b[:, None], out=out[:, 1:])
     return out
-
-
-def _dense_basis(design, state):
-    """[1 | Phi_A] from ``state.dense_basis`` (built and kept there when the design changed),
-    or built afresh for a state without one."""
-    cache = getattr(state, "dense_basis", None)
-    return dense_basis(design) if cache is None else cache.get(design)
 
 
 def propose_additions(
@@ -679,7 +672,7 @@ def propose_additions(
         screen.flush()
     if batched:
         return choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch)
-    return choose_additions(found, design, PER_SWEEP if per_class is None else per_class)
+    return choose_additions(found, design, top)
 
 
 def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, batch):

@@ -216,10 +216,10 @@ def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch
     kept, scored = [], []
     real = ra.Screen.candidates
 
-    def counting(self, k, C32, *args):
-        sel = real(self, k, C32, *args)
+    def counting(self, k, C, *args):
+        sel = real(self, k, C, *args)
         kept.append(sel[0].size)
-        scored.append(C32.shape[0])
+        scored.append(C.shape[0])
         return sel
 
     monkeypatch.setattr(ra.Screen, "candidates", counting)

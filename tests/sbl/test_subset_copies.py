@@ -31,7 +31,7 @@ from sparsekit.sbl._design import DenseBasis, DesignMatrix, dense_basis
 from sparsekit.sbl._engine import PathState
 
 REAL_SWEEP_TERMS = ra.sweep_terms
-REAL_DENSE_BASIS = cs._dense_basis
+REAL_DENSE_BASIS = cs.held_dense_basis
 REAL_BLAS_NEWTON = CK.laplace_newton_bernoulli_blas
 
 
@@ -310,7 +310,7 @@ def test_sweep_terms_equal_a_fresh_computation_at_every_sweep(case, pool_of_60, 
 
     monkeypatch.setattr(ra, "sweep_terms", checked_sweep)
     monkeypatch.setattr(kb, "sweep_terms", checked_sweep)
-    monkeypatch.setattr(cs, "_dense_basis", checked_basis)
+    monkeypatch.setattr(cs, "held_dense_basis", checked_basis)
     est = _fit(case)
     assert est.n_iter_ > 50
     # every sweep used the basis of the exact step before it; exact steps used the last one's

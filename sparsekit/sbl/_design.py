@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -26,6 +27,9 @@ from ..utils._threads import parallel
 from ._kernels import (
     center_scale_inplace,
     compact_columns_inplace,
+    csc_matmat,
+    csc_rmatmat,
+    csc_select_columns,
     weighted_column_moments,
     weighted_sq_column_norms,
 )
@@ -150,6 +154,49 @@ def _width(v):
     return 1 if v.ndim == 1 else v.shape[1]
 
 
+# Runs of columns a sparse product Phi @ v scatters into separate row buffers (in parallel):
+# about one per SCATTER_PART_NNZ stored entries, at most one per core numba may use (its
+# NUMBA_NUM_THREADS, fixed for the process), with the buffers' reduction (parts * n * k adds) at
+# most a quarter of the product and their memory at most SCATTER_BUFFER_BYTES. The count follows
+# the matrix and the machine, not n_jobs: the sums, and so the fit, are the same with any n_jobs.
+SCATTER_PART_NNZ = 1 << 18
+SCATTER_BUFFER_BYTES = 1 << 27
+
+
+def scatter_parts(nnz, n_rows, k):
+    """Number of column runs of :func:`._kernels.csc_matmat` for a product with ``nnz`` stored
+    entries, ``n_rows`` rows and ``k`` right-hand sides."""
+    rows = max(1, n_rows * k)
+    parts = min(
+        numba.config.NUMBA_NUM_THREADS,
+        nnz // SCATTER_PART_NNZ,
+        nnz // (4 * rows),
+        SCATTER_BUFFER_BYTES // (8 * rows),
+    )
+    return max(1, int(parts))
+
+
+def sparse_matmat(B, V):
+    """``B @ V`` for a CSC matrix ``B`` and a float64 ``V`` of shape (m,) or (m, k), on the fit's
+    threads when the product is large (:func:`._kernels.csc_matmat`)."""
+    V2 = np.ascontiguousarray(V.reshape(V.shape[0], -1))
+    k = V2.shape[1]
+    with parallel(B.nnz * k):
+        out = csc_matmat(
+            B.indptr, B.indices, B.data, V2, B.shape[0], scatter_parts(B.nnz, B.shape[0], k)
+        )
+    return out.ravel() if V.ndim == 1 else out
+
+
+def sparse_rmatmat(B, U):
+    """``B.T @ U`` for a CSC matrix ``B`` and a float64 ``U`` of shape (n,) or (n, k), on the
+    fit's threads when the product is large (:func:`._kernels.csc_rmatmat`)."""
+    U2 = np.ascontiguousarray(U.reshape(U.shape[0], -1))
+    with parallel(B.nnz * U2.shape[1]):
+        out = csc_rmatmat(B.indptr, B.indices, B.data, U2)
+    return out.ravel() if U.ndim == 1 else out
+
+
 class DesignMatrix:
     """Scaled (and optionally centred) basis with an active column set.
 
@@ -263,7 +310,7 @@ class DesignMatrix:
         if self.sparse:
             act = self.active
             vs = v * (self.inv_scale[act] if v.ndim == 1 else self.inv_scale[act][:, None])
-            out = np.asarray(self._B_act @ vs, dtype=np.float64)
+            out = sparse_matmat(self._B_act, vs)
             out -= self.offset[act] @ vs
         else:
             Phi = self._Phi[:, : self.n_active]
@@ -278,7 +325,7 @@ class DesignMatrix:
         u = np.asarray(u, dtype=np.float64)
         if self.sparse:
             act = self.active
-            r = np.asarray(self._B_act.T @ u, dtype=np.float64)
+            r = sparse_rmatmat(self._B_act, u)
             usum = u.sum(axis=0)
             if u.ndim == 1:
                 r = (r - self.offset[act] * usum) * self.inv_scale[act]
@@ -348,7 +395,12 @@ class DesignMatrix:
             return
         idx = np.flatnonzero(keep)
         if self.sparse:
-            self._B_act = self._B_act[:, idx]
+            B = self._B_act
+            with parallel(B.nnz):
+                parts = csc_select_columns(B.indptr, B.indices, B.data, idx)
+            self._B_act = sp.csc_matrix(
+                (parts[2], parts[1], parts[0]), shape=(B.shape[0], idx.size)
+            )
         else:
             compact_columns_inplace(self._Phi, idx)
         self.active = self.active[idx]

@@ -333,21 +333,118 @@ def rbf_exponent_inplace(G, xx, yy, neg_gamma):
             row[j] = max(d, 0.0) * neg_gamma
 
 
-@jit
+@jit(parallel=True)
 def float32_copy_range(A):
     """``A`` (2-D, C-ordered, float64) rounded to float32 in one pass, with the smallest and
     largest of its entries (NaNs are skipped): the input of a float32 product whose error bound
-    (:func:`._readmission._score`) needs the entries' signs and range."""
+    (:func:`._readmission._score`) needs the entries' signs and range. Rows in parallel."""
     n, b = A.shape
     out = np.empty((n, b), dtype=np.float32)
-    lo = np.inf
-    hi = -np.inf
-    for i in range(n):
+    row_lo = np.empty(n, dtype=np.float64)
+    row_hi = np.empty(n, dtype=np.float64)
+    for i in prange(n):
         row = A[i]
         orow = out[i]
+        lo = np.inf
+        hi = -np.inf
         for j in range(b):
             v = row[j]
             orow[j] = v
             lo = min(lo, v)
             hi = max(hi, v)
+        row_lo[i] = lo
+        row_hi[i] = hi
+    lo = np.inf
+    hi = -np.inf
+    for i in range(n):
+        lo = min(lo, row_lo[i])
+        hi = max(hi, row_hi[i])
     return out, lo, hi
+
+
+# ---------------------------------------------------------------------- sparse (CSC) products
+# The linear basis of a sparse X is a CSC matrix (a column is a basis function). scipy's products
+# run on one thread; these run over ``prange``, and their sums are formed in an order that does
+# not depend on the thread count, so a fit gives the same model with any ``n_jobs``. Indices are
+# read as unsigned integers: numba then skips its negative-index wraparound test in the inner
+# loops (with it, one thread was 1.4-2x slower than scipy on IMDB's 6.1M entries; without, the
+# same speed).
+
+
+@jit(parallel=True)
+def csc_rmatmat(indptr, indices, data, U):
+    """``B.T @ U`` for a CSC matrix ``B`` (``indptr``, ``indices``, ``data``) with n rows and
+    ``U`` (n, k): one column's sums per iteration, in the stored order (scipy's ``csr_matvecs``
+    of the transpose adds in the same order, so the result is scipy's to the last bit)."""
+    m = indptr.size - 1
+    k = U.shape[1]
+    out = np.empty((m, k), dtype=np.float64)
+    for j in prange(m):
+        a = np.uint64(indptr[j])
+        b = np.uint64(indptr[j + 1])
+        for c in range(k):
+            acc = 0.0
+            for t in range(a, b):
+                acc += data[t] * U[np.uint64(indices[t]), c]
+            out[j, c] = acc
+    return out
+
+
+@jit(parallel=True)
+def csc_matmat(indptr, indices, data, V, n_rows, parts):
+    """``B @ V`` for a CSC matrix ``B`` with ``n_rows`` rows and ``V`` (m, k): the columns are
+    cut into ``parts`` runs of about equal numbers of entries, each run scatters into its own
+    (n_rows, k) buffer (in parallel), and the buffers are added in run order. The result depends
+    on ``parts`` (the caller's choice from the matrix, not from the thread count); with one part
+    it is scipy's ``csc_matvecs`` to the last bit."""
+    m = indptr.size - 1
+    k = V.shape[1]
+    nnz = indptr[m]
+    cut = np.empty(parts + 1, dtype=np.int64)
+    for p in range(parts + 1):
+        cut[p] = np.searchsorted(indptr, (nnz * p) // parts)
+    cut[0] = 0
+    cut[parts] = m
+    buf = np.zeros((parts, n_rows, k), dtype=np.float64)
+    kk = np.uint64(k)
+    for p in prange(parts):
+        acc = buf[p].reshape(n_rows * k)  # flat: the row-major (i, c) entry at i k + c
+        for j in range(cut[p], cut[p + 1]):
+            a = np.uint64(indptr[j])
+            b = np.uint64(indptr[j + 1])
+            for c in range(k):
+                vjc = V[j, c]
+                cc = np.uint64(c)
+                for t in range(a, b):
+                    acc[np.uint64(indices[t]) * kk + cc] += data[t] * vjc
+    if parts == 1:
+        return buf[0]
+    out = np.empty((n_rows, k), dtype=np.float64)
+    for i in prange(n_rows):
+        for c in range(k):
+            v = buf[0, i, c]
+            for p in range(1, parts):
+                v += buf[p, i, c]
+            out[i, c] = v
+    return out
+
+
+@jit(parallel=True)
+def csc_select_columns(indptr, indices, data, cols):
+    """The columns ``cols`` (increasing) of a CSC matrix as new ``(indptr, indices, data)``;
+    copies the entries column by column in parallel."""
+    r = cols.size
+    new_ptr = np.zeros(r + 1, dtype=indptr.dtype)
+    for c in range(r):
+        j = cols[c]
+        new_ptr[c + 1] = new_ptr[c] + (indptr[j + 1] - indptr[j])
+    new_idx = np.empty(new_ptr[r], dtype=indices.dtype)
+    new_dat = np.empty(new_ptr[r], dtype=data.dtype)
+    for c in prange(r):
+        j = cols[c]
+        a = np.uint64(indptr[j])
+        o = np.uint64(new_ptr[c])
+        for t in range(np.uint64(indptr[j + 1]) - a):
+            new_idx[o + t] = indices[a + t]
+            new_dat[o + t] = data[a + t]
+    return new_ptr, new_idx, new_dat

@@ -282,7 +282,10 @@ def _score(
         and raw.size * screen.width >= max(SCREEN_MIN_WORK, 1)
     ):
         # the block as a C-ordered array: raw itself, or the transpose of a column-major one
-        A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
+        # (a numba pass: the fit's threads; the products below stay on one BLAS thread, see
+        # ..utils._threads)
+        with parallel(raw.size):
+            A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
         if not (lo >= 0.0 and hi <= screen.hi):
             A32 = None  # a negative entry, or too large for the bound (or only NaNs)
             screen.misses += 1  # (dense linear features: most blocks have negative entries)

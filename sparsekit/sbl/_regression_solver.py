@@ -26,7 +26,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
 
-from ..utils._threads import parallel
 from ._linalg import cholesky_jittered
 
 BETA_MAX_FACTOR = 1e6  # SparseBayes v2 CONTROLS.BetaMaxFactor: beta <= 1e6 / var(t), var(t) = 1
@@ -74,7 +73,6 @@ class Gaussian:
         self.stop_statistic = "ard" if self.ard else "coefficients"
         self._phit_t = None  # Phi' S t over the active set
         self._gram = None  # Phi' S Phi over the active set (exact phase)
-        self._exact_work = 0  # multiply-adds of one factorisation when the exact phase began
 
     def exact_size(self, design, state):
         return design.n_active
@@ -113,7 +111,6 @@ class Gaussian:
         if self._gram is None:
             self._gram = design.gram(self.sw)
             self._phit_t = design.rmatvec(self.sw * self.t)
-            self._exact_work = design.n_active**3
 
     def _woodbury_now(self, design):
         return self.woodbury and self._gram is None and design.n_active > design.n_samples
@@ -132,10 +129,9 @@ class Gaussian:
             return GaussianStep(mu, float(self.sw @ (e * e)), state.beta, logdet)
         self._psi = None
         self._ensure_gram(design)
-        # O(m^3) factorisations per iteration: the fit's threads for the whole phase when its
-        # first factorisation is large enough
-        with parallel(self._exact_work):
-            mu, sigma, logdet = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
+        # one BLAS thread: OpenBLAS's threaded Cholesky and triangular inverse are slower than
+        # one thread at every size measured (utils._threads, "LAPACK")
+        mu, sigma, logdet = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
         state.coef = mu[:, None]
         state.sigma_diag = np.ascontiguousarray(np.diag(sigma))[:, None]
         e = self.t - design.matvec(mu)
@@ -180,8 +176,7 @@ class Gaussian:
             return
         self._ensure_gram(design)
         if design.n_active > 0:
-            with parallel(self._exact_work):
-                mu, sigma, _ = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
+            mu, sigma, _ = posterior(self._gram, state.beta, state.lam[:, 0], self._phit_t)
             state.coef = mu[:, None]
             state.sigma_full = sigma
             state.sigma_diag = np.diag(sigma).copy()[:, None]

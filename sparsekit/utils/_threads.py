@@ -19,11 +19,29 @@ length-20,000 ``ddot`` takes 10 us on one OpenBLAS thread and 1,460 us on two, a
 
 The thread count of a fit is ``n_jobs`` capped by the cores the load average leaves idle (at least
 one): threads cannot help when every core already has a runnable process.
+
+What a :func:`parallel` block may hold (measured on the idle 2-core machine, OpenBLAS 0.3.31
+with pthreads, numba's OpenMP layer; ``benchmarks/bench_threads.py``):
+
+* numba ``prange`` passes and the sparse basis's products (``_kernels.csc_*``): 1.7-2.2x faster
+  on two threads, the same sums on any number of threads.
+* BLAS-3 products with a long inner dimension over large blocks (the dense design's GEMV/GEMM,
+  kernel blocks): 1.5-1.9x.
+* Not LAPACK on m-by-m matrices. A Cholesky factorisation (``dpotrf``) of m = 166 took 1.0 ms on
+  two threads against 0.12 ms on one; the regressor's Cholesky posterior (``dpotrf``, a
+  triangular inverse, a product) was slower on two threads at every m from 80 (8.2 against
+  0.15 ms) to 1,500 (223 against 213 ms). Inside a block around the classifier's Newton solves
+  the n = 5,000 RBF fit took 57 s against 13.6 s on one thread.
+* Not the subset path's Newton solves and add-test products either: their Gram matrices and
+  float64 products rounded differently on two threads, the path changed (578-604 iterations
+  against 523 at n = 5,000, 883 against 759 at n = 10,000) and the fits were slower (17 s
+  against 13.6 s; 62 s against 54.5 s). They run on one BLAS thread.
 """
 
 from __future__ import annotations
 
 import contextvars
+import math
 import os
 from contextlib import contextmanager
 
@@ -68,7 +86,10 @@ def _load_average() -> float | None:
 def fit_thread_count(n_jobs: int | None) -> int | None:
     """Threads a fit will use for its large passes: ``n_jobs`` (resolved), capped by numba's
     thread limit and by the cores the one-minute load average leaves idle, counting the caller's
-    own core as available (so one busy core on a 2-core machine still allows 2 threads)."""
+    own core as available (so one busy core on a 2-core machine still allows 2 threads) and
+    rounding to the nearest core: the average includes the caller itself (a process that has
+    just fitted on one core shows a load of about 1 plus whatever else ran; at 1.24 on an idle
+    2-core machine, truncating gave one thread)."""
     n = effective_n_jobs(n_jobs)
     if n is None or n == 1:
         return n
@@ -76,7 +97,7 @@ def fit_thread_count(n_jobs: int | None) -> int | None:
     load = _load_average()
     if load is not None:
         cores = os.cpu_count() or 1
-        n = min(n, max(1, int(cores - load + 1.0)))
+        n = min(n, max(1, math.floor(cores - load + 1.5)))
     return n
 
 

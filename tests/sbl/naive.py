@@ -114,3 +114,32 @@ def float32_copy_range(A):
     lo = np.nanmin(A) if A.size and not np.isnan(A).all() else np.inf
     hi = np.nanmax(A) if A.size and not np.isnan(A).all() else -np.inf
     return A.astype(np.float32), lo, hi
+
+
+def _csc_dense(indptr, indices, data, n_rows):
+    """The dense matrix of a CSC triple, column by column."""
+    B = np.zeros((n_rows, len(indptr) - 1))
+    for j in range(B.shape[1]):
+        for t in range(indptr[j], indptr[j + 1]):
+            B[indices[t], j] += data[t]
+    return B
+
+
+def csc_matmat(indptr, indices, data, V, n_rows, parts):
+    return _csc_dense(indptr, indices, data, n_rows) @ V
+
+
+def csc_rmatmat(indptr, indices, data, U):
+    return _csc_dense(indptr, indices, data, U.shape[0]).T @ U
+
+
+def csc_select_columns(indptr, indices, data, cols):
+    ptr = np.concatenate([[0], np.cumsum([indptr[j + 1] - indptr[j] for j in cols])])
+    idx = [indices[indptr[j] : indptr[j + 1]] for j in cols]
+    dat = [data[indptr[j] : indptr[j + 1]] for j in cols]
+    empty = np.zeros(0, dtype=indices.dtype), np.zeros(0, dtype=data.dtype)
+    return (
+        ptr.astype(indptr.dtype),
+        np.concatenate(idx) if idx else empty[0],
+        np.concatenate(dat) if dat else empty[1],
+    )

@@ -261,3 +261,38 @@ def test_pure_python_kernels_match_compiled():
         K.reestimate_lambda.py_func(mu, sig, alpha, 0, 0.0, 0.0, 1e-12, 1e-12),
     ):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sparse_csc_kernels(readonly, dtype):
+    """The sparse basis's products and column selection (CSC triples) against dense products;
+    scipy's own products are compared to the last bit in test_sparse_products.py."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(12)
+    B = sp.random(41, 17, density=0.3, format="csc", random_state=rng, dtype=dtype)
+    keep = np.ones(17, dtype=dtype)
+    keep[5] = 0.0  # an empty column
+    B = sp.csc_matrix(B @ sp.diags(keep))
+    B.eliminate_zeros()
+    ptr, idx, dat = (_readonly(a) if readonly else a for a in (B.indptr, B.indices, B.data))
+    V, U = rng.normal(size=(17, 3)), rng.normal(size=(41, 2))
+    for parts in (1, 2, 5):
+        np.testing.assert_allclose(
+            K.csc_matmat(ptr, idx, dat, V, 41, parts),
+            naive.csc_matmat(ptr, idx, dat, V, 41, parts),
+            rtol=1e-12,
+            atol=1e-12,
+        )
+    np.testing.assert_allclose(
+        K.csc_rmatmat(ptr, idx, dat, U), naive.csc_rmatmat(ptr, idx, dat, U), rtol=1e-12, atol=1e-12
+    )
+    for cols in (np.array([0, 5, 6, 16]), np.arange(17), np.zeros(0, dtype=np.intp)):
+        got, ref = (
+            K.csc_select_columns(ptr, idx, dat, cols),
+            naive.csc_select_columns(ptr, idx, dat, cols),
+        )
+        for a, b in zip(got, ref):
+            np.testing.assert_array_equal(a, b)
+            assert a.dtype == b.dtype

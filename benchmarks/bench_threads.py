@@ -9,7 +9,9 @@ Sections (each writes one table of benchmarks/results/sbl_threads.md):
 
 * ``overhead``: why two threads were 5-8x slower. Per-call wall and CPU microseconds of the
   operations a fit repeats thousands of times, on one and on two threads: a length-n ``ddot``
-  (OpenBLAS), an n x 200 GEMV, and a numba ``prange`` pass over n x 50 and n x 2,000 columns.
+  (OpenBLAS), an n x 200 GEMV, a numba ``prange`` pass over n x 50 and n x 2,000 columns, a
+  LAPACK Cholesky factorisation and the regressor's Cholesky posterior at m = 166 (why m-by-m
+  LAPACK stays on one thread), and the sparse basis's products (numba, and scipy's for scale).
 * ``rbf``: ``DQNSBLClassifier(gamma=0.05)`` on ``make_classification(n, n_features=20,
   n_informative=8, random_state=0)`` with n_jobs=1, n_jobs=2, and n_jobs=2 with the load-average
   cap switched off (two threads whatever the load: what forcing them costs on a busy machine).
@@ -30,12 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
-import numba  # before bench_text sets its one-thread defaults (numba reads them at import)
+# bench_text (imported by the imdb section) sets NUMBA_NUM_THREADS=1 unless it is set; numba
+# rereads that variable at each compilation and refuses a change once its threads run, so the
+# count numba starts with is pinned here, before numba is imported
+os.environ.setdefault("NUMBA_NUM_THREADS", str(os.cpu_count() or 1))
+import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,9 +59,13 @@ def _per_call(fn, calls):
 
 
 def section_overhead(n):
+    import scipy.sparse as sp
+    from scipy.linalg.lapack import dpotrf
     from threadpoolctl import threadpool_limits
 
-    from sparsekit.sbl._kernels import weighted_sq_column_norms
+    from sparsekit.sbl._design import scatter_parts
+    from sparsekit.sbl._kernels import csc_matmat, csc_rmatmat, weighted_sq_column_norms
+    from sparsekit.sbl._regression_solver import posterior
 
     rng = np.random.default_rng(0)
     x, b = rng.random(n), rng.random(n)
@@ -62,11 +73,34 @@ def section_overhead(n):
     v = rng.random(200)
     small = np.asfortranarray(rng.random((n, 50)))
     big = np.asfortranarray(rng.random((n, 2000)))
+    F = rng.random((332, 166))
+    G = F.T @ F + np.eye(166)
+    # a TF-IDF-like sparse basis: n rows, 300 entries per row over 300,000 columns
+    S = sp.random(n, 300_000, density=1e-3, format="csc", random_state=rng)
+    V, U = rng.random((S.shape[1], 1)), rng.random((n, 1))
+    parts = scatter_parts(S.nnz, n, 1)
     ops = [
         (f"ddot, length {n:,}", lambda: x @ b, 2000),
         (f"GEMV {n:,} x 200", lambda: A @ v, 200),
         (f"numba prange pass {n:,} x 50", lambda: weighted_sq_column_norms(small, b), 200),
         (f"numba prange pass {n:,} x 2,000", lambda: weighted_sq_column_norms(big, b), 5),
+        ("Cholesky (LAPACK dpotrf), m = 166", lambda: dpotrf(G, lower=1), 200),
+        (
+            "regressor's Cholesky posterior, m = 166",
+            lambda: posterior(G, 1.0, np.ones(166), G[0]),
+            50,
+        ),
+        (
+            f"sparse Phi @ v, {n:,} x 300,000, {S.nnz:,} entries (numba)",
+            lambda: csc_matmat(S.indptr, S.indices, S.data, V, n, parts),
+            20,
+        ),
+        (
+            f"sparse Phi.T @ u, {n:,} x 300,000 (numba)",
+            lambda: csc_rmatmat(S.indptr, S.indices, S.data, U),
+            20,
+        ),
+        (f"sparse Phi @ v, {n:,} x 300,000 (scipy, one thread)", lambda: S @ V, 20),
     ]
     rows = []
     old = numba.get_num_threads()

@@ -341,7 +341,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             if subset is not None:
                 subset.fit(design, state, lik, settings, on_iter=on_iter)
             else:
-                candidates = self._candidate_columns(X, design.n_basis)
+                candidates = self._candidate_columns(X, design)
                 run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
                 warnings.warn(
@@ -357,12 +357,14 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         """The subset path of this fit (``kernel_basis``), or None for the full basis."""
         return make_subset(self, X, sw, self._gamma, likelihood)
 
-    def _candidate_columns(self, X, n_basis):
+    def _candidate_columns(self, X, design):
         """Source of the training basis columns, for re-admitting pruned bases."""
+        n_basis = design.n_basis
         if is_dask_array(X):
             return DaskCandidateColumns(X, n_basis)
         if self.kernel is None or self.kernel == "precomputed":
-            B = X.tocsc() if sp.issparse(X) else X
+            # a sparse X: the design's own CSC copy of every column (no second one)
+            B = design.sparse_basis if sp.issparse(X) else X
             return CandidateColumns(lambda js: B[:, js], n_basis)
         gamma = self._gamma
 
@@ -486,8 +488,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             shift = np.broadcast_to(shift, (K,)).astype(np.float64)
         s = design.inv_scale[design.active]
         lam_full = np.full((K, M), np.inf)
-        for (j, k), v in state.pruned_lam.items():
-            lam_full[k, j] = v
+        if state.pruned_lam:  # (column, class) -> precision: hundreds of thousands on text
+            (js, ks), vs = zip(*state.pruned_lam.keys()), list(state.pruned_lam.values())
+            lam_full[np.asarray(ks, dtype=np.intp), np.asarray(js, dtype=np.intp)] = vs
         lam_act = np.where(state.mask[f:], state.lam[f:], np.inf)
         for k in range(K):
             pruned_here = ~state.mask[f:, k]

@@ -27,27 +27,12 @@ from ..utils._threads import parallel
 from ._kernels import (
     center_scale_inplace,
     compact_columns_inplace,
+    csc_column_moments,
     csc_matmat,
     csc_rmatmat,
-    csc_select_columns,
     weighted_column_moments,
     weighted_sq_column_norms,
 )
-
-
-def _sparse_column_moments(B, sw, weight_sum):
-    """Weighted column means and sums of squared deviations of a CSC matrix, without cancellation:
-    deviations are formed on the stored entries, and implicit zeros contribute mean^2 each."""
-    counts = np.diff(B.indptr)
-    cols = np.repeat(np.arange(B.shape[1]), counts)
-    w_nz = sw[B.indices]
-    mean = np.bincount(cols, w_nz * B.data, minlength=B.shape[1]) / weight_sum
-    dev = B.data - mean[cols]
-    ssd = np.bincount(cols, w_nz * dev * dev, minlength=B.shape[1])
-    w_on_nz = np.bincount(cols, w_nz, minlength=B.shape[1])
-    ssd += mean**2 * np.maximum(weight_sum - w_on_nz, 0.0)
-    return mean, ssd
-
 
 _BIG = 1e100
 
@@ -238,7 +223,9 @@ class DesignMatrix:
         d = moment_divisor(amax)
         if self.sparse:
             Bm = self._B if np.all(d == 1.0) else self._B @ sp.diags(1.0 / d)
-            mean, ssd = _sparse_column_moments(sp.csc_matrix(Bm), sw, self.weight_sum)
+            Bm = sp.csc_matrix(Bm)
+            with parallel(Bm.nnz):
+                mean, ssd = csc_column_moments(Bm.indptr, Bm.indices, Bm.data, sw, self.weight_sum)
         else:
             Bm = Phi if np.all(d == 1.0) else np.asfortranarray(Phi / d.astype(Phi.dtype))
             with parallel(2 * Bm.size):
@@ -264,6 +251,12 @@ class DesignMatrix:
                 )
             compact_columns_inplace(Phi, pos)
             self._Phi = Phi
+
+    @property
+    def sparse_basis(self):
+        """Every column of a sparse basis before scaling, CSC (duplicates summed); None for a
+        dense one. Not to be modified."""
+        return self._B if self.sparse else None
 
     # ------------------------------------------------------------------ shape of the active set
     @property
@@ -395,12 +388,7 @@ class DesignMatrix:
             return
         idx = np.flatnonzero(keep)
         if self.sparse:
-            B = self._B_act
-            with parallel(B.nnz):
-                parts = csc_select_columns(B.indptr, B.indices, B.data, idx)
-            self._B_act = sp.csc_matrix(
-                (parts[2], parts[1], parts[0]), shape=(B.shape[0], idx.size)
-            )
+            self._B_act = self._B_act[:, idx]
         else:
             compact_columns_inplace(self._Phi, idx)
         self.active = self.active[idx]

@@ -430,21 +430,28 @@ def csc_matmat(indptr, indices, data, V, n_rows, parts):
 
 
 @jit(parallel=True)
-def csc_select_columns(indptr, indices, data, cols):
-    """The columns ``cols`` (increasing) of a CSC matrix as new ``(indptr, indices, data)``;
-    copies the entries column by column in parallel."""
-    r = cols.size
-    new_ptr = np.zeros(r + 1, dtype=indptr.dtype)
-    for c in range(r):
-        j = cols[c]
-        new_ptr[c + 1] = new_ptr[c] + (indptr[j + 1] - indptr[j])
-    new_idx = np.empty(new_ptr[r], dtype=indices.dtype)
-    new_dat = np.empty(new_ptr[r], dtype=data.dtype)
-    for c in prange(r):
-        j = cols[c]
+def csc_column_moments(indptr, indices, data, sw, weight_sum):
+    """Weighted column means and sums of squared deviations of a CSC matrix without
+    cancellation: deviations are formed on the stored entries, and each implicit zero adds
+    ``mean^2`` times its weight. Columns in parallel; each column's sums in stored order (the
+    numpy ``bincount`` formulation this replaces gives the same bits)."""
+    m = indptr.size - 1
+    mean = np.empty(m, dtype=np.float64)
+    ssd = np.empty(m, dtype=np.float64)
+    for j in prange(m):
         a = np.uint64(indptr[j])
-        o = np.uint64(new_ptr[c])
-        for t in range(np.uint64(indptr[j + 1]) - a):
-            new_idx[o + t] = indices[a + t]
-            new_dat[o + t] = data[a + t]
-    return new_ptr, new_idx, new_dat
+        b = np.uint64(indptr[j + 1])
+        s = 0.0
+        w_on = 0.0
+        for t in range(a, b):
+            w = sw[np.uint64(indices[t])]
+            s += w * data[t]
+            w_on += w
+        mu = s / weight_sum
+        acc = 0.0
+        for t in range(a, b):
+            dev = data[t] - mu
+            acc += sw[np.uint64(indices[t])] * dev * dev
+        mean[j] = mu
+        ssd[j] = acc + mu * mu * max(weight_sum - w_on, 0.0)
+    return mean, ssd

@@ -133,13 +133,14 @@ def csc_rmatmat(indptr, indices, data, U):
     return _csc_dense(indptr, indices, data, U.shape[0]).T @ U
 
 
-def csc_select_columns(indptr, indices, data, cols):
-    ptr = np.concatenate([[0], np.cumsum([indptr[j + 1] - indptr[j] for j in cols])])
-    idx = [indices[indptr[j] : indptr[j + 1]] for j in cols]
-    dat = [data[indptr[j] : indptr[j + 1]] for j in cols]
-    empty = np.zeros(0, dtype=indices.dtype), np.zeros(0, dtype=data.dtype)
-    return (
-        ptr.astype(indptr.dtype),
-        np.concatenate(idx) if idx else empty[0],
-        np.concatenate(dat) if dat else empty[1],
-    )
+def csc_column_moments(indptr, indices, data, sw, weight_sum):
+    """The bincount formulation: per stored entry, then ``mean^2`` per implicit zero."""
+    m = len(indptr) - 1
+    cols = np.repeat(np.arange(m), np.diff(indptr))
+    w_nz = sw[indices]
+    mean = np.bincount(cols, w_nz * data, minlength=m) / weight_sum
+    dev = data - mean[cols]
+    ssd = np.bincount(cols, w_nz * dev * dev, minlength=m)
+    w_on_nz = np.bincount(cols, w_nz, minlength=m)
+    ssd += mean**2 * np.maximum(weight_sum - w_on_nz, 0.0)
+    return mean, ssd

@@ -374,3 +374,20 @@ def test_bad_input():
     clf = DQNSBLClassifier().fit(X, y)
     with pytest.raises(ValueError, match="features"):
         clf.predict(X[:, :1])
+
+
+def test_lambda_records_the_precision_at_pruning():
+    """``lambda_`` of a pruned feature is its precision when it was pruned (at or above
+    ``threshold_lambda``; infinite for a delete-test prune); a constant feature, never a basis,
+    is infinite; kept features are below the threshold."""
+    X, y = make_classification(n_samples=200, n_features=40, n_informative=4, random_state=5)
+    X[:, 7] = 1.0
+    clf = DQNSBLClassifier(kernel=None).fit(X, y)
+    lam, off = clf.lambda_[0], clf.coef_[0] == 0
+    assert np.isinf(lam[7])
+    pruned = off.copy()
+    pruned[7] = False
+    assert pruned.sum() > 10
+    assert np.all(lam[pruned] >= clf.threshold_lambda)
+    assert np.isfinite(lam[pruned]).sum() >= 5
+    assert np.all(lam[~off] < clf.threshold_lambda)

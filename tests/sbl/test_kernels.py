@@ -266,7 +266,7 @@ def test_pure_python_kernels_match_compiled():
 @pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sparse_csc_kernels(readonly, dtype):
-    """The sparse basis's products and column selection (CSC triples) against dense products;
+    """The sparse basis's products (CSC triples) against dense products;
     scipy's own products are compared to the last bit in test_sparse_products.py."""
     import scipy.sparse as sp
 
@@ -288,11 +288,22 @@ def test_sparse_csc_kernels(readonly, dtype):
     np.testing.assert_allclose(
         K.csc_rmatmat(ptr, idx, dat, U), naive.csc_rmatmat(ptr, idx, dat, U), rtol=1e-12, atol=1e-12
     )
-    for cols in (np.array([0, 5, 6, 16]), np.arange(17), np.zeros(0, dtype=np.intp)):
-        got, ref = (
-            K.csc_select_columns(ptr, idx, dat, cols),
-            naive.csc_select_columns(ptr, idx, dat, cols),
-        )
-        for a, b in zip(got, ref):
-            np.testing.assert_array_equal(a, b)
-            assert a.dtype == b.dtype
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_csc_column_moments(readonly, dtype):
+    """The sparse basis's weighted column moments: the numpy bincount formulation's bits."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(13)
+    B = sp.random(53, 19, density=0.2, format="csc", random_state=rng, dtype=dtype)
+    B.data = (B.data * 10.0 ** rng.integers(-3, 4, size=B.nnz)).astype(dtype)
+    sw = rng.uniform(0.0, 3.0, 53)
+    sw[:5] = 0.0
+    args = [B.indptr, B.indices, B.data, sw]
+    args = [_readonly(a) for a in args] if readonly else args
+    got = K.csc_column_moments(*args, float(sw.sum()))
+    ref = naive.csc_column_moments(*args, float(sw.sum()))
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])

@@ -1,5 +1,5 @@
 """The sparse linear basis's products on numba threads (issue 9, part 2): ``Phi @ v`` and
-``Phi.T @ u`` of a CSC basis, and its column compaction, against scipy; the same sums whatever
+``Phi.T @ u`` of a CSC basis against scipy; the same sums whatever
 the thread count, so a sparse fit gives the same model with any ``n_jobs``."""
 
 import numba
@@ -11,7 +11,7 @@ from sklearn.datasets import make_classification
 
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
 from sparsekit.sbl import _design
-from sparsekit.sbl._kernels import csc_matmat, csc_rmatmat, csc_select_columns
+from sparsekit.sbl._kernels import csc_matmat, csc_rmatmat
 from sparsekit.utils import _threads
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -77,23 +77,6 @@ def test_kernels_accept_read_only_arrays():
     V.flags.writeable = U.flags.writeable = False
     assert_array_equal(csc_matmat(B.indptr, B.indices, B.data, V, 400, 1), B @ V)
     assert_array_equal(csc_rmatmat(B.indptr, B.indices, B.data, U), B.T @ U)
-    ptr, idx, dat = csc_select_columns(B.indptr, B.indices, B.data, np.arange(0, 60, 2))
-    assert_array_equal(
-        sp.csc_matrix((dat, idx, ptr), shape=(400, 30)).toarray(), B[:, ::2].toarray()
-    )
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_select_columns_matches_scipy_indexing(case):
-    B = _csc(**case)
-    for cols in (np.arange(B.shape[1]), np.arange(0, B.shape[1], 3), np.array([], dtype=np.intp)):
-        ptr, idx, dat = csc_select_columns(B.indptr, B.indices, B.data, cols)
-        got = sp.csc_matrix((dat, idx, ptr), shape=(B.shape[0], cols.size))
-        want = B[:, cols]
-        assert dat.dtype == B.data.dtype and idx.dtype == B.indices.dtype
-        assert_array_equal(got.indptr, want.indptr)
-        assert_array_equal(got.indices, want.indices)
-        assert_array_equal(got.data, want.data)
 
 
 def test_scatter_parts_follow_the_matrix_and_the_machine(monkeypatch):
@@ -188,3 +171,28 @@ def test_sparse_fit_is_the_same_with_one_and_two_threads(monkeypatch, est):
     assert_array_equal(a.coef_ != 0, b.coef_ != 0)
     assert_allclose(a.coef_, b.coef_, rtol=0, atol=1e-10)
     assert_allclose(a.intercept_, b.intercept_, rtol=0, atol=1e-10)
+
+
+def test_sparse_readmission_reads_the_designs_columns(monkeypatch):
+    """Re-admission on a sparse linear basis scores candidates from the design's own CSC copy of
+    X (no second one): the same model as on the dense X, with candidates read in both fits."""
+    from sparsekit.sbl import _readmission
+
+    X, y = make_classification(
+        n_samples=300, n_features=120, n_informative=8, random_state=3, class_sep=0.6
+    )
+    X[np.abs(X) < 1.0] = 0.0
+    calls = []
+    real = _readmission.CandidateColumns.raw
+
+    def spy(self, js):
+        calls.append(len(js))
+        return real(self, js)
+
+    monkeypatch.setattr(_readmission.CandidateColumns, "raw", spy)
+    dense = DQNSBLClassifier(kernel=None).fit(X, y)
+    n_dense = len(calls)
+    sparse = DQNSBLClassifier(kernel=None).fit(sp.csr_matrix(X), y)
+    assert n_dense > 0 and len(calls) > n_dense
+    assert_array_equal(sparse.coef_ != 0, dense.coef_ != 0)
+    assert_allclose(sparse.coef_, dense.coef_, rtol=1e-6, atol=1e-8)

@@ -137,7 +137,12 @@ def table(results):
             continue
         s = svc.get(r["dataset"], {})
         ok = r["status"] == "ok"
-        fit = r["fit_s"] if ok else f"> {r['fit_s']:.0f}"
+        if ok:
+            fit = r["fit_s"]
+        elif r["status"] == "timeout":
+            fit = f"> {r['fit_s']:.0f}"
+        else:  # an error row (a missing data package, ...) carries no time
+            fit = f"error: {r.get('note', '')}"
         mode = r["arm"].split("=")[1]
         n_train = r.get("n_train") or (0 if r["dataset"] == "magic" else int(r["dataset"]))
         path = "subset" if mode == "subset" or n_train > FULL_KERNEL_MAX else "full"
@@ -228,7 +233,8 @@ def main():
         arm, dataset, repeats = args.worker
         worker(arm, dataset, int(repeats))
         return
-    datasets = args.sizes.split(",") + ([] if args.no_magic else ["magic"])
+    # --sizes "" runs magic alone
+    datasets = [s for s in args.sizes.split(",") if s] + ([] if args.no_magic else ["magic"])
     results = []
     for ds in datasets:
         arms = ["SVC", "kernel_basis=auto"]

@@ -23,10 +23,10 @@ one): threads cannot help when every core already has a runnable process.
 What a :func:`parallel` block may hold (measured on the idle 2-core machine, OpenBLAS 0.3.31
 with pthreads, numba's OpenMP layer; ``benchmarks/bench_threads.py``):
 
-* numba ``prange`` passes and the sparse basis's products (``_kernels.csc_*``): 1.7-2.2x faster
-  on two threads, the same sums on any number of threads.
-* BLAS-3 products with a long inner dimension over large blocks (the dense design's GEMV/GEMM,
-  kernel blocks): 1.5-1.9x.
+* numba ``prange`` passes and the sparse basis's products (``_kernels.csc_*``): 1.8-2.3x faster
+  per call on two threads, the same sums on any number of threads.
+* BLAS products over large blocks (the dense design's GEMV, the GEMM of kernel blocks):
+  1.8-2.1x per call.
 * Not LAPACK on m-by-m matrices. A Cholesky factorisation (``dpotrf``) of m = 166 took 1.0 ms on
   two threads against 0.12 ms on one; the regressor's Cholesky posterior (``dpotrf``, a
   triangular inverse, a product) was slower on two threads at every m from 80 (8.2 against

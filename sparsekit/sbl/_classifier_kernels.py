@@ -1,12 +1,14 @@
-"""Numba kernels of the classifier's exact Laplace phase.
+"""Kernels of the classifier's exact Laplace phase.
 
-The exact phase runs hundreds of outer iterations on a few dozen bases, where the Python overhead
-of a numpy/scipy Newton loop (a dozen calls per step) dominates; these kernels do a whole Laplace
-step in one call. Products with the basis are plain loops while small and BLAS (``np.dot``) when
-``n m^2`` is large; the m-by-m algebra (Cholesky, solves, inverse) is plain loops. Each kernel
-has a numpy reference in ``tests/sbl/naive_classifier.py``. The Laplace precision is factorised
-with the jitter ladder of :mod:`._linalg` (its constants are compiled in: after changing them,
-delete ``sparsekit/sbl/__pycache__``).
+The exact phase runs hundreds of outer iterations. On small bases (``n m^2`` up to
+``BLAS_MIN_WORK``) the Python overhead of a numpy/scipy Newton loop (a dozen calls per step)
+dominates, and the numba kernel :func:`laplace_newton_bernoulli` does a whole Laplace step in
+one call, with plain loops for every product and the m-by-m algebra (Cholesky, solves, inverse).
+Above that, :func:`laplace_newton_bernoulli_blas` takes the products to BLAS-3 and LAPACK and
+starts from chord steps on the previous step's Gram matrix; :func:`laplace_newton` chooses. Each
+numba kernel has a numpy reference in ``tests/sbl/naive_classifier.py``. The Laplace precision
+is factorised with the jitter ladder of :mod:`._linalg` (its constants are compiled in: after
+changing them, delete ``sparsekit/sbl/__pycache__``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from scipy.linalg.lapack import dpotrf, dpotri
 from ..utils._numba import jit
 from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 
-BLAS_MIN_WORK = 2e7  # n * m^2 above which the weighted Gram matrix goes to BLAS
+# n * m^2 above which the exact Laplace step is laplace_newton_bernoulli_blas (BLAS, LAPACK and
+# chord steps) rather than the numba kernel. It was 2e7 (the numba kernel's products went to BLAS
+# above it); measured with 3e5 (issue 9, one thread, each fit's median of 7 or 3, the same
+# iterations, relevance vectors and accuracy, log evidence within 1e-6 nats): make_classification
+# (20 features, RBF gamma 0.05) n = 200 0.44 -> 0.2 s, 600 1.63 -> 0.85 s, 1,500 31.7 -> 6 s
+# (1,000 iterations), 2,500 13.7 -> 8.3 s; breast cancer 0.83 -> 0.39 s; make_moons(300)
+# 0.97 -> 0.23 s. The numba kernel forms the Gram matrix at every Newton iterate (3 or more per
+# step) with loops. Between 3e4 and 1e6 the fit times were the same within noise (make_moons
+# with 40, 100, 300 samples: 24-54 ms; below, the BLAS kernel's Python overhead shows: 87 ms
+# against 36 ms at 40 samples with 0).
+BLAS_MIN_WORK = 3e5
 CHORD_MAX_ITER = 10  # chord steps of laplace_newton_bernoulli_blas before its Newton loop
 CHORD_RATE = 0.5  # ... while each step cuts max |gradient| at least by this factor
 CHORD_GTOL = 1e-3  # ... until max |gradient| <= CHORD_GTOL gtol
@@ -128,9 +140,7 @@ def _bernoulli_loss(z, t, sw):
 
 
 @jit
-def _matvec(Phi, w, use_blas):
-    if use_blas:
-        return np.dot(Phi, w)
+def _matvec(Phi, w):
     n, m = Phi.shape
     out = np.zeros(n)
     for i in range(n):
@@ -142,9 +152,7 @@ def _matvec(Phi, w, use_blas):
 
 
 @jit
-def _rmatvec(Phi, r, use_blas):
-    if use_blas:
-        return np.dot(Phi.T, r)
+def _rmatvec(Phi, r):
     n, m = Phi.shape
     out = np.zeros(m)
     for i in range(n):
@@ -155,19 +163,11 @@ def _rmatvec(Phi, r, use_blas):
 
 
 @jit
-def weighted_gram(Phi, b, use_blas):
-    """``Phi' diag(b) Phi`` for a C-contiguous Phi: BLAS for large products, else plain loops.
-
-    Small products stay out of BLAS on purpose: a multi-threaded BLAS on a busy machine costs
-    milliseconds per call on matrices this small.
-    """
+def weighted_gram(Phi, b):
+    """``Phi' diag(b) Phi`` for a C-contiguous Phi, by plain loops over its upper triangle (the
+    kernel's bases are small: no BLAS call, whose overhead, with several threads on a busy
+    machine, is milliseconds per call on matrices this small)."""
     n, m = Phi.shape
-    if use_blas:
-        Pb = np.empty((n, m))
-        for i in range(n):
-            for j in range(m):
-                Pb[i, j] = Phi[i, j] * b[i]
-        return np.dot(Phi.T, Pb)
     G = np.zeros((m, m))
     for i in range(n):
         bi = b[i]
@@ -182,11 +182,11 @@ def weighted_gram(Phi, b, use_blas):
 
 
 @jit
-def _laplace_precision(Phi, b, lam, H, use_blas):
+def _laplace_precision(Phi, b, lam, H):
     """H = Phi' diag(b) Phi + diag(lam), factorised in place; returns the jitter that was needed
     (the ladder of :mod:`._linalg`), or -1.0 when none worked."""
     m = Phi.shape[1]
-    G = weighted_gram(Phi, b, use_blas)
+    G = weighted_gram(Phi, b)
     scale = 1.0
     for j in range(m):
         G[j, j] += lam[j]
@@ -216,9 +216,8 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
     0 (converged), 1 (max_iter reached), 2 (jitter was needed), -1 (H not positive definite).
     """
     n, m = Phi.shape
-    use_blas = n * m * m > BLAS_MIN_WORK
     w = w.copy()
-    z = _matvec(Phi, w, use_blas)
+    z = _matvec(Phi, w)
     p = np.empty(n)
     r = np.empty(n)
     b = np.empty(n)
@@ -227,8 +226,8 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
     loss = 0.0
     for it in range(max_iter + 1):
         loss = _bernoulli_terms(z, t, sw, p, r, b)
-        g = _rmatvec(Phi, r, use_blas) + lam * w
-        jitter = _laplace_precision(Phi, b, lam, H, use_blas)
+        g = _rmatvec(Phi, r) + lam * w
+        jitter = _laplace_precision(Phi, b, lam, H)
         if jitter < 0.0:
             return w, loss, np.full((m, m), np.nan), np.nan, -1
         gmax = 0.0
@@ -240,7 +239,7 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
         if it == max_iter:
             break
         step = cholesky_solve(H, -g)
-        dz = _matvec(Phi, step, use_blas)
+        dz = _matvec(Phi, step)
         smax = 0.0
         wmax = 1.0
         for j in range(m):
@@ -285,18 +284,18 @@ def laplace_newton_bernoulli(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1)
 
 def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1, G0=None):
     """:func:`laplace_newton_bernoulli` with BLAS-3 and LAPACK for the m-by-m algebra: the same
-    Newton iterations, stopping rules, jitter ladder and return values, for bases where ``n m^2``
-    is large (the exact phase of the subset path: n = 10,000 to 100,000 samples, a few hundred
-    bases), plus the data Gram matrix ``Phi' diag(b) Phi`` of the last Newton iterate (a chord
-    matrix for the next call, ``G0``).
+    Newton iterations, stopping rules, jitter ladder and return values, for every basis with
+    ``n m^2`` above ``BLAS_MIN_WORK`` (a few hundred samples and a few dozen bases on), plus the
+    data Gram matrix ``Phi' diag(b) Phi`` of the last Newton iterate (a chord matrix for the next
+    call, ``G0``).
 
-    There the kernel's time is the weighted Gram matrix, and numba's ``np.dot(Phi.T, Pb)`` is a
-    general product (2 n m^2 flops, plus the loop that forms ``Pb``); numpy's ``A.T @ A`` with
-    ``A = sqrt(b) Phi`` is a symmetric rank-k update (n m^2 flops): measured 0.060 s against
-    0.021 s at n = 10,000, m = 190, one thread. The Cholesky factor and inverse are LAPACK's
-    (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Results agree with the
-    numba kernel to rounding. ``Phi`` (n, m) must be contiguous, in either order (the exact step
-    passes the design's column-major [1 | Phi_A], or a row-major copy of a class's columns).
+    The weighted Gram matrix is numpy's ``A.T @ A`` with ``A = sqrt(b) Phi``, a symmetric rank-k
+    update (n m^2 flops; a general product ``np.dot(Phi.T, Pb)`` is 2 n m^2, measured 0.060 s
+    against 0.021 s at n = 10,000, m = 190, one thread). The Cholesky factor and inverse are
+    LAPACK's (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Results agree
+    with the numba kernel to rounding. ``Phi`` (n, m) must be contiguous, in either order (the
+    exact step passes the design's column-major [1 | Phi_A], or a row-major copy of a class's
+    columns).
 
     With ``G0`` (the data Gram of these columns at an earlier mode: the previous exact step's),
     *chord* steps come first: Newton steps with the fixed matrix ``G0 + diag(lam)``, O(n m) each

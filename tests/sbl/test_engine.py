@@ -113,7 +113,7 @@ def test_numba_laplace_kernel_uses_the_same_ladder():
     for shift in (-2e-11, -1e-6):
         lam = np.array([0.5, 0.5, 0.0, shift])
         H = np.empty((4, 4))
-        jitter_numba = CK._laplace_precision(Phi, b, lam, H, False)
+        jitter_numba = CK._laplace_precision(Phi, b, lam, H)
         _, jitter = cholesky_jittered(Phi.T @ (Phi * b[:, None]) + np.diag(lam))
         assert jitter > 0.0
         assert jitter_numba == pytest.approx(jitter, rel=1e-12)

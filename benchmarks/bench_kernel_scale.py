@@ -170,7 +170,7 @@ def table(results):
         if r["dataset"] != "magic" and ok:
             if key in prev:
                 n0, t0 = prev[key]
-                row["growth"] = f"{r['fit_s'] / t0:.2f}× / {int(r['dataset']) / n0:.0f}× n"
+                row["growth"] = f"{r['fit_s'] / t0:.2f}× / {int(r['dataset']) / n0:.3g}× n"
             prev[key] = (int(r["dataset"]), r["fit_s"])
         rows.append(row)
     return rows

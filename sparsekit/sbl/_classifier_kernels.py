@@ -21,15 +21,16 @@ from ..utils._numba import jit
 from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 
 # n * m^2 above which the exact Laplace step is laplace_newton_bernoulli_blas (BLAS, LAPACK and
-# chord steps) rather than the numba kernel. It was 2e7 (the numba kernel's products went to BLAS
-# above it); measured with 3e5 (issue 9, one thread, each fit's median of 7 or 3, the same
-# iterations, relevance vectors and accuracy, log evidence within 1e-6 nats): make_classification
-# (20 features, RBF gamma 0.05) n = 200 0.44 -> 0.2 s, 600 1.63 -> 0.85 s, 1,500 31.7 -> 6 s
-# (1,000 iterations), 2,500 13.7 -> 8.3 s; breast cancer 0.83 -> 0.39 s; make_moons(300)
-# 0.97 -> 0.23 s. The numba kernel forms the Gram matrix at every Newton iterate (3 or more per
-# step) with loops. Between 3e4 and 1e6 the fit times were the same within noise (make_moons
-# with 40, 100, 300 samples: 24-54 ms; below, the BLAS kernel's Python overhead shows: 87 ms
-# against 36 ms at 40 samples with 0).
+# chord steps) rather than the numba kernel, which forms the Gram matrix with loops at every
+# Newton iterate (3 or more per step). It was 2e7 (the numba kernel's products went to BLAS
+# above it). Measured with 3e5 (issue 9's closing note of 2026-12-02 evening; one thread,
+# medians of 3-7 fits; the same iterations, relevance vectors and accuracy, log evidence
+# within 1e-6 nats): make_classification (20 features, RBF gamma 0.05) n = 200 0.44 -> 0.24 s,
+# 600 1.63 -> 0.82 s, 1,500 31.7 -> 6.5 s (1,000 iterations), 2,500 13.9 -> 7.7 s
+# (bench_kernel_scale); breast cancer 0.83 -> 0.34 s; make_moons(300) 0.97 -> 0.23 s; digits
+# 10.7 -> 9.8 s. Between 3e4 and 1e6 the fit times were the same within noise (make_moons with
+# 40, 100, 300 samples: 24-54 ms); with 0 the BLAS kernel's Python overhead shows (87 ms
+# against 36 ms at 40 samples).
 BLAS_MIN_WORK = 3e5
 CHORD_MAX_ITER = 10  # chord steps of laplace_newton_bernoulli_blas before its Newton loop
 CHORD_RATE = 0.5  # ... while each step cuts max |gradient| at least by this factor

@@ -23,14 +23,12 @@ from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 # n * m^2 above which the exact Laplace step is laplace_newton_bernoulli_blas (BLAS, LAPACK and
 # chord steps) rather than the numba kernel, which forms the Gram matrix with loops at every
 # Newton iterate (3 or more per step). It was 2e7 (the numba kernel's products went to BLAS
-# above it). Measured with 3e5 (issue 9's closing note of 2026-12-02 evening; one thread,
-# medians of 3-7 fits; the same iterations, relevance vectors and accuracy, log evidence
-# within 1e-6 nats): make_classification (20 features, RBF gamma 0.05) n = 200 0.44 -> 0.24 s,
-# 600 1.63 -> 0.82 s, 1,500 31.7 -> 6.5 s (1,000 iterations), 2,500 13.9 -> 7.7 s
-# (bench_kernel_scale); breast cancer 0.83 -> 0.34 s; make_moons(300) 0.97 -> 0.23 s; digits
-# 10.7 -> 9.8 s. Between 3e4 and 1e6 the fit times were the same within noise (make_moons with
-# 40, 100, 300 samples: 24-54 ms); with 0 the BLAS kernel's Python overhead shows (87 ms
-# against 36 ms at 40 samples).
+# above it). `python benchmarks/bench_laplace_step.py` (results/sbl_laplace_step.md; one
+# thread): 3e5 against 2e7 took 0.18-0.62x the time on make_classification (RBF) with 200, 600
+# and 1,500 samples, breast cancer and make_moons(300), the same at make_moons(40), with the
+# same iterations, relevance vectors and accuracy (log evidence within 2e-6 nats); 0 doubled
+# the 40-sample fit (the BLAS kernel's Python overhead). Between 3e4 and 1e6 the fits took the
+# same time within noise.
 BLAS_MIN_WORK = 3e5
 CHORD_MAX_ITER = 10  # chord steps of laplace_newton_bernoulli_blas before its Newton loop
 CHORD_RATE = 0.5  # ... while each step cuts max |gradient| at least by this factor

@@ -56,8 +56,11 @@ def environment():
     return info
 
 
-def markdown_table(rows, columns):
-    """Render ``rows`` (list of dicts) as a markdown table with the given (key, header) columns."""
+def markdown_table(rows, columns=None):
+    """Render ``rows`` (list of dicts) as a markdown table with the given (key, header) columns
+    (default: every key of the first row, as its own header)."""
+    if columns is None:
+        columns = [(k, k) for k in rows[0]] if rows else []
     head = "| " + " | ".join(h for _, h in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
     lines = [head, sep]

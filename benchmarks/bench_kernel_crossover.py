@@ -95,11 +95,10 @@ def table(results):
 
 def report(results):
     rows = table(results)
-    cols = [(k, k) for k in rows[0]] if rows else []
     return (
         "DQNSBLClassifier(kernel_basis='full') against 'subset', RBF gamma 0.05, "
         "make_classification(20 features, 8 informative), one thread, single fits "
-        "(`benchmarks/bench_kernel_crossover.py`).\n\n" + markdown_table(rows, cols)
+        "(`benchmarks/bench_kernel_crossover.py`).\n\n" + markdown_table(rows)
     )
 
 

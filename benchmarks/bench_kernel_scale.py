@@ -178,12 +178,11 @@ def table(results):
 
 def report(results):
     rows = table(results)
-    cols = [(k, k) for k in rows[0]] if rows else []
     return (
         "DQNSBLClassifier against SVC, RBF kernel, one thread, each fit in its own process "
         "(`benchmarks/bench_kernel_scale.py`). path: the kernel basis the fit used (full: the "
         "n x n kernel; subset: a pool of 8 sqrt(n) samples and scans over all). growth: fit "
-        "time over the previous size's on the same path.\n\n" + markdown_table(rows, cols)
+        "time over the previous size's on the same path.\n\n" + markdown_table(rows)
     )
 
 

@@ -113,9 +113,8 @@ def main():
         f"arm, arms interleaved. Load average {load0} before, {load_average()} after; wall "
         f"{wall / 60:.1f} min.\n\n"
     )
-    cols = [(k, k) for k in rows[0]]
     payload = {"environment": environment(), "results": raw}
-    write_results(args.name, header + markdown_table(rows, cols), payload)
+    write_results(args.name, header + markdown_table(rows), payload)
 
 
 if __name__ == "__main__":

@@ -141,12 +141,11 @@ def report(results):
                 "raw fit s": ", ".join(f"{t:.1f}" for t in r.get("fit_s_all", [])),
             }
         )
-    cols = [(k, k) for k in rows[0]] if rows else []
     return (
         "DQNSBLRegressor (RBF, gamma 0.05) on Friedman #1 (noise std 1; test MSE on 2,000 "
         "noise-free points), kernel_basis subset against full, with SVR and KernelRidge; one "
         "thread, each fit in its own process (`benchmarks/bench_rvr_scale.py`).\n\n"
-        + markdown_table(rows, cols)
+        + markdown_table(rows)
     )
 
 

@@ -37,6 +37,7 @@ def test_fit_with_chord_steps_is_the_newton_fit(monkeypatch, basis):
     coefficients with the chord steps as without them; and the chord matrices were used."""
     X, y = make_classification(n_samples=400, n_features=6, random_state=1)
     monkeypatch.setattr(CK, "BLAS_MIN_WORK", 0)
+    monkeypatch.setattr(CK, "CHORD_MIN_WORK", 0)
     used = []
     blas = CK.laplace_newton_bernoulli_blas
 

@@ -190,13 +190,18 @@ def test_laplace_newton_blas_matches_the_numba_kernel(case):
 
 def test_laplace_newton_dispatches_large_products_to_blas(monkeypatch):
     calls = []
-    monkeypatch.setattr(CK, "laplace_newton_bernoulli_blas", lambda *a: calls.append("blas"))
-    monkeypatch.setattr(CK, "laplace_newton_bernoulli", lambda *a: calls.append("numba") or ())
+    monkeypatch.setattr(
+        CK, "laplace_newton_bernoulli_blas", lambda *a: calls.append(("blas", a[9] is not None))
+    )
+    monkeypatch.setattr(
+        CK, "laplace_newton_bernoulli", lambda *a: calls.append(("numba", None)) or ()
+    )
     # n m^2: 1e4 and 2.9e5 stay in numba; 6.4e5 (a 400-sample kernel fit's exact phase with 40
-    # bases) and 2.1e7 go to the BLAS kernel with its chord steps
+    # bases) goes to the BLAS kernel without chord steps (the same model with any n_jobs), 2.1e7
+    # with them
     for n, m in [(100, 10), (2900, 10), (400, 40), (2100, 100)]:
-        CK.laplace_newton(np.zeros((n, m)), *([None] * 8))
-    assert calls == ["numba", "numba", "blas", "blas"]
+        CK.laplace_newton(np.zeros((n, m)), *([None] * 8), np.eye(m))
+    assert calls == [("numba", None), ("numba", None), ("blas", False), ("blas", True)]
 
 
 def _chord_problem():

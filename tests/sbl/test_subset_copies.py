@@ -170,6 +170,7 @@ def pool_of_60(monkeypatch):
     monkeypatch.setattr(kb, "SUBSET_MIN", 60)
     monkeypatch.setattr(kb, "SUBSET_MAX", 60)
     monkeypatch.setattr(CK, "BLAS_MIN_WORK", 0)
+    monkeypatch.setattr(CK, "CHORD_MIN_WORK", 0)
 
 
 # ---------------------------------------------------------------- DenseBasis

@@ -24,11 +24,11 @@ from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 # chord steps) rather than the numba kernel, which forms the Gram matrix with loops at every
 # Newton iterate (3 or more per step). It was 2e7 (the numba kernel's products went to BLAS
 # above it). `python benchmarks/bench_laplace_step.py` (results/sbl_laplace_step.md; one
-# thread): 3e5 against 2e7 took 0.18-0.62x the time on make_classification (RBF) with 200, 600
-# and 1,500 samples, breast cancer and make_moons(300), the same at make_moons(40), with the
-# same iterations, relevance vectors and accuracy (log evidence within 2e-6 nats); 0 doubled
-# the 40-sample fit (the BLAS kernel's Python overhead). Between 3e4 and 1e6 the fits took the
-# same time within noise.
+# thread): 3e5 against 2e7 took 0.18-0.48x the time on make_classification (RBF) with 200, 600
+# and 1,500 samples, breast cancer and make_moons(300), the same within noise at
+# make_moons(40), with the same iterations, relevance vectors, accuracy and log evidence; 0
+# doubled the 40-sample fit (the BLAS kernel's Python overhead). Between 3e4 and 1e6 the fits
+# took the same time within noise.
 BLAS_MIN_WORK = 3e5
 # n * m^2 above which the BLAS kernel starts from chord steps (laplace_newton). A chord step
 # converges linearly and stops at a tolerance, so where it stops, and the Gram matrix and Sigma

@@ -13,8 +13,8 @@ Problems:
   data) for both.
 
 Arms: ``DQNSBLClassifier(gamma=..., kernel_basis=...)`` with the default ``"auto"`` (full kernel up
-to 2,000 samples, the subset path beyond), ``"subset"`` forced where it is not the default (n up
-to 2,000: the crossover), and ``SVC(gamma=...)``. Every fit runs in its own subprocess with one
+to 2,500 samples, the subset path beyond), ``"subset"`` forced where it is not the default (n up
+to 2,500: the crossover), and ``SVC(gamma=...)``. Every fit runs in its own subprocess with one
 BLAS/OpenMP/numba thread, after one untimed warm-up fit of the same estimator on 60 samples
 (numba compilation); the timed section is ``fit`` alone. Fits under a minute are repeated (median
 of ``--repeats``), longer ones run once. Peak memory is the worker's peak RSS during the fits
@@ -38,7 +38,7 @@ from _harness import load_average, run_isolated
 
 N_TEST = 2000
 LONG_FIT_S = 60.0  # fits longer than this run once
-FULL_KERNEL_MAX = 2000  # sparsekit.sbl._kernel_basis.FULL_KERNEL_MAX: "auto" path by n
+FULL_KERNEL_MAX = 2500  # sparsekit.sbl._kernel_basis.FULL_KERNEL_MAX: "auto" path by n
 
 
 def load(dataset):

@@ -80,7 +80,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         when no sample outside the model passes Tipping and Faul's add test, the stopping rule of
         the full path. Needs a kernel computed from X (not None or "precomputed"), binary or
         one-vs-rest problems and the exact finish (``exact_switch > 0``). "auto": "subset" for
-        more than 2,000 distinct training samples where it applies, "full" otherwise.
+        more than 2,500 distinct training samples where it applies, "full" otherwise.
     multi_class : {"ovr", "multinomial"}, default="ovr"
         With more than two classes: independent one-vs-rest problems (solved together, each with
         its own precisions and relevance vectors), or one softmax model.

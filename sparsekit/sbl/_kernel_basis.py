@@ -90,17 +90,17 @@ from ._readmission import (
 )
 
 # "auto", classifier: the full kernel up to this many distinct samples.
-# `python benchmarks/bench_kernel_crossover.py` (make_classification, 20 features, RBF gamma 0.05,
-# seeds 0-2, one thread; results/sbl_kernel_crossover.md), subset against full kernel: n = 1,500
-# 0.32-0.91x the time, accuracy -0.25, -0.85, -0.85 pp, log evidence -42.1 (the subset path at
-# max_iter), -5.5, -17.7; n = 2,000 0.29-0.45x, +0.15, +1.0, +0.6 pp, -0.5, -9.8, -1.4; n = 2,500
-# 0.30-0.50x, -0.1, +0.15, -0.85 pp, -1.4, -3.8, +0.4; n = 3,000 0.12-0.22x, -0.05, -0.4,
-# +0.7 pp, +6.8, -3.2, -5.3. 2,000 keeps the full kernel (the reference: the subset path's
-# evidence was lower on every seed there); from 2,500 on the evidence goes both ways and the
-# subset path is 2-8x faster. It was 3,000 while small exact steps ran in the numba kernel
-# (_classifier_kernels.BLAS_MIN_WORK): the same fits at 2,500 then took 21.5/19.8, 12.5/32.4,
-# 9.0/25.2 s.
-FULL_KERNEL_MAX = 2000
+# `python benchmarks/bench_kernel_crossover.py` on c20bd25 (make_classification, 20 features,
+# RBF gamma 0.05, seeds 0-2, one thread; results/sbl_kernel_crossover.md), subset against full
+# kernel: n = 1,500 0.37-0.50x the time, accuracy -0.25, -0.85, -0.85 pp, log evidence -42.1
+# (the subset path at max_iter), -5.5, -17.7; n = 2,000 0.29-0.76x, +0.15, +1.0, +0.6 pp, -0.5,
+# -9.8, -1.4; n = 2,500 0.28-0.62x, -0.1, -0.35, -0.85 pp, -1.4, -7.6, +0.4; n = 3,000
+# 0.12-0.22x, -0.05, -0.4, +0.7 pp, +6.8, -3.2, -5.3. Up to 2,500 the subset path's evidence is
+# lower on most seeds (and at 2,500 its accuracy on all three), so the full kernel, the
+# reference, stays; at 3,000 the subset path is 5-7x faster and the evidence and accuracy go
+# both ways. It was 3,000 while small exact steps ran in the numba kernel
+# (_classifier_kernels.BLAS_MIN_WORK): the full kernel at 2,500 then took 19.8-32.4 s.
+FULL_KERNEL_MAX = 2500
 # "auto", regressor: the full kernel while it takes at most 2 GiB in float64. Its subset path
 # re-settles the constructive path after every scan and was slower than the full kernel where
 # both ran (Friedman #1, gamma 0.05, 1 thread: 2.9x at n=2,000, 9.9x at 5,000, > 4.5x at 10,000;

@@ -20,15 +20,19 @@ Writes ``results/sbl_laplace_step.{md,json}``.
 from __future__ import annotations
 
 import os
+import sys
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ[_var] = "1"
+# --default-threads: the libraries' own thread counts (what n_jobs=None fits get)
+DEFAULT_THREADS = "--default-threads" in sys.argv
+if not DEFAULT_THREADS:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[_var] = "1"
 
 import argparse
 import statistics
-import sys
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,6 +63,11 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--name", default="sbl_laplace_step")
+    p.add_argument(
+        "--default-threads",
+        action="store_true",
+        help="leave BLAS/OpenMP/numba at their own thread counts (n_jobs=None fits)",
+    )
     args = p.parse_args()
     thresholds = [float(v) for v in args.thresholds.split(",")]
 
@@ -72,7 +81,7 @@ def main():
     rows, raw = [], []
     load0 = load_average()
     t_start = time.perf_counter()
-    with threadpool_limits(1):
+    with nullcontext() if DEFAULT_THREADS else threadpool_limits(1):
         for name, X, y, Xt, yt, gamma in problems(args.quick):
             times = {b: [] for b in thresholds}
             fits = {}
@@ -105,11 +114,14 @@ def main():
                 raw.append({**rows[-1], "fit_s_all": times[b]})
                 print(rows[-1], flush=True)
     wall = time.perf_counter() - t_start
+    threads = "the libraries' own thread counts (n_jobs=None)" if DEFAULT_THREADS else "one thread"
     header = (
         f"Classifier exact Laplace step, numba kernel below BLAS_MIN_WORK (n m^2), BLAS kernel "
         f"with chord steps above (`python benchmarks/bench_laplace_step.py "
         f"--thresholds {args.thresholds} --repeats {args.repeats}"
-        f"{' --quick' if args.quick else ''}`); one thread, medians of {args.repeats} fits per "
+        f"{' --quick' if args.quick else ''}{' --default-threads' if DEFAULT_THREADS else ''}`); "
+        f"{threads}, "
+        f"medians of {args.repeats} fits per "
         f"arm, arms interleaved. Load average {load0} before, {load_average()} after; wall "
         f"{wall / 60:.1f} min.\n\n"
     )

@@ -136,7 +136,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         Threads for the large passes over the basis (kernel matrix, products with the basis)
         during fit, and for BLAS and numba during prediction; the small per-step operations of
         a fit always run on one thread. During fit the count is also capped by the cores the
-        load average leaves idle. None keeps the libraries' defaults.
+        load average leaves idle. None keeps the libraries' defaults, except in the exact
+        Laplace steps, which always run on one BLAS thread (their m-by-m LAPACK calls are
+        slower on several).
     verbose : int, default=0
         Print progress (phase, active bases, log-evidence estimate) every iteration when > 0.
 

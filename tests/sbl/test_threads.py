@@ -73,6 +73,24 @@ def test_large_passes_use_n_jobs_threads_and_small_ones_one(monkeypatch, idle_ma
 
 
 @needs_two_threads
+def test_exact_step_runs_on_one_blas_thread_with_default_n_jobs(monkeypatch, rbf_data):
+    """n_jobs=None leaves the libraries' thread counts alone, except in the exact Laplace step:
+    its m-by-m LAPACK and products run on one BLAS thread (on two they made the 600-sample fit
+    twice as slow), and the count is restored after it."""
+    from sparsekit.sbl import _classifier_kernels as CK
+
+    X, y = rbf_data
+    log = []
+    _record(monkeypatch, CK, "laplace_newton_bernoulli_blas", log)
+    with threadpool_limits(limits=2, user_api="blas"):
+        DQNSBLClassifier(gamma=0.1, max_iter=30).fit(X, y)
+        after = _blas_threads()
+    assert log
+    assert all(blas == [1] for _nb, blas in log), log[:3]
+    assert after == [2]
+
+
+@needs_two_threads
 def test_thread_settings_are_restored_after_fit(idle_machine, rbf_data):
     X, y = rbf_data
     numba.set_num_threads(2)  # a setting the fit's own (1 outside parallel passes) differs from

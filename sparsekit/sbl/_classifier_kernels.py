@@ -4,8 +4,9 @@ The exact phase runs hundreds of outer iterations. On small bases (``n m^2`` up 
 ``BLAS_MIN_WORK``) the Python overhead of a numpy/scipy Newton loop (a dozen calls per step)
 dominates, and the numba kernel :func:`laplace_newton_bernoulli` does a whole Laplace step in
 one call, with plain loops for every product and the m-by-m algebra (Cholesky, solves, inverse).
-Above that, :func:`laplace_newton_bernoulli_blas` takes the products to BLAS-3 and LAPACK and
-starts from chord steps on the previous step's Gram matrix; :func:`laplace_newton` chooses. Each
+Above that, :func:`laplace_newton_bernoulli_blas` takes the products to BLAS-3 and LAPACK and,
+above ``CHORD_MIN_WORK``, starts from chord steps on the previous step's Gram matrix;
+:func:`laplace_newton` chooses. Each
 numba kernel has a numpy reference in ``tests/sbl/naive_classifier.py``. The Laplace precision
 is factorised with the jitter ladder of :mod:`._linalg` (its constants are compiled in: after
 changing them, delete ``sparsekit/sbl/__pycache__``).
@@ -34,7 +35,7 @@ BLAS_MIN_WORK = 3e5
 # converges linearly and stops at a tolerance, so where it stops, and the Gram matrix and Sigma
 # formed there, move with the last bits of the basis: on 700 samples the fit with n_jobs=2 (whose
 # diagonal phase's GEMVs run on two BLAS threads and round differently) then differed from the
-# fit with n_jobs=1 by 1.6e-6 in its weights, against 8e-12 with plain Newton steps, which end at
+# fit with n_jobs=1 by 1.6e-6 in its weights, against 4e-12 with plain Newton steps, which end at
 # rounding. Below this bound the Gram matrix is cheap and chord steps saved 0-15 % of the fit
 # (make_classification 600 and 1,500 samples, breast cancer, make_moons(300); one thread,
 # medians of 3), so the small and medium fits keep the same model with any n_jobs; above it

@@ -97,7 +97,7 @@ from ._readmission import (
 # -9.8, -1.4; n = 2,500 0.28-0.62x, -0.1, -0.35, -0.85 pp, -1.4, -7.6, +0.4; n = 3,000
 # 0.12-0.22x, -0.05, -0.4, +0.7 pp, +6.8, -3.2, -5.3. Up to 2,500 the subset path's evidence is
 # lower on most seeds (and at 2,500 its accuracy on all three), so the full kernel, the
-# reference, stays; at 3,000 the subset path is 5-7x faster and the evidence and accuracy go
+# reference, stays; at 3,000 the subset path is 4.6-8.6x faster and the evidence and accuracy go
 # both ways. It was 3,000 while small exact steps ran in the numba kernel
 # (_classifier_kernels.BLAS_MIN_WORK): the full kernel at 2,500 then took 19.8-32.4 s.
 FULL_KERNEL_MAX = 2500

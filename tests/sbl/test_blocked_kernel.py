@@ -230,7 +230,7 @@ def test_auto_switches_to_the_subset_beyond_the_threshold(moons, monkeypatch, fi
 def test_auto_crossover_is_2500_distinct_samples():
     """The default crossover, from bench_kernel_crossover.py (results/sbl_kernel_crossover.md):
     the full kernel up to 2,500 distinct samples (the subset path's evidence was lower on most
-    seeds there), the subset path from 2,501 (5-7x faster at 3,000). The regressor keeps its own
+    seeds there), the subset path from 2,501 (4.6-8.6x faster at 3,000). The regressor keeps its own
     bound (its subset path was slower wherever both ran)."""
     est = DQNSBLClassifier(gamma=GAMMA)
     assert not kb.use_subset(est, 2500, "bernoulli")

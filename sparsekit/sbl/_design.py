@@ -341,7 +341,7 @@ class DesignMatrix:
             Xa = self._B_act
             o = self.offset[act]
             s2 = np.asarray(Xa.multiply(Xa).T @ b).ravel()
-            s1 = np.asarray(Xa.T @ b).ravel()
+            s1 = sparse_rmatmat(Xa, b)
             d = (s2 - 2.0 * o * s1 + o**2 * b.sum()) * self.inv_scale[act] ** 2
         else:
             Phi = self._Phi[:, : self.n_active]
@@ -361,7 +361,7 @@ class DesignMatrix:
             Xa = sp.csc_matrix(self._B_act @ sp.diags(s))
             o = self.offset[act] * s
             XtbX = np.asarray((Xa.T @ Xa.multiply(b[:, None]).tocsc()).toarray(), dtype=np.float64)
-            xb = np.asarray(Xa.T @ b).ravel()
+            xb = sparse_rmatmat(Xa, b)
             G = XtbX - np.outer(o, xb) - np.outer(xb, o) + b.sum() * np.outer(o, o)
             cross = xb - o * b.sum()
         else:

@@ -139,6 +139,10 @@ def test_design_products_match_the_dense_basis():
     assert_allclose(dm.matvec(w[:, 0]), dense @ w[:, 0], rtol=1e-12, atol=1e-10)
     assert_allclose(dm.rmatvec(u), dense.T @ u, rtol=1e-12, atol=1e-10)
     assert_allclose(dm.rmatvec(u[:, 1]), dense.T @ u[:, 1], rtol=1e-12, atol=1e-10)
+    # the exact phase's curvature diagonal and Gram matrix (their Phi' b through sparse_rmatmat)
+    b = rng.uniform(0.05, 0.25, Xs.shape[0])
+    assert_allclose(dm.sq_column_norms(b), (dense * dense).T @ b, rtol=1e-10, atol=1e-10)
+    assert_allclose(dm.gram(b), dense.T @ (dense * b[:, None]), rtol=1e-10, atol=1e-10)
 
 
 @two_numba_threads

@@ -204,9 +204,15 @@ def section_rbf(n, repeats):
     from sparsekit import DQNSBLClassifier
 
     X, y, Xt, yt = rbf_data(n, 2000)
-    res = measure(
-        _thread_arms(lambda j: DQNSBLClassifier(gamma=0.05, n_jobs=j), X, y), repeats=repeats
-    )
+    arms = _thread_arms(lambda j: DQNSBLClassifier(gamma=0.05, n_jobs=j), X, y)
+
+    def warmup():  # numba's kernels compiled (a short subset-path fit), not a whole fit per arm
+        small = DQNSBLClassifier(gamma=0.05, kernel_basis="subset", max_iter=30, n_jobs=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            small.fit(X[:3000], y[:3000])
+
+    res = measure(arms, repeats=repeats, warmup={name: warmup for name in arms})
     return _thread_rows(f"RBF n={n:,}", res, lambda est: float(est.score(Xt, yt)))
 
 

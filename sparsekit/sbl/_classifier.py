@@ -135,10 +135,11 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     n_jobs : int, default=None
         Threads for the large passes over the basis (kernel matrix, products with the basis)
         during fit, and for BLAS and numba during prediction; the small per-step operations of
-        a fit always run on one thread. During fit the count is also capped by the cores the
-        load average leaves idle. None keeps the libraries' defaults, except in the exact
-        Laplace steps, which always run on one BLAS thread (their m-by-m LAPACK calls are
-        slower on several).
+        a fit always run on one thread, and so do the exact Laplace steps (their m-by-m LAPACK
+        calls are slower on several). During fit the count is also capped by the cores the
+        load average leaves idle. None: the libraries' own thread count (every core unless
+        ``OMP_NUM_THREADS``, ``NUMBA_NUM_THREADS`` or a threadpoolctl limit says otherwise)
+        for the large passes of a fit; the libraries' defaults during prediction.
     verbose : int, default=0
         Print progress (phase, active bases, log-evidence estimate) every iteration when > 0.
 

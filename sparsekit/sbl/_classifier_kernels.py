@@ -19,6 +19,8 @@ from scipy.linalg import cho_solve
 from scipy.linalg.lapack import dpotrf, dpotri
 
 from ..utils._numba import jit
+from ..utils._threads import map_blocks, row_runs
+from ._design import dense_matvec, dense_rmatvec
 from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 
 # n * m^2 above which the exact Laplace step is laplace_newton_bernoulli_blas (BLAS, LAPACK and
@@ -300,9 +302,12 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     call, ``G0``).
 
     The weighted Gram matrix is numpy's ``A.T @ A`` with ``A = sqrt(b) Phi``, a symmetric rank-k
-    update (n m^2 flops; a general product ``np.dot(Phi.T, Pb)`` is 2 n m^2, measured 0.060 s
-    against 0.021 s at n = 10,000, m = 190, one thread). The Cholesky factor and inverse are
-    LAPACK's (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Results agree
+    update per run of rows, the runs on the fit's threads (:func:`weighted_gram_runs`;
+    n m^2 flops; a general product ``np.dot(Phi.T, Pb)`` is 2 n m^2, measured 0.060 s against
+    0.021 s at n = 10,000, m = 190, one thread). The Cholesky factor and inverse are
+    LAPACK's (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Its products with ``Phi``
+    are the design's runs of rows (:func:`._design.dense_matvec`, :func:`._design.dense_rmatvec`),
+    on the fit's threads like the Gram matrix. Results agree
     with the numba kernel to rounding. ``Phi`` (n, m) must be contiguous, in either order (the
     exact step passes the design's column-major [1 | Phi_A], or a row-major copy of a class's
     columns).
@@ -325,7 +330,7 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     """
     n, m = Phi.shape
     w = np.array(w, dtype=np.float64)
-    z = Phi @ w
+    z = dense_matvec(Phi, w)
     p = np.empty(n)
     r = np.empty(n)
     b = np.empty(n)
@@ -340,14 +345,14 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
         gprev = np.inf
         for _ in range(CHORD_MAX_ITER if Lc is not None else 0):
             loss = _bernoulli_terms(z, t, sw, p, r, b)
-            g = Phi.T @ r + lam * w
+            g = dense_rmatvec(Phi, r) + lam * w
             here = (loss, g)
             gmax = float(np.max(np.abs(g), initial=0.0))
             if gmax <= CHORD_GTOL * gtol or gmax > CHORD_RATE * gprev:
                 break
             gprev = gmax
             step = -cho_solve((Lc, True), g, check_finite=False)
-            dz = Phi @ step
+            dz = dense_matvec(Phi, step)
             eta = _armijo(z, dz, w, step, lam, t, sw, loss, float(g @ step), c1)
             if eta == 0.0:
                 break
@@ -364,10 +369,8 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
             here = None
         else:
             loss = _bernoulli_terms(z, t, sw, p, r, b)
-            g = Phi.T @ r + lam * w
-        A = Phi * np.sqrt(b)[:, None]
-        Gd = A.T @ A
-        del A
+            g = dense_rmatvec(Phi, r) + lam * w
+        Gd = weighted_gram_runs(Phi, b)
         G = Gd.copy()
         G[np.diag_indices(m)] += lam
         L, jitter = _factor_jittered(G)
@@ -380,7 +383,7 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
         if it == max_iter:
             break
         step = -cho_solve((L, True), g, check_finite=False)
-        dz = Phi @ step
+        dz = dense_matvec(Phi, step)
         smax = float(np.max(np.abs(step), initial=0.0))
         wmax = max(1.0, float(np.max(np.abs(w), initial=0.0)))
         if smax <= small_step * wmax:
@@ -402,6 +405,33 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     S = np.tril(S)
     S = S + np.tril(S, -1).T
     return w, loss, S, logdet, status, (Gd, b)
+
+
+def weighted_gram_runs(Phi, b):
+    """``Phi' diag(b) Phi`` (m, m) for non-negative ``b``: ``A' A`` with ``A = sqrt(b) Phi``, a
+    symmetric rank-k update (numpy's SYRK) per run of rows (:func:`..utils._threads.row_runs`:
+    one run up to 512 rows), the runs on the fit's threads (:func:`..utils._threads.map_blocks`:
+    one BLAS thread each) and summed in order.
+
+    OpenBLAS's own threads would split the update by their count and round differently on two
+    threads than on one (the subset path's Newton solves then took other paths: 578-604
+    iterations against 523 at n = 5,000); fixed runs give the same bits on any number of
+    threads."""
+    n, m = Phi.shape
+    sb = np.sqrt(b)
+    starts, size = row_runs(n)
+
+    def run(a):
+        A = Phi[a : a + size] * sb[a : a + size, None]
+        return A.T @ A
+
+    G = None
+    for part in map_blocks(run, starts, n * m * m):
+        if G is None:
+            G = part
+        else:
+            G += part
+    return G if G is not None else np.zeros((m, m))
 
 
 def _armijo(z, dz, w, step, lam, t, sw, loss, gp, c1):

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ..utils._threads import parallel
+from ..utils._threads import map_blocks, parallel, row_runs
 from ._kernels import (
     center_scale_inplace,
     compact_columns_inplace,
@@ -137,6 +137,38 @@ def dense_basis(design):
 def _width(v):
     """Number of right-hand sides of a product (1 for a vector)."""
     return 1 if v.ndim == 1 else v.shape[1]
+
+
+def dense_matvec(Phi, v):
+    """``Phi @ v`` (float64) for a dense basis: a BLAS product per run of rows
+    (:func:`..utils._threads.row_runs`), the runs on the fit's threads
+    (:func:`..utils._threads.map_blocks`). OpenBLAS's own threads round differently on two
+    threads than on one; fixed runs give the same bits with any ``n_jobs``. Up to 512 rows it
+    is one product, on BLAS's threads in a :func:`..utils._threads.parallel` block (for wide
+    data, whose work is in the columns)."""
+    v = v.astype(Phi.dtype, copy=False)
+    starts, size = row_runs(Phi.shape[0])
+    if len(starts) == 1:  # up to 512 rows: BLAS's own threads (wide dense data)
+        with parallel(Phi.size * _width(v)):
+            return np.asarray(Phi @ v, dtype=np.float64)
+    parts = map_blocks(lambda a: Phi[a : a + size] @ v, starts, Phi.size * _width(v))
+    return np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+
+
+def dense_rmatvec(Phi, u):
+    """``Phi.T @ u`` (float64) for a dense basis: the products of the runs of rows of
+    :func:`dense_matvec`, summed in order in float64."""
+    u = u.astype(Phi.dtype, copy=False)
+    starts, size = row_runs(Phi.shape[0])
+    if len(starts) == 1:
+        with parallel(Phi.size * _width(u)):
+            return np.asarray(Phi.T @ u, dtype=np.float64)
+    r = None
+    for part in map_blocks(
+        lambda a: Phi[a : a + size].T @ u[a : a + size], starts, Phi.size * _width(u)
+    ):
+        r = np.array(part, dtype=np.float64) if r is None else r + part
+    return r
 
 
 # Runs of columns a sparse product Phi @ v scatters into separate row buffers (in parallel):
@@ -306,9 +338,7 @@ class DesignMatrix:
             out = sparse_matmat(self._B_act, vs)
             out -= self.offset[act] @ vs
         else:
-            Phi = self._Phi[:, : self.n_active]
-            with parallel(Phi.size * _width(v)):
-                out = np.asarray(Phi @ v.astype(Phi.dtype, copy=False), dtype=np.float64)
+            out = dense_matvec(self._Phi[:, : self.n_active], v)
         if b is not None:
             out += b
         return out
@@ -325,9 +355,7 @@ class DesignMatrix:
             else:
                 r = (r - np.outer(self.offset[act], usum)) * self.inv_scale[act][:, None]
         else:
-            Phi = self._Phi[:, : self.n_active]
-            with parallel(Phi.size * _width(u)):
-                r = np.asarray(Phi.T @ u.astype(Phi.dtype, copy=False), dtype=np.float64)
+            r = dense_rmatvec(self._Phi[:, : self.n_active], u)
         if self.intercept_column:
             lead = np.reshape(u.sum(axis=0), (1,) + r.shape[1:])
             r = np.concatenate([lead, r])

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.metrics.pairwise import PAIRWISE_KERNEL_FUNCTIONS, pairwise_kernels
 
-from ..utils._threads import parallel
+from ..utils._threads import map_blocks, parallel, row_runs
 
 KERNELS = tuple(sorted(set(PAIRWISE_KERNEL_FUNCTIONS) | {"precomputed"}))
 
@@ -96,8 +96,22 @@ def compute_kernel(est, X, Y, gamma_):
 def kernel_block(est, X, Y, gamma_):
     """Dense K(X, Y) (``Y=None``: K(X, X)), checked for NaN and infinity."""
     n_cols = X.shape[0] if Y is None else Y.shape[0]
-    with parallel(X.shape[0] * n_cols * X.shape[1]):
-        K = compute_kernel(est, X, Y, gamma_)
+    work = X.shape[0] * n_cols * X.shape[1]
+    starts, size = row_runs(X.shape[0])
+    dense = isinstance(X, np.ndarray) and (Y is None or isinstance(Y, np.ndarray))
+    if callable(est.kernel) or not dense or len(starts) == 1:
+        with parallel(work):
+            K = compute_kernel(est, X, Y, gamma_)
+    else:
+        # runs of rows on the fit's threads, one BLAS thread each: the same bits with any
+        # n_jobs (OpenBLAS's threaded GEMM rounds differently on two threads than on one)
+        Yr = X if Y is None else Y
+        K = None
+        parts = map_blocks(lambda a: compute_kernel(est, X[a : a + size], Yr, gamma_), starts, work)
+        for a, part in zip(starts, parts):
+            if K is None:
+                K = np.empty((X.shape[0], n_cols), dtype=part.dtype)
+            K[a : a + size] = part
     if sp.issparse(K):
         K = K.toarray()
     if not np.all(np.isfinite(K)):

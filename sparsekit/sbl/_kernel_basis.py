@@ -72,6 +72,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import row_norms
 
+from ..utils._threads import map_blocks, row_runs
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
@@ -288,14 +289,26 @@ class KernelSubset:
     def _scan_kernel(self, js):
         """K(X, X[js]) for a scan block: for the RBF kernel on dense float64 X, scikit-learn's
         ``rbf_kernel`` arithmetic (the same Gram product, squared row norms and operation order,
-        numpy's ``exp``) with its elementwise passes fused (:func:`._kernels.rbf_exponent_inplace`);
-        :func:`._features.kernel_block` otherwise."""
+        numpy's ``exp``) with its elementwise passes fused (:func:`._kernels.rbf_exponent_inplace`),
+        in kernel_block's runs of rows on the fit's threads; :func:`._features.kernel_block`
+        otherwise."""
         if self._rbf is None:
             return self._kernel(js)
         xx, neg_gamma = self._rbf
-        G = np.asarray(self.X @ self.X[js].T)
-        rbf_exponent_inplace(G, xx, xx[js], neg_gamma)
-        return np.exp(G, out=G)
+        X, Y, yy = self.X, self.X[js], xx[js]
+        n = X.shape[0]
+        G = np.empty((n, js.size))
+        starts, size = row_runs(n)
+
+        def run(a):  # kernel_block's runs of rows, on the fit's threads
+            g = G[a : a + size]
+            np.matmul(X[a : a + size], Y.T, out=g)
+            rbf_exponent_inplace(g, xx[a : a + size], yy, neg_gamma)
+            np.exp(g, out=g)
+
+        for _ in map_blocks(run, starts, G.size * X.shape[1]):
+            pass
+        return G
 
     def _kernel(self, js):
         Y = self.X[js]

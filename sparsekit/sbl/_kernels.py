@@ -317,12 +317,13 @@ def column_products(rawT, Bw, R):
     return sq, qr
 
 
-@jit
+@jit(nogil=True)
 def rbf_exponent_inplace(G, xx, yy, neg_gamma):
     """``G[i, j] = max(-2 G[i, j] + xx[i] + yy[j], 0) * neg_gamma`` in place, in that order of
     operations: scikit-learn's ``rbf_kernel`` arithmetic on the Gram block ``G = X @ Y.T`` with
     the squared row norms ``xx`` of X and ``yy`` of Y (four numpy passes there, one here); the
-    kernel is ``exp`` of the result."""
+    kernel is ``exp`` of the result. Releases the GIL (the scans call it on runs of rows in
+    worker threads)."""
     n, b = G.shape
     for i in range(n):
         row = G[i]

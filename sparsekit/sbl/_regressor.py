@@ -148,7 +148,9 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         Threads for the large passes over the basis (kernel matrix, products with the basis)
         during fit, and for BLAS and numba during predict; the small per-step operations of a
         fit always run on one thread. During fit the count is also capped by the cores the load
-        average leaves idle. None leaves the libraries' defaults.
+        average leaves idle. None: the libraries' own thread count (every core unless
+        ``OMP_NUM_THREADS``, ``NUMBA_NUM_THREADS`` or a threadpoolctl limit says otherwise)
+        for the large passes of a fit; the libraries' defaults during prediction.
     verbose : int, default=0
         Print progress every iteration when > 0.
 

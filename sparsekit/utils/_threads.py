@@ -6,7 +6,8 @@ Two regimes:
   products).
 * :func:`fit_threads` is entered once per fit. It keeps BLAS and numba at ONE thread for the whole
   fit and widens them to the fit's thread count only inside :func:`parallel` blocks, which the
-  solvers open around passes over the basis large enough to pay for waking the workers.
+  solvers open around passes over the basis large enough to pay for waking the workers. With
+  ``n_jobs=None`` the fit's thread count is the libraries' own (every core by default).
 
 Why the split: a fit makes thousands of small calls (dot products of length n, O(m) vector
 updates, GEMVs over a pruned basis) between its large passes. Every BLAS call that runs on two
@@ -43,6 +44,7 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
@@ -50,12 +52,15 @@ from threadpoolctl import ThreadpoolController
 
 __all__ = [
     "MIN_PARALLEL_WORK",
+    "MIN_POOL_WORK",
     "effective_n_jobs",
     "fit_thread_count",
     "fit_threads",
     "limit_threads",
+    "map_blocks",
     "one_blas_thread",
     "parallel",
+    "row_runs",
 ]
 
 # Smallest pass (multiply-adds) worth running on several threads: ~0.2 ms of work on one core,
@@ -63,6 +68,7 @@ __all__ = [
 MIN_PARALLEL_WORK = 1 << 18
 
 _controller = None
+_executors: dict = {}  # worker count -> (pid, ThreadPoolExecutor), for map_blocks
 _plan: contextvars.ContextVar = contextvars.ContextVar("sparsekit_fit_threads", default=None)
 
 
@@ -84,15 +90,18 @@ def _load_average() -> float | None:
         return None
 
 
-def fit_thread_count(n_jobs: int | None) -> int | None:
-    """Threads a fit will use for its large passes: ``n_jobs`` (resolved), capped by numba's
+def fit_thread_count(n_jobs: int | None) -> int:
+    """Threads a fit will use for its large passes: ``n_jobs`` (resolved; None: the libraries'
+    own count, :func:`_library_thread_count`), capped by numba's
     thread limit and by the cores the one-minute load average leaves idle, counting the caller's
     own core as available (so one busy core on a 2-core machine still allows 2 threads) and
     rounding to the nearest core: the average includes the caller itself (a process that has
     just fitted on one core shows a load of about 1 plus whatever else ran; at 1.24 on an idle
     2-core machine, truncating gave one thread)."""
     n = effective_n_jobs(n_jobs)
-    if n is None or n == 1:
+    if n is None:
+        n = _library_thread_count()
+    if n == 1:
         return n
     n = min(n, numba.config.NUMBA_NUM_THREADS)
     load = _load_average()
@@ -100,6 +109,15 @@ def fit_thread_count(n_jobs: int | None) -> int | None:
         cores = os.cpu_count() or 1
         n = min(n, max(1, math.floor(cores - load + 1.5)))
     return n
+
+
+def _library_thread_count() -> int:
+    """The thread count ``n_jobs=None`` stands for: the smaller of numba's current count and the
+    BLAS libraries' (what ``NUMBA_NUM_THREADS``, ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or
+    an enclosing threadpoolctl limit set; by default every core)."""
+    counts = [numba.get_num_threads()]
+    counts += [c.num_threads for c in _blas_controllers()]
+    return max(1, min(counts))
 
 
 def _get_controller():
@@ -156,14 +174,14 @@ def fit_threads(n_jobs: int | None):
     """Thread policy of one fit, applied once: BLAS and numba at one thread for the whole block,
     ``fit_thread_count(n_jobs)`` threads inside :func:`parallel` blocks; both restored on exit.
 
-    ``n_jobs=None`` leaves the libraries' own defaults in force (no limits, and
-    :func:`parallel` changes nothing), except where a solver asks for :func:`one_blas_thread`
-    (the classifier's exact Laplace step).
+    ``n_jobs=None`` is the same policy with the libraries' own thread count
+    (:func:`_library_thread_count`: every core unless ``OMP_NUM_THREADS`` and the like say
+    otherwise) in the :func:`parallel` blocks. It used to leave the libraries' defaults on for
+    the whole fit, so every small BLAS call of a fit was a fork-join over all cores: measured on
+    the idle 2-core machine, make_classification(1,500) with an RBF kernel took 14.1 s that way
+    against 6.0 s on one thread.
     """
     n = fit_thread_count(n_jobs)
-    if n is None:
-        yield None
-        return
     old_numba = numba.get_num_threads()
     token = None
     try:
@@ -184,12 +202,13 @@ def one_blas_thread():
     """BLAS on one thread inside the block, whatever ``n_jobs`` says: for the classifier's exact
     Laplace step (m-by-m LAPACK and its products, slower and rounded differently on several
     threads, see the module docstring). Inside :func:`fit_threads` BLAS is at one thread already
-    outside :func:`parallel` blocks, and nothing changes; with ``n_jobs=None`` (the libraries'
-    defaults) the block limits BLAS, about 15 us to enter and leave.
+    outside :func:`parallel` blocks, and nothing changes; outside a fit (the step called on its
+    own) the block limits BLAS, about 15 us to enter and leave.
 
-    Measured with ``n_jobs=None`` on the 2-core machine (two OpenBLAS threads, idle), before
-    this limit: the BLAS Laplace step from n m^2 > 3e5 made make_classification(600) 9.6 s
-    against 5.0 s with the numba kernel, breast cancer 2.5 against 1.6 s."""
+    Measured on the 2-core machine (two OpenBLAS threads, idle) when ``n_jobs=None`` still left
+    the libraries' defaults on for a whole fit: the BLAS Laplace step from n m^2 > 3e5 made
+    make_classification(600) 9.6 s against 5.0 s with the numba kernel, breast cancer 2.5
+    against 1.6 s."""
     plan = _plan.get()
     if plan is not None and plan.width == 1:
         yield
@@ -201,8 +220,8 @@ def one_blas_thread():
 @contextmanager
 def parallel(work):
     """Run the block on the fit's threads when ``work`` (multiply-adds) is at least
-    :data:`MIN_PARALLEL_WORK`; on one thread otherwise. Outside :func:`fit_threads` (or with
-    ``n_jobs=None``) it changes nothing. Blocks do not nest."""
+    :data:`MIN_PARALLEL_WORK`; on one thread otherwise. Outside :func:`fit_threads` it changes
+    nothing. Blocks do not nest."""
     plan = _plan.get()
     if plan is None or plan.n == 1 or work < MIN_PARALLEL_WORK or plan.width != 1:
         yield
@@ -212,3 +231,56 @@ def parallel(work):
         yield
     finally:
         plan.set(1)
+
+
+def _executor(n):
+    """A pool of ``n`` worker threads, made once per process and count (a forked child makes its
+    own: the parent's workers do not exist there)."""
+    pid = os.getpid()
+    entry = _executors.get(n)
+    if entry is None or entry[0] != pid:
+        entry = (pid, ThreadPoolExecutor(max_workers=n, thread_name_prefix="sparsekit"))
+        _executors[n] = entry
+    return entry[1]
+
+
+# Smallest pass (multiply-adds, all blocks together) map_blocks gives to its thread pool: each
+# task costs about 25 us of Python and locking (8 empty tasks: 0.2 ms on the 2-core machine), and a
+# GEMV over 10,000 x 185 (1.9e6, about 1 ms) was no faster on two threads; a Gram matrix or the
+# screen's products at that size (3e8, 5e8) were 1.9x and 1.7x faster.
+MIN_POOL_WORK = 1 << 22
+# Parts a pass over the rows is split into for map_blocks (a split that does not depend on the
+# thread count: 8 is even work for 1, 2, 4 or 8 threads), and the fewest rows per part.
+ROW_PARTS = 8
+MIN_RUN_ROWS = 512
+
+
+def row_runs(n, parts=ROW_PARTS, min_rows=MIN_RUN_ROWS):
+    """Start rows of the runs a pass over ``n`` rows is split into: ``parts`` runs of equal size
+    (a multiple of 64 rows), fewer when that would be under ``min_rows`` rows, one up to
+    ``min_rows`` (then the pass is a single product, as without runs). A function of ``n`` alone,
+    so a fit's sums are the same on any number of threads."""
+    size = max(min_rows, -(-n // parts))
+    size = -(-size // 64) * 64
+    return range(0, max(n, 1), size), size
+
+
+def map_blocks(fn, blocks, work):
+    """``fn(b)`` for each of ``blocks``, in order (an iterator: a result can be combined and
+    dropped before the later ones are done), on the fit's threads when ``work`` (multiply-adds,
+    all blocks together) is at least :data:`MIN_POOL_WORK`: each block is one task of a thread
+    pool of the fit's thread count, and BLAS stays at one thread in every task.
+
+    For passes whose parts are independent BLAS products (the rows of a Gram matrix, the row runs
+    of the screen's float32 products): the caller splits them into blocks that do not depend on
+    the thread count and combines the results in order, so a fit gives the same bits on any
+    number of threads, which OpenBLAS's own threading does not (it splits sums by its thread
+    count; the subset path's Newton solves on two BLAS threads changed its path). ``fn`` must
+    release the GIL in its heavy part (numpy's BLAS calls and ufuncs do) and must not open
+    :func:`parallel` blocks (worker threads see no fit, so those would run on one thread anyway).
+    Outside :func:`fit_threads`, inside a :func:`parallel` block, with one thread or little work,
+    the blocks run in order on the calling thread."""
+    plan = _plan.get()
+    if plan is None or plan.n == 1 or plan.width != 1 or work < MIN_POOL_WORK or len(blocks) < 2:
+        return map(fn, blocks)
+    return _executor(min(plan.n, len(blocks))).map(fn, blocks)

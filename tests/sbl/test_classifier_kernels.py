@@ -105,6 +105,17 @@ def test_products_match_reference():
     assert_allclose(G, G.T, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [300, 2100])  # one run; several runs and a short last one
+def test_weighted_gram_runs_is_the_weighted_gram(n):
+    Phi, rng = _basis(n, 37, 5)
+    b = rng.uniform(0, 0.25, n)
+    for basis in (Phi, np.asfortranarray(Phi)):
+        G = CK.weighted_gram_runs(basis, b)
+        assert G.shape == (37, 37)
+        assert_allclose(G, naive.weighted_gram(Phi, b), rtol=1e-12, atol=1e-12)
+    assert_allclose(CK.weighted_gram_runs(Phi[:, :0], b), np.zeros((0, 0)))
+
+
 def test_laplace_precision_matches_reference_cholesky():
     Phi, rng = _basis(30, 6, 12)
     b, lam = rng.uniform(0.01, 0.25, 30), rng.uniform(0.1, 2, 6)

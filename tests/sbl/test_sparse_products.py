@@ -145,6 +145,25 @@ def test_design_products_match_the_dense_basis():
     assert_allclose(dm.gram(b), dense.T @ (dense * b[:, None]), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("n", [400, 1700])  # one product; runs of rows
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_products_in_runs_of_rows(n, dtype):
+    rng = np.random.default_rng(n)
+    Phi = np.asfortranarray(rng.normal(size=(n, 23)).astype(dtype))
+    v, V = rng.normal(size=23), rng.normal(size=(23, 3))
+    u, U = rng.normal(size=n), rng.normal(size=(n, 2))
+    P = Phi.astype(np.float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    for x in (v, V):
+        out = _design.dense_matvec(Phi, x)
+        assert out.dtype == np.float64 and out.shape == (P @ x).shape
+        assert_allclose(out, P @ x.astype(dtype), rtol=tol, atol=tol)
+    for x in (u, U):
+        out = _design.dense_rmatvec(Phi, x)
+        assert out.dtype == np.float64 and out.shape == (P.T @ x).shape
+        assert_allclose(out, P.T @ x.astype(dtype), rtol=tol, atol=tol * np.sqrt(n))
+
+
 @two_numba_threads
 @pytest.mark.parametrize("est", ["classifier", "regressor"])
 def test_sparse_fit_is_the_same_with_one_and_two_threads(monkeypatch, est):

@@ -27,7 +27,13 @@ import sparsekit.sbl._classifier_solver as cs
 import sparsekit.sbl._kernel_basis as kb
 import sparsekit.sbl._readmission as ra
 from sparsekit.sbl import DQNSBLClassifier
-from sparsekit.sbl._design import DenseBasis, DesignMatrix, dense_basis
+from sparsekit.sbl._design import (
+    DenseBasis,
+    DesignMatrix,
+    dense_basis,
+    dense_matvec,
+    dense_rmatvec,
+)
 from sparsekit.sbl._engine import PathState
 
 REAL_SWEEP_TERMS = ra.sweep_terms
@@ -64,10 +70,12 @@ def reference_sweep_terms(design, state, T, sw):
 
 def reference_newton_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1, G0=None):
     """``laplace_newton_bernoulli_blas`` as it was before issue 9: every Newton iteration,
-    the first included, recomputes the terms and the gradient."""
+    the first included, recomputes the terms and the gradient. Its products with ``Phi`` are
+    today's (runs of rows, ``dense_matvec``, ``weighted_gram_runs``): arithmetic, which these
+    tests do not compare."""
     n, m = Phi.shape
     w = np.array(w, dtype=np.float64)
-    z = Phi @ w
+    z = dense_matvec(Phi, w)
     p, r, b = np.empty(n), np.empty(n), np.empty(n)
     if G0 is not None and G0.shape == (m, m):
         Hc = np.array(G0, dtype=np.float64)
@@ -76,13 +84,13 @@ def reference_newton_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1, G0
         gprev = np.inf
         for _ in range(CK.CHORD_MAX_ITER if Lc is not None else 0):
             loss = CK._bernoulli_terms(z, t, sw, p, r, b)
-            g = Phi.T @ r + lam * w
+            g = dense_rmatvec(Phi, r) + lam * w
             gmax = float(np.max(np.abs(g), initial=0.0))
             if gmax <= CK.CHORD_GTOL * gtol or gmax > CK.CHORD_RATE * gprev:
                 break
             gprev = gmax
             step = -cho_solve((Lc, True), g, check_finite=False)
-            dz = Phi @ step
+            dz = dense_matvec(Phi, step)
             eta = CK._armijo(z, dz, w, step, lam, t, sw, loss, float(g @ step), c1)
             if eta == 0.0:
                 break
@@ -91,9 +99,8 @@ def reference_newton_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1, G0
     status, loss, L, Gd = 1, 0.0, None, None
     for it in range(max_iter + 1):
         loss = CK._bernoulli_terms(z, t, sw, p, r, b)
-        g = Phi.T @ r + lam * w
-        A = Phi * np.sqrt(b)[:, None]
-        Gd = A.T @ A
+        g = dense_rmatvec(Phi, r) + lam * w
+        Gd = CK.weighted_gram_runs(Phi, b)
         G = Gd.copy()
         G[np.diag_indices(m)] += lam
         L, jitter = CK._factor_jittered(G)
@@ -105,7 +112,7 @@ def reference_newton_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step, c1, G0
         if it == max_iter:
             break
         step = -cho_solve((L, True), g, check_finite=False)
-        dz = Phi @ step
+        dz = dense_matvec(Phi, step)
         if float(np.max(np.abs(step))) <= small_step * max(1.0, float(np.max(np.abs(w)))):
             w += step
             z += dz

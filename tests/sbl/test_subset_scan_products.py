@@ -242,15 +242,16 @@ def test_block_scaling_moments_are_the_designs():
     ],
 )
 @pytest.mark.parametrize("order", ["C", "F"])
-def test_scan_kernel_is_kernel_block(params, order):
+@pytest.mark.parametrize("n", [150, 1100])  # one product; runs of rows (utils._threads.row_runs)
+def test_scan_kernel_is_kernel_block(params, order, n):
     """The scans' own RBF kernel block is scikit-learn's, bit for bit (same Gram product,
-    norms, order of operations and exp); other kernels, and F-ordered X, go through
-    kernel_block."""
+    norms, order of operations and exp, in the same runs of rows); other kernels, and
+    F-ordered X, go through kernel_block."""
     rng = np.random.default_rng(7)
-    X = np.asarray(rng.normal(size=(150, 4)) * 3, order=order)
+    X = np.asarray(rng.normal(size=(n, 4)) * 3, order=order)
     est = DQNSBLClassifier(**params)
     gamma_ = params.get("gamma") or (1.0 / X.shape[1])
-    subset = kb.KernelSubset(est, X, np.ones(150), gamma_)
+    subset = kb.KernelSubset(est, X, np.ones(n), gamma_)
     assert (subset._rbf is not None) == (params["kernel"] == "rbf" and order == "C")
     js = np.array([0, 5, 7, 33, 149])
     got = subset._scan_kernel(js)

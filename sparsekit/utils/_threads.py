@@ -26,8 +26,11 @@ with pthreads, numba's OpenMP layer; ``benchmarks/bench_threads.py``):
 
 * numba ``prange`` passes and the sparse basis's products (``_kernels.csc_*``): 1.8-2.3x faster
   per call on two threads, the same sums on any number of threads.
-* BLAS products over large blocks (the dense design's GEMV, the GEMM of kernel blocks):
-  1.8-2.1x per call.
+* BLAS products over large blocks where rounding does not matter (a GEMV over at most 512 rows
+  of wide data, kernels given as callables): 1.8-2.1x per call. OpenBLAS's threaded GEMM rounds
+  differently on two threads than on one (a 3,000 x 20 by 20 x 700 product: 3.6e-15), and a fit
+  that follows it takes another path; the fits' large products therefore go to
+  :func:`map_blocks` instead (below).
 * Not LAPACK on m-by-m matrices. A Cholesky factorisation (``dpotrf``) of m = 166 took 1.0 ms on
   two threads against 0.12 ms on one; the regressor's Cholesky posterior (``dpotrf``, a
   triangular inverse, a product) was slower on two threads at every m from 80 (8.2 against
@@ -36,7 +39,18 @@ with pthreads, numba's OpenMP layer; ``benchmarks/bench_threads.py``):
 * Not the subset path's Newton solves and add-test products either: their Gram matrices and
   float64 products rounded differently on two threads, the path changed (578-604 iterations
   against 523 at n = 5,000, 883 against 759 at n = 10,000) and the fits were slower (17 s
-  against 13.6 s; 62 s against 54.5 s). They run on one BLAS thread.
+  against 13.6 s; 62 s against 54.5 s).
+
+:func:`map_blocks` is the third regime: a pass split into runs of rows (:func:`row_runs`: 8 runs,
+a function of the row count alone), each run one task of a thread pool of the fit's thread count
+with BLAS at one thread, the results combined in order. The sums are then the same on any number
+of threads, and the subset path ends in the same model to the last bit with ``n_jobs=1`` and 2
+(``tests/sbl/test_threads.py``). It carries the BLAS Laplace step's Gram matrices and GEMVs
+(:func:`.._classifier_kernels.weighted_gram_runs`, :func:`.._design.dense_matvec`), the dense
+design's GEMVs, the screen's float32 products, kernel blocks and the scans' RBF blocks. Per call
+on the idle 2-core machine at n = 10,000, m = 185: a Gram matrix 1.9x faster on two threads, the
+screen's products 1.7x, a GEMV 0.8-1.4x (bandwidth-bound; below :data:`MIN_POOL_WORK` it stays
+on the calling thread).
 """
 
 from __future__ import annotations

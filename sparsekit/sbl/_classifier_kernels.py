@@ -19,8 +19,7 @@ from scipy.linalg import cho_solve
 from scipy.linalg.lapack import dpotrf, dpotri
 
 from ..utils._numba import jit
-from ..utils._threads import map_blocks, row_runs
-from ._design import dense_matvec, dense_rmatvec
+from ._design import dense_matvec, dense_rmatvec, weighted_gram_runs
 from ._linalg import JITTER_GROWTH, JITTER_REL, JITTER_STEPS
 
 # n * m^2 above which the exact Laplace step is laplace_newton_bernoulli_blas (BLAS, LAPACK and
@@ -405,33 +404,6 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     S = np.tril(S)
     S = S + np.tril(S, -1).T
     return w, loss, S, logdet, status, (Gd, b)
-
-
-def weighted_gram_runs(Phi, b):
-    """``Phi' diag(b) Phi`` (m, m) for non-negative ``b``: ``A' A`` with ``A = sqrt(b) Phi``, a
-    symmetric rank-k update (numpy's SYRK) per run of rows (:func:`..utils._threads.row_runs`:
-    one run up to 512 rows), the runs on the fit's threads (:func:`..utils._threads.map_blocks`:
-    one BLAS thread each) and summed in order.
-
-    OpenBLAS's own threads would split the update by their count and round differently on two
-    threads than on one (the subset path's Newton solves then took other paths: 578-604
-    iterations against 523 at n = 5,000); fixed runs give the same bits on any number of
-    threads."""
-    n, m = Phi.shape
-    sb = np.sqrt(b)
-    starts, size = row_runs(n)
-
-    def run(a):
-        A = Phi[a : a + size] * sb[a : a + size, None]
-        return A.T @ A
-
-    G = None
-    for part in map_blocks(run, starts, n * m * m):
-        if G is None:
-            G = part
-        else:
-            G += part
-    return G if G is not None else np.zeros((m, m))
 
 
 def _armijo(z, dz, w, step, lam, t, sw, loss, gp, c1):

@@ -44,10 +44,11 @@ with pthreads, numba's OpenMP layer; ``benchmarks/bench_threads.py``):
 :func:`map_blocks` is the third regime: a pass split into runs of rows (:func:`row_runs`: 8 runs,
 a function of the row count alone), each run one task of a thread pool of the fit's thread count
 with BLAS at one thread, the results combined in order. The sums are then the same on any number
-of threads, and the subset path ends in the same model to the last bit with ``n_jobs=1`` and 2
+of threads: the classifier's kernel fits (full kernel and subset path) and the regressor's exact
+phase end in the same model to the last bit with ``n_jobs=1`` and 2
 (``tests/sbl/test_threads.py``). It carries the BLAS Laplace step's Gram matrices and GEMVs
-(:func:`.._classifier_kernels.weighted_gram_runs`, :func:`.._design.dense_matvec`), the dense
-design's GEMVs, the screen's float32 products, kernel blocks and the scans' RBF blocks. Per call
+(:func:`.._design.weighted_gram_runs`, :func:`.._design.dense_matvec`), the dense design's GEMVs
+and Gram matrix, the screen's float32 products, kernel blocks and the scans' RBF blocks. Per call
 on the idle 2-core machine at n = 10,000, m = 185: a Gram matrix 1.9x faster on two threads, the
 screen's products 1.7x, a GEMV 0.8-1.4x (bandwidth-bound; below :data:`MIN_POOL_WORK` it stays
 on the calling thread).

@@ -267,3 +267,17 @@ def test_subset_path_same_bits_with_one_and_two_threads(idle_machine):
     assert_array_equal(a.relevance_, b.relevance_)
     assert_array_equal(a.dual_coef_, b.dual_coef_)
     assert_array_equal(a.intercept_, b.intercept_)
+
+
+@needs_two_threads
+def test_regressor_same_bits_with_one_and_two_threads(idle_machine):
+    """The regressor's exact phase starts from the design's Gram matrix, summed in runs of rows
+    (before: OpenBLAS's GEMM on two threads, 2.8e-14 from one thread's at 1,500 x 200)."""
+    X, y = make_regression(
+        n_samples=1500, n_features=200, n_informative=20, noise=1.0, random_state=0
+    )
+    a = DQNSBLRegressor(solver="exact", n_jobs=1).fit(X, y)
+    b = DQNSBLRegressor(solver="exact", n_jobs=2).fit(X, y)
+    assert a.n_iter_ == b.n_iter_
+    assert_array_equal(a.coef_, b.coef_)
+    assert_array_equal(a.intercept_, b.intercept_)

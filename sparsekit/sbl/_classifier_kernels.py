@@ -303,10 +303,10 @@ def laplace_newton_bernoulli_blas(Phi, t, sw, w, lam, max_iter, gtol, small_step
     The weighted Gram matrix is numpy's ``A.T @ A`` with ``A = sqrt(b) Phi``, a symmetric rank-k
     update per run of rows, the runs on the fit's threads (:func:`weighted_gram_runs`;
     n m^2 flops; a general product ``np.dot(Phi.T, Pb)`` is 2 n m^2, measured 0.060 s against
-    0.021 s at n = 10,000, m = 190, one thread). The Cholesky factor and inverse are
-    LAPACK's (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Its products with ``Phi``
-    are the design's runs of rows (:func:`._design.dense_matvec`, :func:`._design.dense_rmatvec`),
-    on the fit's threads like the Gram matrix. Results agree
+    0.021 s at n = 10,000, m = 190, one thread). The Cholesky factor and inverse are LAPACK's
+    (``dpotrf``, ``dpotri``) instead of plain loops, O(m^3) either way. Its products with
+    ``Phi`` are the design's runs of rows (:func:`._design.dense_matvec`,
+    :func:`._design.dense_rmatvec`), on the fit's threads like the Gram matrix. Results agree
     with the numba kernel to rounding. ``Phi`` (n, m) must be contiguous, in either order (the
     exact step passes the design's column-major [1 | Phi_A], or a row-major copy of a class's
     columns).

@@ -31,7 +31,6 @@ import numpy as np
 from scipy.linalg import cho_solve
 from scipy.special import expit, log_expit
 
-from ..utils._threads import one_blas_thread
 from ._classifier_kernels import laplace_newton
 from ._design import held_dense_basis
 from ._engine import free_rows
@@ -242,20 +241,14 @@ def exact_step(design, state, T, sw, likelihood):
     """Exact Laplace step: posterior modes and full covariances over the active set.
 
     Sets ``state.coef``, ``state.sigma_diag`` and ``state.sigma_full``; returns the data loss and
-    the log-determinant of the Laplace precision (summed over the columns). In memory the step
-    runs on one BLAS thread (:func:`..utils._threads.one_blas_thread`), also with
-    ``n_jobs=None``.
+    the log-determinant of the Laplace precision (summed over the columns). A fit runs it on one
+    BLAS thread, with any ``n_jobs`` (:func:`..utils._threads.fit_threads`: BLAS is widened only
+    inside ``parallel`` blocks, and the step's large products go to ``map_blocks``).
     """
     if getattr(design, "chunked", False):  # dask: the same steps as map/reduce over row blocks
         from ._dask_laplace import exact_step_chunked
 
         return exact_step_chunked(design, state, T, sw, likelihood)
-    with one_blas_thread():
-        return _exact_step(design, state, T, sw, likelihood)
-
-
-def _exact_step(design, state, T, sw, likelihood):
-    """:func:`exact_step` for a basis in memory."""
     Phi = held_dense_basis(design, state)
     coef, lam, mask = state.coef, state.lam, state.mask
     n_coef, K = coef.shape

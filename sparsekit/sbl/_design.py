@@ -158,13 +158,10 @@ def weighted_gram_runs(Phi, b):
         A = Phi[a : a + size] * sb[a : a + size, None]
         return A.T @ A
 
-    G = None
+    G = np.zeros((m, m))
     for part in map_blocks(run, starts, n * m * m):
-        if G is None:
-            G = part
-        else:
-            G += part
-    return G if G is not None else np.zeros((m, m))
+        G += part
+    return G
 
 
 def dense_matvec(Phi, v):
@@ -191,11 +188,11 @@ def dense_rmatvec(Phi, u):
     if len(starts) == 1:
         with parallel(Phi.size * _width(u)):
             return np.asarray(Phi.T @ u, dtype=np.float64)
-    r = None
+    r = np.zeros(Phi.shape[1:] + u.shape[1:])
     for part in map_blocks(
         lambda a: Phi[a : a + size].T @ u[a : a + size], starts, Phi.size * _width(u)
     ):
-        r = np.array(part, dtype=np.float64) if r is None else r + part
+        r += part
     return r
 
 

@@ -73,7 +73,6 @@ __all__ = [
     "fit_threads",
     "limit_threads",
     "map_blocks",
-    "one_blas_thread",
     "parallel",
     "row_runs",
 ]
@@ -210,26 +209,6 @@ def fit_threads(n_jobs: int | None):
         if token is not None:
             _plan.reset(token)
         numba.set_num_threads(old_numba)
-
-
-@contextmanager
-def one_blas_thread():
-    """BLAS on one thread inside the block, whatever ``n_jobs`` says: for the classifier's exact
-    Laplace step (m-by-m LAPACK and its products, slower and rounded differently on several
-    threads, see the module docstring). Inside :func:`fit_threads` BLAS is at one thread already
-    outside :func:`parallel` blocks, and nothing changes; outside a fit (the step called on its
-    own) the block limits BLAS, about 15 us to enter and leave.
-
-    Measured on the 2-core machine (two OpenBLAS threads, idle) when ``n_jobs=None`` still left
-    the libraries' defaults on for a whole fit: the BLAS Laplace step from n m^2 > 3e5 made
-    make_classification(600) 9.6 s against 5.0 s with the numba kernel, breast cancer 2.5
-    against 1.6 s."""
-    plan = _plan.get()
-    if plan is not None and plan.width == 1:
-        yield
-        return
-    with _get_controller().limit(limits=1, user_api="blas"):
-        yield
 
 
 @contextmanager

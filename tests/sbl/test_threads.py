@@ -74,9 +74,9 @@ def test_large_passes_use_n_jobs_threads_and_small_ones_one(monkeypatch, idle_ma
 
 @needs_two_threads
 def test_exact_step_runs_on_one_blas_thread_with_default_n_jobs(monkeypatch, rbf_data):
-    """n_jobs=None leaves the libraries' thread counts alone, except in the exact Laplace step:
-    its m-by-m LAPACK and products run on one BLAS thread (on two they made the 600-sample fit
-    twice as slow), and the count is restored after it."""
+    """With n_jobs=None the exact Laplace step's m-by-m LAPACK and products run on one BLAS
+    thread (on two they made the 600-sample fit twice as slow), and the count is restored after
+    the fit."""
     from sparsekit.sbl import _classifier_kernels as CK
 
     X, y = rbf_data

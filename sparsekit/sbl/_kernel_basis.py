@@ -328,7 +328,8 @@ class KernelSubset:
     def candidate_columns(self, n_basis):
         """Source of pool columns for the exact phase's sweeps: computed in blocks the first time
         a sweep asks for them and kept in an n-by-pool cache when that takes at most
-        POOL_CACHE_MAX bytes (or CACHE_BYTES when that is larger): the sweeps score the pool at
+        POOL_CACHE_MAX bytes (or CACHE_BYTES when that is larger; its float32 mirror, the
+        screen's input, takes half that again): the sweeps score the pool at
         every few iterations, and recomputing its kernel columns took a fifth of the fit at
         n = 3,000 and 65 of 483 s at n = 10,000. The bound keeps the fit at n = 100,000 (a pool
         of 2,000 and more: 1.6 GB and more per copy) within its memory budget; there the

@@ -335,14 +335,11 @@ def rbf_exponent_inplace(G, xx, yy, neg_gamma):
 
 
 @jit(parallel=True)
-def float32_copy_range(A):
-    """``A`` (2-D, C-ordered, float64) rounded to float32 in one pass, with the smallest and
-    largest of its entries (NaNs are skipped): the input of a float32 product whose error bound
-    (:func:`._readmission._score`) needs the entries' signs and range. Rows in parallel."""
+def float32_rows_into(A, out, row_lo, row_hi):
+    """Round the rows of ``A`` (2-D, C-ordered, float64) into ``out`` (float32, the same shape)
+    and store each row's smallest and largest entry (NaNs are skipped; a row of NaNs gives
+    ``+inf, -inf``) in ``row_lo``, ``row_hi``. Rows in parallel."""
     n, b = A.shape
-    out = np.empty((n, b), dtype=np.float32)
-    row_lo = np.empty(n, dtype=np.float64)
-    row_hi = np.empty(n, dtype=np.float64)
     for i in prange(n):
         row = A[i]
         orow = out[i]
@@ -355,12 +352,19 @@ def float32_copy_range(A):
             hi = max(hi, v)
         row_lo[i] = lo
         row_hi[i] = hi
-    lo = np.inf
-    hi = -np.inf
-    for i in range(n):
-        lo = min(lo, row_lo[i])
-        hi = max(hi, row_hi[i])
-    return out, lo, hi
+
+
+def float32_copy_range(A):
+    """``A`` (2-D, C-ordered, float64) rounded to float32 in one pass, with the smallest and
+    largest of its entries (NaNs are skipped): the input of a float32 product whose error bound
+    (:func:`._readmission._score`) needs the entries' signs and range. Rows in parallel
+    (:func:`float32_rows_into`)."""
+    n, b = A.shape
+    out = np.empty((n, b), dtype=np.float32)
+    row_lo = np.empty(n)
+    row_hi = np.empty(n)
+    float32_rows_into(A, out, row_lo, row_hi)
+    return out, float(row_lo.min(initial=np.inf)), float(row_hi.max(initial=-np.inf))
 
 
 # ---------------------------------------------------------------------- sparse (CSC) products

@@ -38,7 +38,12 @@ from scipy.special import expit
 from ..utils._threads import map_blocks, parallel
 from ._constructive import addition_gain
 from ._design import held_dense_basis
-from ._kernels import block_column_stats, column_products, float32_copy_range
+from ._kernels import (
+    block_column_stats,
+    column_products,
+    float32_copy_range,
+    float32_rows_into,
+)
 
 BLOCK = 256  # candidate columns per block of a sweep
 PER_SWEEP = 1  # additions per class and sweep (4 halved the sweeps but cost accuracy, see below)
@@ -73,6 +78,8 @@ class CandidateColumns:
         by column as sweeps ask for them, so any subset is served from it. Column-major, so that
         a sweep's block is a column-major view (read along its columns without a copy by
         :func:`dense_column_products`; with a row-major cache, the strided view was copied).
+        The cache has a float32 mirror, one row per column (half its size again), filled with
+        it: the screen's input for a block of cached columns (:meth:`float32`).
     universe : ndarray of int, default=None
         The only basis functions that will be asked for (increasing; the subset path's pool):
         the cache then holds these M columns rather than all ``n_basis``.
@@ -95,6 +102,9 @@ class CandidateColumns:
         self._full = None  # (n, M) cache, and which of its columns are filled
         self._have = None
         self._pos = None  # basis index -> cache column (-1: not cached)
+        self._full32 = None  # (M, n) float32 mirror of the cache, with each column's range
+        self._lo = None
+        self._hi = None
 
     def raw(self, js):
         """Unscaled columns ``js`` (possibly a read-only view of the cache: do not modify)."""
@@ -105,8 +115,7 @@ class CandidateColumns:
                 missing = ~self._have[pos]
                 if missing.any():
                     cols = np.asarray(self._raw_block(js[missing]), dtype=np.float64)
-                    _fill_columns(self._full, pos[missing], cols)
-                    self._have[pos[missing]] = True
+                    self._fill(pos[missing], cols)
                 if pos.size and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
                     view = self._full[:, pos[0] : pos[-1] + 1]  # a sweep's blocks are ranges
                     view.flags.writeable = False
@@ -123,9 +132,38 @@ class CandidateColumns:
                 self._pos[keys] = np.arange(keys.size)
                 self._full = np.empty((B.shape[0], keys.size), order="F")  # blocks: F views
                 self._have = np.zeros(keys.size, dtype=bool)
-                _fill_columns(self._full, self._pos[js], B)
-                self._have[self._pos[js]] = True
+                self._full32 = np.empty((keys.size, B.shape[0]), dtype=np.float32)
+                self._lo = np.empty(keys.size)
+                self._hi = np.empty(keys.size)
+                self._fill(self._pos[js], B)
         return B
+
+    def _fill(self, pos, cols):
+        """Store ``cols`` as the cache's columns ``pos``, and their float32 rounding and ranges."""
+        _fill_columns(self._full, pos, cols)
+        self._have[pos] = True
+        with parallel(cols.size):
+            rows = np.ascontiguousarray(self._full[:, pos].T)
+            out = np.empty(rows.shape, dtype=np.float32)
+            lo, hi = np.empty(pos.size), np.empty(pos.size)
+            float32_rows_into(rows, out, lo, hi)
+        self._full32[pos], self._lo[pos], self._hi[pos] = out, lo, hi
+
+    def float32(self, js):
+        """``(A32, lo, hi)`` for cached columns ``js`` that are a range of the cache: their
+        float32 rounding, one row per column (a view of the mirror), and the smallest and largest
+        entry; what :func:`._kernels.float32_copy_range` returns for ``raw(js).T``. None when the
+        columns are not such a range (then :func:`_score` rounds them itself)."""
+        js = np.asarray(js, dtype=np.intp)
+        if self._full is None or not js.size:
+            return None
+        pos = self._pos[js]
+        if np.any(pos < 0) or not np.all(self._have[pos]):
+            return None
+        if pos[-1] - pos[0] != pos.size - 1 or not np.all(np.diff(pos) == 1):
+            return None
+        sl = slice(pos[0], pos[-1] + 1)
+        return self._full32[sl], float(self._lo[sl].min()), float(self._hi[sl].max())
 
 
 FILL_ROWS = 512  # rows per block when columns are copied into the column-major cache
@@ -261,7 +299,19 @@ def _block_terms(design, candidates, js, Bw, R):
 
 
 def _score(
-    js, raw, scale, shift, sq, Qb, models, excluded, threshold_lambda, found, keep=None, screen=None
+    js,
+    raw,
+    scale,
+    shift,
+    sq,
+    Qb,
+    models,
+    excluded,
+    threshold_lambda,
+    found,
+    keep=None,
+    screen=None,
+    rounded=None,
 ):
     """Append ``(gain, basis, precision)`` of the candidates ``js`` worth adding to ``found[k]``.
 
@@ -272,7 +322,8 @@ def _score(
     dense block with non-negative entries are computed in float32 first, and only the candidates
     that may pass the add test (and, with ``screen.top``, may be among the best) are scored again
     in float64 (:meth:`Screen.candidates`, :meth:`Screen.defer`; the caller calls
-    :meth:`Screen.flush` after its last block)."""
+    :meth:`Screen.flush` after its last block). ``rounded`` is :func:`._kernels.float32_copy_range`
+    of the column-major ``raw``'s transpose when the caller has it (:meth:`CandidateColumns.float32`)."""
     A32 = None
     if (
         screen is not None
@@ -284,8 +335,13 @@ def _score(
         # the block as a C-ordered array: raw itself, or the transpose of a column-major one
         # (a numba pass: the fit's threads; the products below stay on one BLAS thread, see
         # ..utils._threads)
-        with parallel(raw.size):
-            A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
+        if rounded is not None and raw.flags.f_contiguous:
+            A32, lo, hi = rounded
+        else:
+            with parallel(raw.size):
+                A32, lo, hi = float32_copy_range(
+                    raw.T if raw.flags.f_contiguous else np.asarray(raw)
+                )
         if not (lo >= 0.0 and hi <= screen.hi):
             A32 = None  # a negative entry, or too large for the bound (or only NaNs)
             screen.misses += 1  # (dense linear features: most blocks have negative entries)
@@ -677,7 +733,12 @@ def propose_additions(
     for start in range(0, valid.size, BLOCK):
         js = valid[start : start + BLOCK]
         terms = _block_terms(design, candidates, js, Bw, R)
-        _score(js, *terms, models, excluded, threshold_lambda, found, screen=screen)
+        rounded = None
+        if screen is not None and hasattr(candidates, "float32"):
+            rounded = candidates.float32(js)
+        _score(
+            js, *terms, models, excluded, threshold_lambda, found, screen=screen, rounded=rounded
+        )
     if screen is not None:
         screen.flush()
     if batched:

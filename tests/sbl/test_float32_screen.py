@@ -267,3 +267,66 @@ def test_a_screen_stops_trying_after_blocks_it_cannot_bound(monkeypatch):
     assert len(tried) == ra.SCREEN_MISSES == screen.misses
     for a, b in zip(out["f32"], out["f64"]):
         assert_array_equal(a, b)
+
+
+def test_cache_float32_mirror_is_the_rounding_of_its_columns():
+    """``CandidateColumns.float32`` of a range of cached columns is what the screen would compute
+    from them (``float32_copy_range`` of the column-major block's transpose), a view of the
+    mirror; columns filled by a later call are mirrored too; columns that are not a range of
+    the cache, or not cached, give None."""
+    rng = np.random.default_rng(5)
+    n, M = 300, 40
+    full = rng.uniform(size=(n, M)) * rng.uniform(1e-3, 1e3, M)
+    full[7, 3] = 0.0
+    cand = ra.CandidateColumns(lambda js: full[:, js].copy(order="C"), M, cache=True)
+    assert cand.float32(np.arange(5)) is None  # nothing cached yet
+    cand.raw(np.arange(0, 20))
+    cand.raw(np.arange(30, 40))
+    for js in (np.arange(0, 20), np.arange(4, 9), np.arange(32, 40), np.array([11])):
+        got = cand.float32(js)
+        raw = cand.raw(js)
+        assert raw.flags.f_contiguous
+        ref = ra.float32_copy_range(np.ascontiguousarray(raw.T))
+        assert_array_equal(got[0], ref[0])
+        assert got[0].flags.c_contiguous and got[0].dtype == np.float32
+        assert (got[1], got[2]) == (ref[1], ref[2])
+    assert cand.float32(np.arange(15, 25)) is None  # 20-24 not cached yet
+    cand.raw(np.arange(20, 30))  # filled through the existing cache
+    got = cand.float32(np.arange(15, 25))
+    assert_array_equal(got[0], full[:, 15:25].T.astype(np.float32))
+    assert cand.float32(np.array([1, 3, 4])) is None  # not a range
+    small = ra.CandidateColumns(lambda js: full[:, js], M, cache=True, cache_bytes=8 * n * M - 1)
+    small.raw(np.arange(M))
+    assert small.float32(np.arange(3)) is None  # no cache: no mirror
+
+
+def test_pool_sweeps_round_from_the_mirror_with_the_same_fit(small_pool, monkeypatch):
+    """The subset path's pool sweeps take their float32 blocks from the cache's mirror instead of
+    rounding the cached columns at every sweep; the fit is the one that rounds them each time, to
+    the last bit."""
+    X, y = make_classification(
+        n_samples=300, n_features=5, n_informative=4, n_redundant=0, random_state=4
+    )
+    monkeypatch.setattr(ra, "SCREEN_MIN_WORK", 0)
+    rounded, mirrored = [], []
+    real_copy, real_mirror = ra.float32_copy_range, ra.CandidateColumns.float32
+    monkeypatch.setattr(ra, "float32_copy_range", lambda A: rounded.append(1) or real_copy(A))
+
+    def mirror(self, js):
+        got = real_mirror(self, js)
+        mirrored.append(got is not None)
+        return got
+
+    fits = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key, fn in (("mirror", mirror), ("copy", lambda self, js: None)):
+            monkeypatch.setattr(ra.CandidateColumns, "float32", fn)
+            rounded.clear()
+            fits[key] = DQNSBLClassifier(gamma=0.2, kernel_basis="subset").fit(X, y), len(rounded)
+    (new, n_new), (ref, n_ref) = fits["mirror"], fits["copy"]
+    assert sum(mirrored) > 0 and n_new < n_ref
+    assert new.n_iter_ == ref.n_iter_
+    assert_array_equal(new.relevance_, ref.relevance_)
+    assert_array_equal(new.dual_coef_, ref.dual_coef_)
+    assert_array_equal(new.intercept_, ref.intercept_)

@@ -89,6 +89,6 @@ def all_feature_path(design, t, sw, settings, *, on_iter=None):
     end = design.copy_active()
     polish = PathState(np.zeros((0, 1)), np.zeros((0, 1)), beta=state.beta)
     polish.n_iter = state.n_iter
-    polish.pruned_lam = dict(state.pruned_lam)
+    polish.pruned_lam = state.pruned_lam.copy()
     constructive_path(end, t, sw, polish, settings=settings, init=init, on_iter=on_iter)
     return end, polish

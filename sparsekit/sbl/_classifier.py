@@ -491,9 +491,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             shift = np.broadcast_to(shift, (K,)).astype(np.float64)
         s = design.inv_scale[design.active]
         lam_full = np.full((K, M), np.inf)
-        if state.pruned_lam:  # (column, class) -> precision: hundreds of thousands on text
-            (js, ks), vs = zip(*state.pruned_lam.keys()), list(state.pruned_lam.values())
-            lam_full[np.asarray(ks, dtype=np.intp), np.asarray(js, dtype=np.intp)] = vs
+        state.pruned_lam.fill(lam_full)  # (column, class): hundreds of thousands on text
         lam_act = np.where(state.mask[f:], state.lam[f:], np.inf)
         for k in range(K):
             pruned_here = ~state.mask[f:, k]

@@ -133,6 +133,74 @@ class PathSettings:
         return EM if self.update == "em" else MACKAY
 
 
+class PrunedPrecisions:
+    """``(original column index, class) -> precision`` at which a basis was pruned: a mapping
+    recorded in bulk (:meth:`record`, one array per pruning round) and read in bulk
+    (:meth:`fill`). On text a fit prunes hundreds of thousands of bases; a dict with a tuple key
+    per basis took 1 s of a 6.6 s IMDB fit to build and read (``_apply_update``,
+    ``_store_fit``). A later record of a key replaces an earlier one, as in a dict."""
+
+    def __init__(self):
+        self._batches = []  # (columns, classes, precisions), in recording order
+
+    def record(self, js, ks, vals):
+        """Record precisions ``vals`` for the pairs ``(js[i], ks[i])`` (distinct pairs)."""
+        js = np.array(js, dtype=np.intp).ravel()
+        if js.size:
+            ks = np.broadcast_to(np.asarray(ks, dtype=np.intp), js.shape).copy()
+            vals = np.broadcast_to(np.asarray(vals, dtype=np.float64), js.shape).copy()
+            self._batches.append((js, ks, vals))
+
+    def __setitem__(self, key, value):
+        self.record([key[0]], [key[1]], [value])
+
+    def pop(self, key, default=None):
+        """Remove ``key`` and return its precision (``default`` when it is not recorded)."""
+        found = default
+        kept = []
+        for js, ks, vals in self._batches:
+            hit = (js == key[0]) & (ks == key[1])
+            if hit.any():
+                found = float(vals[hit][-1])
+                js, ks, vals = js[~hit], ks[~hit], vals[~hit]
+            if js.size:
+                kept.append((js, ks, vals))
+        self._batches = kept
+        return found
+
+    def fill(self, out):
+        """Write the precisions into ``out``: ``out[class, column]`` (2-D) or ``out[column]``."""
+        for js, ks, vals in self._batches:
+            if out.ndim == 2:
+                out[ks, js] = vals
+            else:
+                out[js] = vals
+
+    def to_dict(self):
+        """The mapping as a dict."""
+        out = {}
+        for js, ks, vals in self._batches:
+            out.update(zip(zip(js.tolist(), ks.tolist()), vals.tolist()))
+        return out
+
+    def items(self):
+        return self.to_dict().items()
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self):
+        return len(self.to_dict())
+
+    def __bool__(self):
+        return bool(self._batches)
+
+    def copy(self):
+        out = PrunedPrecisions()
+        out._batches = list(self._batches)  # batches are never modified in place
+        return out
+
+
 class PathState:
     """Mutable state of a fit (notation in the module docstring).
 
@@ -157,7 +225,7 @@ class PathState:
         self.n_iter = 0
         self.converged = False
         self.scores = []
-        self.pruned_lam = {}  # (original column index, k) -> precision when it was pruned
+        self.pruned_lam = PrunedPrecisions()  # (original column index, k) -> precision when pruned
         self.phase = "dqn"
         self.logits = None  # training logits at the end of the last diagonal inner solve
         self.readmitted = {}  # (original column index, k) -> times re-admitted
@@ -444,8 +512,7 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     if not prune.any():
         return False, dlog, None
     rows, cols = np.nonzero(sub)
-    keys = zip(design.active[rows[prune]].tolist(), cols[prune].tolist())
-    state.pruned_lam.update(zip(keys, lam_new[prune].tolist()))
+    state.pruned_lam.record(design.active[rows[prune]], cols[prune], lam_new[prune])
     mask_sub = mask[f:]
     mask_sub[rows[prune], cols[prune]] = False
     coef[~mask] = 0.0

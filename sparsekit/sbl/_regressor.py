@@ -513,8 +513,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         """Store fitted attributes in the units of X and y (the solver works standardised)."""
         M = design.n_basis
         lam_full = np.full(M, np.inf)
-        for (j, _k), v in state.pruned_lam.items():
-            lam_full[j] = v
+        state.pruned_lam.fill(lam_full)
         lam_full[design.active] = state.lam[:, 0]
         mu = state.coef[:, 0]
         sigma_diag = state.sigma_diag[:, 0]

@@ -246,3 +246,41 @@ def test_newton_statuses_of_the_exact_step_are_reported(monkeypatch, capsys):
     monkeypatch.setattr(cs, "NEWTON_MAX_ITER", 1)
     DQNSBLClassifier(kernel=None, solver="exact", max_iter=2, verbose=1).fit(Xc, yc)
     assert "Newton: 1 at its iteration cap" in capsys.readouterr().out
+
+
+def test_pruned_precisions_behave_as_a_dict():
+    """``PrunedPrecisions`` is a ``(column, class) -> precision`` dict recorded in bulk: a later
+    record of a key replaces the earlier one, ``pop`` removes a key (and a key recorded again
+    after a pop counts), ``fill`` writes ``out[class, column]`` or ``out[column]``, and a copy is
+    independent."""
+    pruned, ref = _engine.PrunedPrecisions(), {}
+    assert not pruned and len(pruned) == 0
+    rng = np.random.default_rng(3)
+    for _ in range(6):
+        js = rng.choice(40, 7, replace=False)
+        ks = rng.integers(0, 3, 7)
+        vals = rng.uniform(1e3, 1e6, 7)
+        pruned.record(js, ks, vals)
+        ref.update(zip(zip(js.tolist(), ks.tolist()), vals.tolist()))
+        key = next(iter(ref))
+        assert pruned.pop(key, None) == ref.pop(key)
+    assert pruned.pop((99, 0), "none") == "none"
+    pruned[5, 1] = 2.5
+    ref[5, 1] = 2.5
+    twin = pruned.copy()
+    pruned.record([7], [2], [1e9])
+    assert pruned.to_dict() == {**ref, (7, 2): 1e9}
+    assert twin.to_dict() == ref and dict(twin.items()) == ref and set(twin) == set(ref)
+    out = np.full((3, 40), np.inf)
+    twin.fill(out)
+    expect = np.full((3, 40), np.inf)
+    for (j, k), v in ref.items():
+        expect[k, j] = v
+    np.testing.assert_array_equal(out, expect)
+    flat = _engine.PrunedPrecisions()
+    flat.record([3, 8], 0, [1.0, 2.0])
+    flat.record([8], 0, [4.0])
+    vec = np.full(10, np.inf)
+    flat.fill(vec)
+    np.testing.assert_array_equal(vec[[3, 8]], [1.0, 4.0])
+    assert np.isinf(np.delete(vec, [3, 8])).all()

@@ -15,6 +15,7 @@ import numpy as np
 from numba import prange
 
 from ..utils._numba import jit
+from ..utils._threads import ROW_PARTS, map_blocks
 
 MACKAY = 0
 EM = 1
@@ -293,18 +294,17 @@ def block_column_stats(raw, sw, Bw, R, moments=True):
     return amax, mean, ssd, sq.T.copy(), qr.T.copy()
 
 
-@jit(parallel=True)
-def column_products(rawT, Bw, R):
-    """Per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2`` and ``qr[j, k] =
-    sum_i R[i, k] raw[i, j]`` of the columns of a column-major block, given as its transpose
-    ``rawT`` (b-by-n, C-ordered: a column is contiguous): one pass, no ``raw * raw`` temporary."""
-    b, n = rawT.shape
-    K = Bw.shape[1]
-    BwT = np.ascontiguousarray(Bw.T)
-    RT = np.ascontiguousarray(R.T)
-    sq = np.zeros((b, K), dtype=np.float64)
-    qr = np.zeros((b, K), dtype=np.float64)
-    for j in prange(b):
+def _column_parts(b):
+    """Starts of the runs of rows a row-wise pass over ``b`` rows is split into for
+    :func:`..utils._threads.map_blocks` (each row's result does not depend on the split)."""
+    return range(0, b, max(1, -(-b // ROW_PARTS)))
+
+
+@jit(nogil=True)
+def _column_products_rows(rawT, BwT, RT, sq, qr, lo, hi):
+    K = BwT.shape[0]
+    n = rawT.shape[1]
+    for j in range(lo, hi):
         for k in range(K):
             acc = 0.0
             acc2 = 0.0
@@ -314,6 +314,28 @@ def column_products(rawT, Bw, R):
                 acc2 += RT[k, i] * v
             sq[j, k] = acc
             qr[j, k] = acc2
+
+
+def column_products(rawT, Bw, R):
+    """Per class ``k`` the products ``sq[j, k] = sum_i Bw[i, k] raw[i, j]^2`` and ``qr[j, k] =
+    sum_i R[i, k] raw[i, j]`` of the columns of a column-major block, given as its transpose
+    ``rawT`` (b-by-n, C-ordered: a column is contiguous): one pass, no ``raw * raw`` temporary.
+    Runs of columns are tasks of the fit's thread pool (:func:`..utils._threads.map_blocks`:
+    inside a fit, numba's OpenMP workers spin for milliseconds after a ``prange`` and took a
+    core from the pool's next products; each column's sums are the same on any thread)."""
+    b = rawT.shape[0]
+    K = Bw.shape[1]
+    BwT = np.ascontiguousarray(Bw.T)
+    RT = np.ascontiguousarray(R.T)
+    sq = np.zeros((b, K), dtype=np.float64)
+    qr = np.zeros((b, K), dtype=np.float64)
+    step = _column_parts(b).step
+
+    def run(a):
+        _column_products_rows(rawT, BwT, RT, sq, qr, a, min(b, a + step))
+
+    for _ in map_blocks(run, _column_parts(b), 2 * rawT.size * K):
+        pass
     return sq, qr
 
 
@@ -334,24 +356,37 @@ def rbf_exponent_inplace(G, xx, yy, neg_gamma):
             row[j] = max(d, 0.0) * neg_gamma
 
 
-@jit(parallel=True)
-def float32_rows_into(A, out, row_lo, row_hi):
-    """Round the rows of ``A`` (2-D, C-ordered, float64) into ``out`` (float32, the same shape)
-    and store each row's smallest and largest entry (NaNs are skipped; a row of NaNs gives
-    ``+inf, -inf``) in ``row_lo``, ``row_hi``. Rows in parallel."""
-    n, b = A.shape
-    for i in prange(n):
+@jit(nogil=True)
+def _float32_rows(A, out, row_lo, row_hi, lo, hi):
+    b = A.shape[1]
+    for i in range(lo, hi):
         row = A[i]
         orow = out[i]
-        lo = np.inf
-        hi = -np.inf
+        rlo = np.inf
+        rhi = -np.inf
         for j in range(b):
             v = row[j]
             orow[j] = v
-            lo = min(lo, v)
-            hi = max(hi, v)
-        row_lo[i] = lo
-        row_hi[i] = hi
+            rlo = min(rlo, v)
+            rhi = max(rhi, v)
+        row_lo[i] = rlo
+        row_hi[i] = rhi
+
+
+def float32_rows_into(A, out, row_lo, row_hi):
+    """Round the rows of ``A`` (2-D, C-ordered, float64) into ``out`` (float32, the same shape)
+    and store each row's smallest and largest entry (NaNs are skipped; a row of NaNs gives
+    ``+inf, -inf``) in ``row_lo``, ``row_hi``. Runs of rows are tasks of the fit's thread pool
+    (as in :func:`column_products`; a pass of two memory accesses per entry counted as two
+    multiply-adds)."""
+    n = A.shape[0]
+    step = _column_parts(n).step
+
+    def run(a):
+        _float32_rows(A, out, row_lo, row_hi, a, min(n, a + step))
+
+    for _ in map_blocks(run, _column_parts(n), 2 * A.size):
+        pass
 
 
 def float32_copy_range(A):

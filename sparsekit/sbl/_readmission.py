@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
 
-from ..utils._threads import map_blocks, parallel
+from ..utils._threads import map_blocks
 from ._constructive import addition_gain
 from ._design import held_dense_basis
 from ._kernels import (
@@ -142,20 +142,21 @@ class CandidateColumns:
         """Store ``cols`` as the cache's columns ``pos``, and their float32 rounding and ranges."""
         _fill_columns(self._full, pos, cols)
         self._have[pos] = True
-        with parallel(cols.size):
-            rows = np.ascontiguousarray(self._full[:, pos].T)
-            out = np.empty(rows.shape, dtype=np.float32)
-            lo, hi = np.empty(pos.size), np.empty(pos.size)
-            float32_rows_into(rows, out, lo, hi)
+        rows = np.ascontiguousarray(self._full[:, pos].T)
+        out = np.empty(rows.shape, dtype=np.float32)
+        lo, hi = np.empty(pos.size), np.empty(pos.size)
+        float32_rows_into(rows, out, lo, hi)
         self._full32[pos], self._lo[pos], self._hi[pos] = out, lo, hi
 
-    def float32(self, js):
-        """``(A32, lo, hi)`` for cached columns ``js`` that are a range of the cache: their
-        float32 rounding, one row per column (a view of the mirror), and the smallest and largest
-        entry; what :func:`._kernels.float32_copy_range` returns for ``raw(js).T``. None when the
-        columns are not such a range (then :func:`_score` rounds them itself)."""
+    def float32(self, js, raw):
+        """``(A32, lo, hi)`` for cached columns ``js`` that are a range of the cache, ``raw`` the
+        view :meth:`raw` returned for them: their float32 rounding, one row per column (a view of
+        the mirror), and the smallest and largest entry; what
+        :func:`._kernels.float32_copy_range` returns for ``raw.T``. None when the columns are not
+        such a range or ``raw`` is not a view of the cache (then :func:`_score` rounds ``raw``
+        itself)."""
         js = np.asarray(js, dtype=np.intp)
-        if self._full is None or not js.size:
+        if self._full is None or not js.size or getattr(raw, "base", None) is not self._full:
             return None
         pos = self._pos[js]
         if np.any(pos < 0) or not np.all(self._have[pos]):
@@ -265,8 +266,7 @@ def dense_column_products(raw, Bw, R):
     block (the pool cache's slices), :func:`._kernels.block_column_stats`'s products on a
     row-major one."""
     if raw.flags.f_contiguous:
-        with parallel(raw.size * 2 * Bw.shape[1]):
-            return column_products(raw.T, Bw, R)
+        return column_products(raw.T, Bw, R)
     raw = np.ascontiguousarray(raw)
     _amax, _mean, _ssd, sq, qr = block_column_stats(raw, Bw[:, 0], Bw, R, False)
     return sq, qr
@@ -333,15 +333,11 @@ def _score(
         and raw.size * screen.width >= max(SCREEN_MIN_WORK, 1)
     ):
         # the block as a C-ordered array: raw itself, or the transpose of a column-major one
-        # (a numba pass: the fit's threads; the products below stay on one BLAS thread, see
-        # ..utils._threads)
+        # (runs of rows on the fit's thread pool, as the products below)
         if rounded is not None and raw.flags.f_contiguous:
             A32, lo, hi = rounded
         else:
-            with parallel(raw.size):
-                A32, lo, hi = float32_copy_range(
-                    raw.T if raw.flags.f_contiguous else np.asarray(raw)
-                )
+            A32, lo, hi = float32_copy_range(raw.T if raw.flags.f_contiguous else np.asarray(raw))
         if not (lo >= 0.0 and hi <= screen.hi):
             A32 = None  # a negative entry, or too large for the bound (or only NaNs)
             screen.misses += 1  # (dense linear features: most blocks have negative entries)
@@ -735,7 +731,7 @@ def propose_additions(
         terms = _block_terms(design, candidates, js, Bw, R)
         rounded = None
         if screen is not None and hasattr(candidates, "float32"):
-            rounded = candidates.float32(js)
+            rounded = candidates.float32(js, terms[0])
         _score(
             js, *terms, models, excluded, threshold_lambda, found, screen=screen, rounded=rounded
         )

@@ -279,25 +279,26 @@ def test_cache_float32_mirror_is_the_rounding_of_its_columns():
     full = rng.uniform(size=(n, M)) * rng.uniform(1e-3, 1e3, M)
     full[7, 3] = 0.0
     cand = ra.CandidateColumns(lambda js: full[:, js].copy(order="C"), M, cache=True)
-    assert cand.float32(np.arange(5)) is None  # nothing cached yet
+    assert cand.float32(np.arange(5), full[:, :5]) is None  # nothing cached yet
     cand.raw(np.arange(0, 20))
     cand.raw(np.arange(30, 40))
     for js in (np.arange(0, 20), np.arange(4, 9), np.arange(32, 40), np.array([11])):
-        got = cand.float32(js)
         raw = cand.raw(js)
+        got = cand.float32(js, raw)
+        assert cand.float32(js, raw.copy(order="F")) is None  # not the cache's own columns
         assert raw.flags.f_contiguous
         ref = ra.float32_copy_range(np.ascontiguousarray(raw.T))
         assert_array_equal(got[0], ref[0])
         assert got[0].flags.c_contiguous and got[0].dtype == np.float32
         assert (got[1], got[2]) == (ref[1], ref[2])
-    assert cand.float32(np.arange(15, 25)) is None  # 20-24 not cached yet
+    view = cand.raw(np.arange(0, 20))
+    assert cand.float32(np.arange(15, 25), view) is None  # 20-24 not cached yet
     cand.raw(np.arange(20, 30))  # filled through the existing cache
-    got = cand.float32(np.arange(15, 25))
+    got = cand.float32(np.arange(15, 25), cand.raw(np.arange(15, 25)))
     assert_array_equal(got[0], full[:, 15:25].T.astype(np.float32))
-    assert cand.float32(np.array([1, 3, 4])) is None  # not a range
+    assert cand.float32(np.array([1, 3, 4]), view) is None  # not a range
     small = ra.CandidateColumns(lambda js: full[:, js], M, cache=True, cache_bytes=8 * n * M - 1)
-    small.raw(np.arange(M))
-    assert small.float32(np.arange(3)) is None  # no cache: no mirror
+    assert small.float32(np.arange(3), small.raw(np.arange(M))) is None  # no cache, no mirror
 
 
 def test_pool_sweeps_round_from_the_mirror_with_the_same_fit(small_pool, monkeypatch):
@@ -312,15 +313,15 @@ def test_pool_sweeps_round_from_the_mirror_with_the_same_fit(small_pool, monkeyp
     real_copy, real_mirror = ra.float32_copy_range, ra.CandidateColumns.float32
     monkeypatch.setattr(ra, "float32_copy_range", lambda A: rounded.append(1) or real_copy(A))
 
-    def mirror(self, js):
-        got = real_mirror(self, js)
+    def mirror(self, js, raw):
+        got = real_mirror(self, js, raw)
         mirrored.append(got is not None)
         return got
 
     fits = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for key, fn in (("mirror", mirror), ("copy", lambda self, js: None)):
+        for key, fn in (("mirror", mirror), ("copy", lambda self, js, raw: None)):
             monkeypatch.setattr(ra.CandidateColumns, "float32", fn)
             rounded.clear()
             fits[key] = DQNSBLClassifier(gamma=0.2, kernel_basis="subset").fit(X, y), len(rounded)

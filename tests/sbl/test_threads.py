@@ -4,6 +4,7 @@ over the basis, one thread for everything else, applied once per fit and restore
 import os
 
 import numba
+import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import make_classification, make_regression
@@ -281,3 +282,34 @@ def test_regressor_same_bits_with_one_and_two_threads(idle_machine):
     assert a.n_iter_ == b.n_iter_
     assert_array_equal(a.coef_, b.coef_)
     assert_array_equal(a.intercept_, b.intercept_)
+
+
+@needs_two_threads
+def test_column_passes_run_on_the_pool_threads(idle_machine, monkeypatch):
+    """The add test's column products and the screen's float32 rounding run as tasks of the fit's
+    thread pool, not in numba ``prange`` regions (whose OpenMP workers spin after each region and
+    took a core from the pool's next products: 5 CPU s more for a 25 s two-thread fit at
+    n = 5,000); each column's result is the one-thread result, to the last bit."""
+    import threading
+
+    from sparsekit.sbl import _kernels as K
+
+    rng = np.random.default_rng(2)
+    rawT = rng.uniform(size=(64, 40_000))
+    Bw, R = rng.uniform(size=(40_000, 2)), rng.normal(size=(40_000, 2))
+    seen = []
+    for name in ("_column_products_rows", "_float32_rows"):
+        real = getattr(K, name)
+        monkeypatch.setattr(
+            K, name, lambda *a, real=real: seen.append(threading.get_ident()) or real(*a)
+        )
+    ref = K.column_products(rawT, Bw, R), K.float32_copy_range(rawT)
+    assert set(seen) == {threading.get_ident()}  # outside a fit: here
+    seen.clear()
+    with _threads.fit_threads(2):
+        got = K.column_products(rawT, Bw, R), K.float32_copy_range(rawT)
+    assert len(set(seen)) == 2 and threading.get_ident() not in seen
+    for a, b in zip(got[0], ref[0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got[1][0], ref[1][0])
+    assert got[1][1:] == ref[1][1:]

@@ -105,6 +105,19 @@ def column_products(rawT, Bw, R):
     return (raw * raw).T @ Bw, raw.T @ R
 
 
+def column_products_rows(rawT, BwT, RT, sq, qr, lo, hi):
+    """Rows ``lo:hi`` of :func:`column_products` written into ``sq`` and ``qr``."""
+    raw = np.asarray(rawT[lo:hi], dtype=np.float64).T
+    sq[lo:hi] = (raw * raw).T @ BwT.T
+    qr[lo:hi] = raw.T @ RT.T
+
+
+def float32_rows(A, out, row_lo, row_hi, lo, hi):
+    """Rows ``lo:hi`` of ``A`` rounded into ``out``, with each row's range (NaNs skipped)."""
+    for i in range(lo, hi):
+        out[i], row_lo[i], row_hi[i] = float32_copy_range(A[i])
+
+
 def rbf_exponent(G, xx, yy, neg_gamma):
     return np.maximum(-2.0 * G + xx[:, None] + yy[None, :], 0.0) * neg_gamma
 

@@ -80,6 +80,30 @@ def test_column_products(Phi, readonly):
         np.testing.assert_allclose(a, b, **_tol(Phi))
 
 
+def test_row_range_kernels():
+    """The row-range kernels behind column_products and float32_copy_range (one task of the fit's
+    thread pool each) fill rows lo:hi only, as their references do."""
+    rng = np.random.default_rng(12)
+    rawT = rng.uniform(size=(9, 50))
+    BwT, RT = rng.uniform(size=(2, 50)), rng.normal(size=(2, 50))
+    got = [np.full((9, 2), -1.0) for _ in range(2)]
+    ref = [np.full((9, 2), -1.0) for _ in range(2)]
+    K._column_products_rows(rawT, BwT, RT, *got, 2, 7)
+    naive.column_products_rows(rawT, BwT, RT, *ref, 2, 7)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        assert np.all(a[[0, 1, 7, 8]] == -1.0)
+    A = rng.normal(size=(6, 11)) * 1e3
+    A[3, 4] = np.nan
+    A[4] = np.nan
+    out = [np.zeros((6, 11), dtype=np.float32), np.zeros(6), np.zeros(6)]
+    expect = [np.zeros((6, 11), dtype=np.float32), np.zeros(6), np.zeros(6)]
+    K._float32_rows(A, *out, 1, 5)
+    naive.float32_rows(A, *expect, 1, 5)
+    for a, b in zip(out, expect):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_float32_copy_range(readonly, order):

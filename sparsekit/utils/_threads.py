@@ -51,7 +51,12 @@ phase end in the same model to the last bit with ``n_jobs=1`` and 2
 and Gram matrix, the screen's float32 products, kernel blocks and the scans' RBF blocks. Per call
 on the idle 2-core machine at n = 10,000, m = 185: a Gram matrix 1.9x faster on two threads, the
 screen's products 1.7x, a GEMV 0.8-1.4x (bandwidth-bound; below :data:`MIN_POOL_WORK` it stays
-on the calling thread).
+on the calling thread). The passes of a kernel fit between those products (the add test's column
+products, the screen's float32 rounding) are pool tasks too, not numba ``prange`` regions:
+numba's OpenMP workers spin for milliseconds after a region, and in a two-thread fit that spin
+took a core from the pool's next products (n = 5,000: 5 CPU s more for a 25 s fit, the pool's
+tasks 30 % longer than their CPU time; ``OMP_WAIT_POLICY=PASSIVE`` removed it, but a library
+cannot set that for its users' process).
 """
 
 from __future__ import annotations

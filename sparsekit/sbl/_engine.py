@@ -183,14 +183,8 @@ class PrunedPrecisions:
             out.update(zip(zip(js.tolist(), ks.tolist()), vals.tolist()))
         return out
 
-    def items(self):
-        return self.to_dict().items()
-
     def __iter__(self):
         return iter(self.to_dict())
-
-    def __len__(self):
-        return len(self.to_dict())
 
     def __bool__(self):
         return bool(self._batches)

@@ -294,10 +294,15 @@ def block_column_stats(raw, sw, Bw, R, moments=True):
     return amax, mean, ssd, sq.T.copy(), qr.T.copy()
 
 
-def _column_parts(b):
-    """Starts of the runs of rows a row-wise pass over ``b`` rows is split into for
-    :func:`..utils._threads.map_blocks` (each row's result does not depend on the split)."""
-    return range(0, b, max(1, -(-b // ROW_PARTS)))
+def _rows_on_pool(kernel, n_rows, work, *args):
+    """``kernel(*args, lo, hi)`` over ROW_PARTS runs of the ``n_rows`` rows, each run a task of
+    the fit's thread pool (:func:`..utils._threads.map_blocks`; ``work`` in multiply-adds). For
+    kernels whose rows do not depend on each other: the result does not depend on the split."""
+    step = max(1, -(-n_rows // ROW_PARTS))
+    for _ in map_blocks(
+        lambda a: kernel(*args, a, min(n_rows, a + step)), range(0, n_rows, step), work
+    ):
+        pass
 
 
 @jit(nogil=True)
@@ -329,13 +334,7 @@ def column_products(rawT, Bw, R):
     RT = np.ascontiguousarray(R.T)
     sq = np.zeros((b, K), dtype=np.float64)
     qr = np.zeros((b, K), dtype=np.float64)
-    step = _column_parts(b).step
-
-    def run(a):
-        _column_products_rows(rawT, BwT, RT, sq, qr, a, min(b, a + step))
-
-    for _ in map_blocks(run, _column_parts(b), 2 * rawT.size * K):
-        pass
+    _rows_on_pool(_column_products_rows, b, 2 * rawT.size * K, rawT, BwT, RT, sq, qr)
     return sq, qr
 
 
@@ -379,14 +378,7 @@ def float32_rows_into(A, out, row_lo, row_hi):
     ``+inf, -inf``) in ``row_lo``, ``row_hi``. Runs of rows are tasks of the fit's thread pool
     (as in :func:`column_products`; a pass of two memory accesses per entry counted as two
     multiply-adds)."""
-    n = A.shape[0]
-    step = _column_parts(n).step
-
-    def run(a):
-        _float32_rows(A, out, row_lo, row_hi, a, min(n, a + step))
-
-    for _ in map_blocks(run, _column_parts(n), 2 * A.size):
-        pass
+    _rows_on_pool(_float32_rows, A.shape[0], 2 * A.size, A, out, row_lo, row_hi)
 
 
 def float32_copy_range(A):

@@ -116,8 +116,9 @@ class CandidateColumns:
                 if missing.any():
                     cols = np.asarray(self._raw_block(js[missing]), dtype=np.float64)
                     self._fill(pos[missing], cols)
-                if pos.size and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
-                    view = self._full[:, pos[0] : pos[-1] + 1]  # a sweep's blocks are ranges
+                sl = _as_range(pos)
+                if sl is not None:
+                    view = self._full[:, sl]  # a sweep's blocks are ranges
                     view.flags.writeable = False
                     return view
                 return self._full[:, pos]
@@ -142,7 +143,7 @@ class CandidateColumns:
         """Store ``cols`` as the cache's columns ``pos``, and their float32 rounding and ranges."""
         _fill_columns(self._full, pos, cols)
         self._have[pos] = True
-        rows = np.ascontiguousarray(self._full[:, pos].T)
+        rows = np.ascontiguousarray(cols.T)
         out = np.empty(rows.shape, dtype=np.float32)
         lo, hi = np.empty(pos.size), np.empty(pos.size)
         float32_rows_into(rows, out, lo, hi)
@@ -161,10 +162,17 @@ class CandidateColumns:
         pos = self._pos[js]
         if np.any(pos < 0) or not np.all(self._have[pos]):
             return None
-        if pos[-1] - pos[0] != pos.size - 1 or not np.all(np.diff(pos) == 1):
+        sl = _as_range(pos)
+        if sl is None:
             return None
-        sl = slice(pos[0], pos[-1] + 1)
         return self._full32[sl], float(self._lo[sl].min()), float(self._hi[sl].max())
+
+
+def _as_range(pos):
+    """``pos`` (cache columns) as a slice when they are consecutive and increasing, else None."""
+    if pos.size and pos[-1] - pos[0] == pos.size - 1 and np.all(np.diff(pos) == 1):
+        return slice(pos[0], pos[-1] + 1)
+    return None
 
 
 FILL_ROWS = 512  # rows per block when columns are copied into the column-major cache

@@ -216,6 +216,9 @@ class PathState:
         # full posterior covariance(s), exact phase: Gaussian the (m, m) matrix; Bernoulli a list
         # of K pairs (coefficient index, covariance); Softmax one pair over flat positions
         self.sigma_full = None
+        # Gaussian, a final model with more bases than samples (Woodbury steps): V (n, m) with
+        # Sigma = diag(1 / lam) - V'V, in place of sigma_full
+        self.sigma_factor = None
         self.n_iter = 0
         self.converged = False
         self.scores = []

@@ -13,9 +13,10 @@ The outer loop is :func:`._engine.run_path`; :class:`Gaussian` supplies its two 
   unit-RMS column is exactly ``beta * wsum``, so ``Sigma_jj ~ 1 / (beta * wsum + lam_j)`` and the
   hyperparameter updates cost O(m);
 - the exact phase follows ARDRegression's loop (same order, initial values and hyperpriors) with a
-  Cholesky factorisation of the m-by-m posterior precision. It is the oracle for tests, the solver
-  for small problems (``solver="exact"``), and the "exact finish" of the diagonal phase once few
-  bases remain.
+  Cholesky factorisation of the m-by-m posterior precision, or, while more bases than samples are
+  active, of the n-by-n matrix of the Woodbury form (:func:`woodbury_posterior`), as
+  ARDRegression does for wide data. It is the oracle for tests, the solver for small problems
+  (``solver="exact"``), and the "exact finish" of the diagonal phase once few bases remain.
 
 The third path, Tipping & Faul's constructive one for kernels and M >= n/2, lives in
 :mod:`._constructive`.
@@ -40,6 +41,7 @@ class GaussianStep:
         self.sse = sse  # weighted residual sum of squares at mu
         self.beta = beta  # the noise precision the step used
         self.logdet = logdet  # log det of the posterior precision (diagonal phase: of its diagonal)
+        self.factor = None  # Woodbury steps: V with Sigma = diag(1 / lam) - V'V (n, m)
 
 
 class Gaussian:
@@ -55,9 +57,11 @@ class Gaussian:
         ``solver="exact"`` selects ARDRegression's stop test and uncapped noise update.
     woodbury : bool, default=False
         Exact steps in the n-by-n Woodbury form (:func:`woodbury_posterior`) while there are
-        more active bases than samples: O(n^2 m) per step, no m-by-m matrix (the all-feature
-        start of the constructive path, :func:`._all_feature.all_feature_path`); the full
-        posterior covariance of the final model is then formed only when it has at most n bases.
+        more active bases than samples: O(n^2 m) per step, no m-by-m matrix (the regressor's
+        exact path, and the all-feature start of the constructive path,
+        :func:`._all_feature.all_feature_path`). The full posterior covariance of the final
+        model is then formed only when it has at most n bases; a final model with more leaves
+        ``state.sigma_factor`` instead (:meth:`finish`).
     """
 
     readmits = False  # the Gaussian's re-admission is the constructive path
@@ -120,13 +124,15 @@ class Gaussian:
         if self._woodbury_now(design):
             if self._psi is None:
                 self._psi = design.dense_active() * np.sqrt(self.sw)[:, None]
-            mu, sigma_diag, logdet = woodbury_posterior(
+            mu, sigma_diag, logdet, V = woodbury_posterior(
                 self._psi, np.sqrt(self.sw) * self.t, state.beta, state.lam[:, 0]
             )
             state.coef = mu[:, None]
             state.sigma_diag = sigma_diag[:, None]
             e = self.t - design.matvec(mu)
-            return GaussianStep(mu, float(self.sw @ (e * e)), state.beta, logdet)
+            step = GaussianStep(mu, float(self.sw @ (e * e)), state.beta, logdet)
+            step.factor = V
+            return step
         self._psi = None
         self._ensure_gram(design)
         # one BLAS thread: OpenBLAS's threaded Cholesky and triangular inverse are slower than
@@ -171,7 +177,9 @@ class Gaussian:
             return
         if self._woodbury_now(design):
             step = self.exact_step(design, state, settings)
-            state.sigma_full = None  # more bases than samples: never m-by-m
+            # more bases than samples: never m-by-m; Sigma = diag(1 / lam) - V'V for return_std
+            state.sigma_full = None
+            state.sigma_factor = step.factor
             state.coef = step.mu[:, None]
             return
         self._ensure_gram(design)
@@ -257,14 +265,15 @@ def posterior(G, beta, lam, phit_t):
 
 
 def woodbury_posterior(psi, u, beta, lam):
-    """Posterior ``(mu, diag(Sigma), log det H)`` of ``H = beta psi'psi + diag(lam)`` with
+    """Posterior ``(mu, diag(Sigma), log det H, V)`` of ``H = beta psi'psi + diag(lam)`` with
     ``mu = beta Sigma psi'u``, in the n-by-n Woodbury form for ``psi`` of shape (n, m), m > n::
 
-        Sigma = A^-1 - A^-1 psi' C^-1 psi A^-1,  C = I / beta + psi A^-1 psi',  A = diag(lam)
+        Sigma = A^-1 - V'V,  V = L^-1 psi A^-1,  L L' = C = I / beta + psi A^-1 psi',  A = diag(lam)
         mu = A^-1 psi' C^-1 u,  log det H = sum(log lam) + n log beta + log det C
 
     O(n^2 m) time, O(n m) memory; no m-by-m matrix. ``psi`` is the weighted basis
-    ``sqrt(S) Phi`` and ``u = sqrt(S) t``.
+    ``sqrt(S) Phi`` and ``u = sqrt(S) t``. ``V`` (n, m) gives ``phi' Sigma phi = sum(phi^2 /
+    lam) - |V phi|^2`` for a prediction's basis row ``phi``.
     """
     n = psi.shape[0]
     psi_a = psi / lam
@@ -275,7 +284,7 @@ def woodbury_posterior(psi, u, beta, lam):
     sigma_diag = 1.0 / lam - np.einsum("ij,ij->j", V, V)
     mu = psi_a.T @ cho_solve((c, True), u, check_finite=False)
     logdet = float(np.sum(np.log(lam)) + n * np.log(beta) + 2.0 * np.sum(np.log(np.diag(c))))
-    return mu, sigma_diag, logdet
+    return mu, sigma_diag, logdet, V
 
 
 def model_log_evidence(G, phit_t, tt, wsum, beta, lam, settings):

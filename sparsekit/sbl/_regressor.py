@@ -103,7 +103,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         constructive path after each scan).
     solver : {"dqn", "exact"}, default="dqn"
         "dqn": diagonal quasi-Newton SBL (O(nM) per step, O(M) extra memory). "exact": full
-        covariance by Cholesky, O(M^3); follows ARDRegression's iteration.
+        covariance by Cholesky, O(m^3) per step for m active bases, or in the n-by-n Woodbury
+        form while m exceeds the samples, O(n^2 m); follows ARDRegression's iteration.
     update : {"mackay", "em"}, default="mackay"
         Precision re-estimation: MacKay's fixed point ``(gamma + 2 lambda_1) / (w^2 + 2 lambda_2)``
         or the EM update ``(1 + 2 lambda_1) / (w^2 + Sigma_jj + 2 lambda_2)``. The constructive
@@ -381,7 +382,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                     design, state = self._keep_better_end(design, state, first, t, sw, settings)
                     del first
             else:
-                run_path(design, state, Gaussian(t, sw, settings), settings, on_iter=on_iter)
+                # Woodbury steps while more bases than samples are active (solver="exact" on
+                # wide data: O(n^2 m) per step instead of an m-by-m Gram matrix and Cholesky)
+                gauss = Gaussian(t, sw, settings, woodbury=True)
+                run_path(design, state, gauss, settings, on_iter=on_iter)
             if design.n_active == 0:
                 warnings.warn(
                     "DQNSBLRegressor pruned every basis function although y varies, so it "
@@ -539,6 +543,9 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         self._coef_rel = coef_rel
         # Posterior covariance (full when it exists) on the standardised scale, for return_std.
         self._sigma_full = state.sigma_full
+        self._sigma_factor = None
+        if state.sigma_full is None and state.sigma_factor is not None:
+            self._sigma_factor = (1.0 / state.lam[:, 0], state.sigma_factor)
         self._sigma_std = sigma_diag.copy()
         self._std_scale = design.inv_scale[design.active].copy()
         self._y_scale = float(y_scale)
@@ -589,6 +596,10 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                 D = (D - self._basis_offset) * self._std_scale  # the solver's unit-RMS basis
                 if self._sigma_full is not None:
                     var = np.einsum("ij,ij->i", D @ self._sigma_full, D)
+                elif self._sigma_factor is not None:  # more bases than samples: Woodbury form
+                    inv_lam, V = self._sigma_factor
+                    DV = D @ V.T
+                    var = np.maximum((D * D) @ inv_lam - np.einsum("ij,ij->i", DV, DV), 0.0)
                 else:
                     var = (D * D) @ self._sigma_std
             y_std = self._y_scale * np.sqrt(var + 1.0 / self._beta_std)

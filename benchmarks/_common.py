@@ -82,6 +82,20 @@ def write_results(name, markdown, payload):
     print(f"wrote {RESULTS / (name + '.md')} and {RESULTS / (name + '.json')}")
 
 
+def sparse_linear(n, M, k, noise, seed):
+    """A sparse linear problem: ``n`` rows of M standard normal features, ``k`` true coefficients
+    with random signs and magnitudes in [1, 2] at random positions, Gaussian noise of standard
+    deviation ``noise``. Returns ``X, y, w``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, M))
+    w = np.zeros(M)
+    support = rng.choice(M, k, replace=False)
+    w[support] = rng.choice([-1.0, 1.0], k) * rng.uniform(1, 2, k)
+    return X, X @ w + noise * rng.normal(size=n), w
+
+
 def sinc(seed):
     """Tipping's (2001) noisy sinc: 100 training points uniform on [-10, 10], noise std 0.1; a
     noise-free test grid of 1000 points. Returns ``X, y, X_test, y_test``."""

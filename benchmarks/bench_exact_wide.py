@@ -30,7 +30,7 @@ from sklearn.metrics import r2_score
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import environment, markdown_table, sparse_linear, write_results
 from _harness import measure
 
 from sparsekit import DQNSBLRegressor
@@ -40,12 +40,7 @@ N_TRAIN, N_TEST, K, NOISE = 100, 1_000, 5, 0.1
 
 
 def make_problem(M, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(N_TRAIN + N_TEST, M))
-    w = np.zeros(M)
-    support = rng.choice(M, K, replace=False)
-    w[support] = rng.choice([-1.0, 1.0], K) * rng.uniform(1, 2, K)
-    y = X @ w + NOISE * rng.normal(size=N_TRAIN + N_TEST)
+    X, y, _w = sparse_linear(N_TRAIN + N_TEST, M, K, NOISE, seed)
     return X[:N_TRAIN], y[:N_TRAIN], X[N_TRAIN:], y[N_TRAIN:]
 
 

@@ -34,7 +34,7 @@ from sklearn.linear_model import ARDRegression, LassoCV, OrthogonalMatchingPursu
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, environment, markdown_table, write_results
+from _common import RESULTS, environment, markdown_table, sparse_linear, write_results
 
 from sparsekit import DQNSBLRegressor
 
@@ -49,12 +49,7 @@ METHODS = {
 
 
 def problem(M, k, noise, seed):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(N, M))
-    w = np.zeros(M)
-    support = rng.choice(M, k, replace=False)
-    w[support] = rng.choice([-1.0, 1.0], k) * rng.uniform(1, 2, k)
-    return X, X @ w + noise * rng.normal(size=N), w
+    return sparse_linear(N, M, k, noise, seed)
 
 
 def success(coef, w):

@@ -80,7 +80,7 @@ def all_feature_path(design, t, sw, settings, *, on_iter=None):
     work = design.copy_active()
     m = work.n_active
     state = PathState(np.zeros((m, 1)), np.ones((m, 1)), beta=1.0 / (1.0 + np.finfo(float).eps))
-    run_path(work, state, Gaussian(t, sw, ard, woodbury=True), ard, on_iter=on_iter)
+    run_path(work, state, Gaussian(t, sw, ard), ard, on_iter=on_iter)
     if work.n_active > np.count_nonzero(sw):
         return None
     # the constructive path from ARD's end, every column a candidate again

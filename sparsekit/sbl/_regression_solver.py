@@ -55,23 +55,22 @@ class Gaussian:
         Sample weights.
     settings : PathSettings
         ``solver="exact"`` selects ARDRegression's stop test and uncapped noise update.
-    woodbury : bool, default=False
-        Exact steps in the n-by-n Woodbury form (:func:`woodbury_posterior`) while there are
-        more active bases than samples: O(n^2 m) per step, no m-by-m matrix (the regressor's
-        exact path, and the all-feature start of the constructive path,
-        :func:`._all_feature.all_feature_path`). The full posterior covariance of the final
-        model is then formed only when it has at most n bases; a final model with more leaves
-        ``state.sigma_factor`` instead (:meth:`finish`).
+
+    Exact steps take the n-by-n Woodbury form (:func:`woodbury_posterior`) while there are more
+    active bases than samples: O(n^2 m) per step, no m-by-m matrix (``solver="exact"`` on wide
+    data, the all-feature start of the constructive path,
+    :func:`._all_feature.all_feature_path`). The full posterior covariance of the final model is
+    then formed only when it has at most n bases; a final model with more leaves
+    ``state.sigma_factor`` instead (:meth:`finish`).
     """
 
     readmits = False  # the Gaussian's re-admission is the constructive path
     uses_settle_test = False
     stops_when_empty = True
 
-    def __init__(self, t, sw, settings, *, woodbury=False):
+    def __init__(self, t, sw, settings):
         self.t = t
         self.sw = sw
-        self.woodbury = woodbury
         self._psi = None  # sqrt(S) Phi over the active set (Woodbury steps), dense (n, m)
         self.ard = settings.solver == "exact"
         self.stop_statistic = "ard" if self.ard else "coefficients"
@@ -117,7 +116,7 @@ class Gaussian:
             self._phit_t = design.rmatvec(self.sw * self.t)
 
     def _woodbury_now(self, design):
-        return self.woodbury and self._gram is None and design.n_active > design.n_samples
+        return self._gram is None and design.n_active > design.n_samples
 
     def exact_step(self, design, state, settings):
         """Cholesky posterior over the active set; sets ``state.coef`` and ``state.sigma_diag``."""

@@ -382,10 +382,7 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
                     design, state = self._keep_better_end(design, state, first, t, sw, settings)
                     del first
             else:
-                # Woodbury steps while more bases than samples are active (solver="exact" on
-                # wide data: O(n^2 m) per step instead of an m-by-m Gram matrix and Cholesky)
-                gauss = Gaussian(t, sw, settings, woodbury=True)
-                run_path(design, state, gauss, settings, on_iter=on_iter)
+                run_path(design, state, Gaussian(t, sw, settings), settings, on_iter=on_iter)
             if design.n_active == 0:
                 warnings.warn(
                     "DQNSBLRegressor pruned every basis function although y varies, so it "
@@ -543,8 +540,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         self._coef_rel = coef_rel
         # Posterior covariance (full when it exists) on the standardised scale, for return_std.
         self._sigma_full = state.sigma_full
-        self._sigma_factor = None
-        if state.sigma_full is None and state.sigma_factor is not None:
+        self._sigma_factor = None  # more bases than samples: Sigma = diag(1 / lam) - V'V
+        if state.sigma_factor is not None:
             self._sigma_factor = (1.0 / state.lam[:, 0], state.sigma_factor)
         self._sigma_std = sigma_diag.copy()
         self._std_scale = design.inv_scale[design.active].copy()

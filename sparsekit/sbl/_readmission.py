@@ -712,7 +712,8 @@ def propose_additions(
     ``per_class=None`` is a sweep: ``PER_SWEEP`` per class, or, from a source with ``batch > 1``,
     up to ``batch`` that pass the add test jointly (:func:`choose_batched`); a number is a bulk
     re-admission by the independent scores (the second start, :func:`._engine._restart`;
-    in-memory candidates only, a chunked source proposes ``PER_SWEEP``).
+    in-memory candidates only, a chunked source proposes ``PER_SWEEP``); 0 proposes nothing and
+    scores nothing.
 
     Every basis function is scored, O(n M m). (Scoring only a shortlist, the bases that passed
     the add test at the last full sweep, with a full sweep before the fit may stop, scored 3.7x
@@ -724,6 +725,8 @@ def propose_additions(
     largest ``q^2 / phi' B phi``, the gain of a candidate uncorrelated with the model, was tried
     and lost accuracy: Image 4.6 % instead of 3.2 % error, digits 0.958 instead of 0.971.)
     """
+    if per_class == 0:  # no room (the second start with exact_switch bases already)
+        return []
     if getattr(candidates, "chunked", False):  # dask: chunk-wise terms (_dask_laplace.py)
         return candidates.propose_additions(design, state, T, sw, threshold_lambda, likelihood)
     K = T.shape[1]

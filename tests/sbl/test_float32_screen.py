@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from sklearn.datasets import make_classification
+from sklearn.datasets import make_classification, make_moons
 
 import sparsekit.sbl._readmission as ra
 from sparsekit.sbl import DQNSBLClassifier
@@ -229,6 +229,19 @@ def test_screened_fit_is_the_float64_fit(basis, classes, small_pool, monkeypatch
     assert_array_equal(new.relevance_, ref.relevance_)
     assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)
     assert_allclose(new.intercept_, ref.intercept_, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_second_start_with_no_room_left(seed, monkeypatch):
+    """The second start re-admits up to ``exact_switch`` bases; when the model already holds that
+    many it proposes none (a screen asked for the top 0 candidates raised a ValueError from
+    ``np.partition``: make_moons(800), gamma 0.02, seed 6 with the defaults). Screened or not,
+    the same fit."""
+    X, y = make_moons(100, noise=0.3, random_state=seed)
+    new, ref = _fits(X, y, monkeypatch, exact_switch=2)
+    assert new.n_iter_ == ref.n_iter_
+    assert_array_equal(new.relevance_, ref.relevance_)
+    assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("transposed", [False, True])

@@ -265,9 +265,43 @@ def test_verbose_prints_progress(moons, capsys):
 
 def test_convergence_warning(moons):
     X, y, _, _ = moons
-    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+    with pytest.warns(ConvergenceWarning, match="max_iter=2") as rec:
         clf = DQNSBLClassifier(gamma=2.0, max_iter=2).fit(X, y)
     assert clf.n_iter_ == 2
+    assert "increase max_iter" in str(rec[0].message)
+
+
+def test_cycling_fit_warns_that_more_iterations_will_not_help():
+    """A narrow kernel on noisy labels: MacKay's updates cycle (seed 2 alternates between two
+    evidences, seed 0 has a longer period) until max_iter; the warning says so, with the range of
+    the evidence, instead of asking for more iterations."""
+    messages = []
+    for seed in (0, 2):
+        X, y = make_classification(400, 20, n_informative=8, flip_y=0.05, random_state=seed)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf = DQNSBLClassifier(gamma=0.2).fit(X, y)
+        msg = [str(w.message) for w in rec if issubclass(w.category, ConvergenceWarning)]
+        if msg and "will not help" in msg[0]:
+            last = np.asarray(clf.scores_[-50:])
+            assert clf.n_iter_ == clf.max_iter
+            assert np.max(last) <= np.max(clf.scores_[-100:-50]) + 1e-3
+            assert f"{np.min(last):.6g} and {np.max(last):.6g}" in msg[0]
+            assert "smaller gamma" in msg[0]
+        messages += msg
+    assert any("will not help" in m for m in messages), messages
+
+
+def test_evidence_stalled():
+    from sparsekit.sbl._classifier import evidence_stalled
+
+    cycle = np.tile([-10.0, -12.0, -10.5], 40)
+    assert evidence_stalled(cycle) == (-12.0, -10.0)
+    assert evidence_stalled(np.linspace(-20.0, -10.0, 120)) is None  # still rising
+    assert evidence_stalled(np.full(120, -10.0)) is None  # flat: nothing moves
+    assert evidence_stalled(cycle[:99]) is None  # too few iterations
+    rising_cycle = cycle + np.repeat([0.0, 0.5], [70, 50])  # cycles, higher than before
+    assert evidence_stalled(rising_cycle) is None
 
 
 # ------------------------------------------------------------------------------ edge cases

@@ -1,8 +1,12 @@
 """Sample weights with kernel bases: k copies of a sample equal a weight of k, and a weight of
-zero equals leaving the sample out (the basis is built from distinct positive-weight samples)."""
+zero equals leaving the sample out (the basis is built from distinct positive-weight samples);
+weights below 1 keep the noise precision positive."""
+
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.datasets import make_regression
 from sklearn.metrics.pairwise import rbf_kernel
 
 from sparsekit import DQNSBLRegressor
@@ -63,3 +67,19 @@ def test_distinct_rows_dense_and_sparse():
     np.testing.assert_array_equal(distinct_rows(sp.csr_matrix(X), sw), expected)
     sw[3] = 0.0  # the first positive-weight copy represents the others
     np.testing.assert_array_equal(distinct_rows(X, sw), [1, 2, 4, 5, 6, 7, 10, 11])
+
+
+@pytest.mark.parametrize("max_iter", [3, 300])
+def test_exact_solver_with_fractional_weights_on_wide_data(max_iter):
+    """Weights below 1 on more features than samples: ARDRegression's noise update
+    (sum(w) - sum(gamma)) / sse went negative (sum(gamma) may exceed the weights' sum), and
+    with it every return_std (NaN). The noise precision stays positive, the stds finite."""
+    X, y = make_regression(30, 300, n_informative=5, noise=1.0, random_state=0)
+    sw = np.random.default_rng(0).uniform(0.0, 0.5, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = DQNSBLRegressor(kernel=None, solver="exact", max_iter=max_iter)
+        est.fit(X, y, sample_weight=sw)
+    _, std = est.predict(X, return_std=True)
+    assert est._beta_std > 0.0
+    assert np.all(np.isfinite(std)) and np.all(std > 0.0)

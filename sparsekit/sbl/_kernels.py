@@ -195,7 +195,8 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     basis whose precision would pass ``threshold_lambda`` although ``q^2 > s``, -inf for no
     action), the re-estimated precision of each model basis, the factors ``s`` with the model's
     own contribution removed and ``theta = q^2 - s`` (zero where the precision would pass the
-    threshold). One pass over the candidates instead of two dozen array expressions.
+    threshold). A factor ``s`` that rounding left at or below zero scores no action (-inf) and
+    keeps its precision. One pass over the candidates instead of two dozen array expressions.
     """
     M = S.shape[0]
     m = model.shape[0]
@@ -217,7 +218,7 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
         if th * threshold_lambda <= s[i] * s[i]:
             th = 0.0
         theta[i] = th
-        if in_model[i] or not th > 0.0:
+        if in_model[i] or not th > 0.0 or not s[i] > 0.0:
             gain[i] = -np.inf
         else:
             r = q[i] * q[i]
@@ -226,6 +227,12 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     for k in range(m):
         j = model[k]
         a, sj, qj = lam[k], s[j], q[j]
+        if not sj > 0.0:
+            # s lost to rounding (a precision of ~1e-16 over a column the model explains: S_j
+            # is lam - lam^2 Sigma_jj): no action, no division by zero
+            lam_new[k] = a
+            gain[j] = -np.inf
+            continue
         g_old = 0.5 * (np.log(a) - np.log(a + sj) + qj * qj / (a + sj))
         if theta[j] > 0.0:
             b = sj * sj / theta[j]

@@ -78,7 +78,7 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     over = theta * threshold_lambda <= s * s
     theta[over] = 0.0
     gain = np.full(S.shape[0], -np.inf)
-    good = ~in_model & (theta > 0)
+    good = ~in_model & (theta > 0) & (s > 0)
     gain[good] = 0.5 * ((q[good] ** 2 - s[good]) / s[good] + np.log(s[good] / q[good] ** 2))
     s_in, q_in, th_in = s[model], q[model], theta[model]
     keep = th_in > 0
@@ -87,7 +87,10 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
         g_old = basis_gain(lam, s_in, q_in)
         g_in = np.where(keep, basis_gain(lam_new, s_in, q_in) - g_old, -g_old)
     g_in = np.where(np.isnan(g_in), -np.inf, g_in)
-    gain[model] = np.where(over[model] & (q_in * q_in > s_in), np.inf, g_in)
+    g_in = np.where(over[model] & (q_in * q_in > s_in), np.inf, g_in)
+    lost = ~(s_in > 0)  # s rounded to <= 0: no action, the precision kept
+    gain[model] = np.where(lost, -np.inf, g_in)
+    lam_new = np.where(lost, lam, lam_new)
     return gain, lam_new, s, theta
 
 

@@ -207,6 +207,27 @@ def test_fast_ml_scores(readonly):
     assert np.isposinf(gain[model]).any()  # past the threshold with q^2 > s: pruned first
 
 
+def test_fast_ml_scores_where_rounding_zeroed_s():
+    """A model basis of precision ~1e-16 over a column the model explains has S_j = lam -
+    lam^2 Sigma_jj rounded to 0 (or below): it scores no action and keeps its precision, as does
+    a candidate with S = 0, instead of a ZeroDivisionError from the numba kernel (RBF regression,
+    make_regression(200, 3, noise=0.1, random_state=47), gamma 0.05)."""
+    M, model = 6, np.array([0, 2, 3])
+    lam = np.array([4.8e-16, 1.0, 2.0])
+    S = np.array([0.0, 1.0, 0.5, -1e-8, 0.0, 2.0])
+    Q = np.array([-0.66, 3.0, 1.5, 0.2, 1.0, 4.0])
+    in_model = np.zeros(M, dtype=bool)
+    in_model[model] = True
+    got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9)
+    ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 1e9)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    gain, lam_new = got[0], got[1]
+    assert np.isneginf(gain[[0, 3, 4]]).all()  # s lost to rounding; a candidate with S = 0
+    assert lam_new[0] == lam[0] and lam_new[2] == lam[2]
+    assert np.isfinite(gain[[1, 5]]).all() and np.isfinite(gain[2])
+
+
 def test_compact_columns_inplace(Phi):
     keep = np.array([0, 2, 3, 7, 10])
     ref = naive.compact_columns(Phi, keep)

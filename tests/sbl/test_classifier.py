@@ -326,6 +326,21 @@ def test_perfectly_separable_warns_and_stays_finite():
         assert clf.score(X, y) == 1.0
 
 
+def test_sparse_linear_fit_that_prunes_every_feature():
+    """CSR input whose two entries carry no signal (one per class) and an empty column: every
+    feature is pruned and the model is its intercept (a product with the empty model raised a
+    ValueError from a reshape)."""
+    X = sp.csr_matrix(([3.0, 3.0], ([0, 1], [0, 0])), shape=(60, 2))  # column 1 empty
+    y = np.tile([0, 1], 30)
+    clf = DQNSBLClassifier(kernel=None).fit(X, y)
+    assert not np.any(clf.coef_.toarray() if sp.issparse(clf.coef_) else clf.coef_)
+    assert_allclose(clf.predict_proba(X), 0.5, atol=0.05)
+    for kw in ({"solver": "exact"}, {"multi_class": "multinomial"}):  # these keep tiny weights
+        assert_allclose(
+            DQNSBLClassifier(kernel=None, **kw).fit(X, y).predict_proba(X), 0.5, atol=0.05
+        )
+
+
 def test_duplicated_columns_and_rows():
     """Duplicated features share their weight and predict like the original model."""
     X, y = make_classification(

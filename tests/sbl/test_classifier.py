@@ -14,6 +14,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 
 from sparsekit.exceptions import EvidenceWarning
 from sparsekit.sbl import DQNSBLClassifier
+from sparsekit.sbl._classifier import evidence_stalled
 
 
 @pytest.fixture(scope="module")
@@ -293,8 +294,6 @@ def test_cycling_fit_warns_that_more_iterations_will_not_help():
 
 
 def test_evidence_stalled():
-    from sparsekit.sbl._classifier import evidence_stalled
-
     cycle = np.tile([-10.0, -12.0, -10.5], 40)
     assert evidence_stalled(cycle) == (-12.0, -10.0)
     assert evidence_stalled(np.linspace(-20.0, -10.0, 120)) is None  # still rising

@@ -329,8 +329,6 @@ def test_warm_start_continues():
 
 def test_convergence_warning_and_n_iter():
     X, y, _, _ = _sparse_problem(16, n=100, d=30)
-    from sklearn.exceptions import ConvergenceWarning
-
     with pytest.warns(ConvergenceWarning, match="max_iter"):
         reg = DQNSBLRegressor(max_iter=2).fit(X, y)
     assert reg.n_iter_ == 2

@@ -32,10 +32,11 @@ SEPARATION_PROBABILITY = 0.9
 # (relative to the STALL_WINDOW before, to STALL_RTOL) while it still moves is cycling, not
 # creeping: its ConvergenceWarning says that more iterations will not help. Measured:
 # make_classification(400, 20, n_informative=8, flip_y=0.05), RBF gamma 0.2, seeds 0-7 with the
-# defaults: 6 of 8 fits at max_iter, 5 of them cycling (periods 2 to 5, the evidence swinging by
-# 1-3 nats), one still rising (seed 1: +2.5 nats over the last 50 iterations). Damping the
-# updates of a class once its evidence repeats (its rate halved down to 1/16) did not end the
-# cycles (seed 2, and n = 5,000 seed 3 of the scale benchmark's problem, still at max_iter).
+# defaults: 6 of 8 fits at max_iter, 5 of them cycling (seed 2 with period 2, seed 0 period 3,
+# the evidence swinging by 1-3 nats; python benchmarks/bench_narrow_kernels.py), one still
+# rising (seed 1: +2.5 nats over the last 50 iterations). Damping the updates of a class once its
+# evidence repeats (its rate halved down to 1/16) did not end the cycles (seed 2, and n = 5,000
+# seed 3 of the scale benchmark's problem, still at max_iter).
 STALL_WINDOW = 50
 STALL_RTOL = 1e-6
 

@@ -22,38 +22,12 @@ from ._classifier_solver import FREE_LAMBDA, LIKELIHOODS, LINEAR_INNER_FORCING, 
 from ._dask_design import make_design
 from ._dask_input import dask_classification_targets, is_dask_array
 from ._dask_laplace import DaskCandidateColumns
-from ._engine import PathSettings, PathState, run_path
+from ._engine import STALL_WINDOW, PathSettings, PathState, evidence_stalled, run_path
 from ._features import compute_kernel, training_basis
 from ._kernel_basis import make_subset
 from ._readmission import CandidateColumns
 
 SEPARATION_PROBABILITY = 0.9
-# A fit at max_iter whose log evidence has not risen over its last STALL_WINDOW exact iterations
-# (relative to the STALL_WINDOW before, to STALL_RTOL) while it still moves is cycling, not
-# creeping: its ConvergenceWarning says that more iterations will not help. Measured:
-# make_classification(400, 20, n_informative=8, flip_y=0.05), RBF gamma 0.2, seeds 0-7 with the
-# defaults: 6 of 8 fits at max_iter, 5 of them cycling (seed 2 with period 2, seed 0 period 3,
-# the evidence swinging by 1-3 nats; python benchmarks/bench_narrow_kernels.py), one still
-# rising (seed 1: +2.5 nats over the last 50 iterations). Damping the updates of a class once its
-# evidence repeats (its rate halved down to 1/16) did not end the cycles (seed 2, and n = 5,000
-# seed 3 of the scale benchmark's problem, still at max_iter).
-STALL_WINDOW = 50
-STALL_RTOL = 1e-6
-
-
-def evidence_stalled(scores, window=STALL_WINDOW):
-    """``(low, high)`` of the last ``window`` log evidences when their best is no higher than the
-    best of the ``window`` before (to STALL_RTOL) while they still move by more than that; None
-    otherwise (too few, still rising, or flat)."""
-    if len(scores) < 2 * window:
-        return None
-    before = np.asarray(scores[-2 * window : -window], dtype=np.float64)
-    last = np.asarray(scores[-window:], dtype=np.float64)
-    tol = STALL_RTOL * max(np.abs(before).max(), 1.0)
-    lo, hi = float(last.min()), float(last.max())
-    if hi > before.max() + tol or hi - lo <= tol:
-        return None
-    return lo, hi
 
 
 class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
@@ -122,7 +96,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         Precision re-estimation: MacKay's ``gamma_j / w_j^2`` or the EM update
         ``1 / (w_j^2 + Sigma_jj)``.
     max_iter : int, default=1000
-        Maximum number of precision updates (both phases together).
+        Maximum number of precision updates (both phases together). An exact phase whose log
+        evidence cycles (50 iterations no higher than the 50 before, rising and falling by turns)
+        stops earlier, at the cycle's best iterate, with a ``ConvergenceWarning``.
     tol : float, default=1e-3
         Stopping tolerance on ``max |d log lambda_j|`` over the relevant bases in the exact phase.
     dqn_tol : float, default=0.1
@@ -373,30 +349,42 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 candidates = self._candidate_columns(X, design)
                 run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
-                warnings.warn(self._not_converged(state.scores), ConvergenceWarning)
+                warnings.warn(self._not_converged(state), ConvergenceWarning)
             self._check_evidence(design, state, T, sw, counts)
             self._store_fit(X, design, state, dtype)
         return self
 
-    def _not_converged(self, scores):
-        """The message of a fit that used up ``max_iter``: whether more iterations would help,
-        from the log evidence of its last exact iterations (``scores``)."""
-        head = f"{type(self).__name__} did not converge in max_iter={self.max_iter} iterations"
-        stall = evidence_stalled(scores)
-        if stall is None:
-            return f"{head}; increase max_iter (or tol and dqn_tol)."
-        lo, hi = stall
+    def _not_converged(self, state):
+        """The message of a fit that did not converge: whether more iterations would help. A path
+        that stopped for a cycle says so (``state.stalled``); at ``max_iter``, the log evidence of
+        its last exact iterations (``state.scores``) tells."""
         hint = (
             "with an RBF kernel, a smaller gamma (a wider kernel)"
             if self.kernel is not None
             else "fewer, less correlated features"
         )
+        why = (
+            "MacKay's simultaneous updates of many correlated bases overshoot back and forth (seen "
+            f"with narrow kernels on noisy labels); try {hint}."
+        )
+        if state.stalled is not None:
+            lo, hi = state.stalled
+            return (
+                f"{type(self).__name__} stopped after {state.n_iter} iterations without "
+                f"converging: its log evidence has not risen for {2 * STALL_WINDOW} iterations "
+                f"and cycles between {lo:.6g} and {hi:.6g}, so more iterations would not help. "
+                f"{why} The iterate of the cycle with the highest "
+                f"log evidence is kept ({state.scores[-1]:.6g})."
+            )
+        head = f"{type(self).__name__} did not converge in max_iter={self.max_iter} iterations"
+        stall = evidence_stalled(state.scores)
+        if stall is None:
+            return f"{head}; increase max_iter (or tol and dqn_tol)."
+        lo, hi = stall
         return (
             f"{head}: over its last {STALL_WINDOW} iterations the log evidence moved between "
             f"{lo:.6g} and {hi:.6g} without rising above that of the {STALL_WINDOW} before, so "
-            "more iterations will not help. MacKay's simultaneous updates of many correlated "
-            "bases overshoot back and forth (seen with narrow kernels on noisy labels); try "
-            f"{hint}. The model of the last iteration is kept."
+            f"more iterations will not help. {why} The model of the last iteration is kept."
         )
 
     def _kernel_subset(self, X, sw, likelihood):

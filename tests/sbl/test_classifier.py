@@ -1,5 +1,6 @@
 """Behaviour of DQNSBLClassifier: spec oracles (§5), edge cases, bad input, API features."""
 
+import re
 import warnings
 
 import numpy as np
@@ -13,8 +14,8 @@ from sklearn.metrics.pairwise import rbf_kernel
 from sklearn.utils._param_validation import InvalidParameterError
 
 from sparsekit.exceptions import EvidenceWarning
-from sparsekit.sbl import DQNSBLClassifier
-from sparsekit.sbl._classifier import evidence_stalled
+from sparsekit.sbl import DQNSBLClassifier, _engine
+from sparsekit.sbl._engine import PathState, evidence_stalled
 
 
 @pytest.fixture(scope="module")
@@ -272,25 +273,34 @@ def test_convergence_warning(moons):
     assert "increase max_iter" in str(rec[0].message)
 
 
-def test_cycling_fit_warns_that_more_iterations_will_not_help():
+def test_cycling_fit_stops_at_the_best_iterate_of_its_cycle(monkeypatch):
     """A narrow kernel on noisy labels: MacKay's updates cycle (seed 2 alternates between two
-    evidences, seed 0 has a longer period) until max_iter; the warning says so, with the range of
-    the evidence, instead of asking for more iterations."""
-    messages = []
-    for seed in (0, 2):
+    evidences, seed 7 has period 3). The exact phase stops once the cycle is found, at the cycle's
+    best iterate, and its warning says so; the iterations it saves go to the second start. With
+    the stop off the fit runs to max_iter in its first start and ends no higher (seed 2: the
+    cycle's better evidence, -106.411; seed 7: -106.9 against -133.8)."""
+    for seed in (2, 7):
         X, y = make_classification(400, 20, n_informative=8, flip_y=0.05, random_state=seed)
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always", ConvergenceWarning)
             clf = DQNSBLClassifier(gamma=0.2).fit(X, y)
         msg = [str(w.message) for w in rec if issubclass(w.category, ConvergenceWarning)]
-        if msg and "will not help" in msg[0]:
-            last = np.asarray(clf.scores_[-50:])
-            assert clf.n_iter_ == clf.max_iter
-            assert np.max(last) <= np.max(clf.scores_[-100:-50]) + 1e-3
-            assert f"{np.min(last):.6g} and {np.max(last):.6g}" in msg[0]
-            assert "smaller gamma" in msg[0]
-        messages += msg
-    assert any("will not help" in m for m in messages), messages
+        with monkeypatch.context() as m, warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            m.setattr(_engine._Stall, "_stop", lambda self, scores: False)
+            run_on = DQNSBLClassifier(gamma=0.2).fit(X, y)
+        assert run_on.n_iter_ == run_on.max_iter
+        assert clf.n_iter_ < clf.max_iter
+        assert clf.scores_[-1] >= run_on.scores_[-1] - 1e-6
+        if seed == 2:  # the stop's own path: the best iterate of the 2-cycle
+            assert msg and "would not help" in msg[0] and "smaller gamma" in msg[0]
+            lo, hi = map(float, re.search(r"cycles between (\S+) and (\S+), so", msg[0]).groups())
+            tail = run_on.scores_[-50:]  # the cycle, as max_iter left it
+            assert lo == pytest.approx(np.min(tail), abs=0.01)
+            assert hi == pytest.approx(np.max(tail), abs=0.01)
+            assert clf.scores_[-1] == pytest.approx(np.max(tail), abs=1e-4)
+        else:  # the second start, which the cycle used to starve, converges higher
+            assert not msg and clf.scores_[-1] > run_on.scores_[-1] + 10.0
 
 
 def test_evidence_stalled():
@@ -301,6 +311,47 @@ def test_evidence_stalled():
     assert evidence_stalled(cycle[:99]) is None  # too few iterations
     rising_cycle = cycle + np.repeat([0.0, 0.5], [70, 50])  # cycles, higher than before
     assert evidence_stalled(rising_cycle) is None
+    # falling without a cycle (MacKay's steps can lower the Laplace evidence for a while before
+    # a re-admission lifts it): not a cycle
+    assert evidence_stalled(np.linspace(-10.0, -20.0, 120)) is None
+    slow_turns = np.linspace(-10.0, -20.0, 120) + np.tile([0.0, 0.0, 0.0, 0.0, 0.0, 0.5], 20)
+    assert evidence_stalled(slow_turns) is None  # turns at a third of its steps: wanders
+    assert evidence_stalled(np.linspace(-10.0, -11.0, 120) + np.tile([0.0, 0.5], 60)) is not None
+
+
+def _stall_stop(scores, on=True):
+    """Feed ``scores`` to a cycle stop; returns the state and the index where it stopped."""
+    state = PathState(np.zeros((1, 1)), np.ones((1, 1)))
+    stall = _engine._Stall()
+    stall.enter(state, on)
+    for t, score in enumerate(scores):
+        if stall.record(state, score):
+            return state, t
+    return state, None
+
+
+def test_stall_stop_keeps_the_best_iterate_of_the_cycle():
+    """Suspected after 100 evidences that do not rise, confirmed by 50 more, the stop waits for
+    the best evidence of the confirmed cycle and stops before that iteration's update."""
+    rise = list(np.linspace(-50.0, -11.0, 30))
+    cycle = [-12.0, -10.5, -10.0] * 80
+    state, t = _stall_stop(rise + cycle)
+    assert state.stalled == (-12.0, -10.0)
+    # suspected at the 100th evidence (30 of the rise, 70 of the cycle), confirmed at the 150th
+    assert state.scores[-1] == -10.0 and 150 <= t < 153
+    # the approach to the cycle holds a better evidence than the cycle itself (-9.5 against -10):
+    # the range is the confirmed cycle's, and the stop still lands on its best
+    state, t = _stall_stop(rise + [-9.5] + cycle)
+    assert state.stalled == (-12.0, -10.0) and state.scores[-1] == -10.0
+    # a path that leaves its cycle before the confirmation does not stop there
+    leave = rise + cycle[:100] + list(np.linspace(-9.0, -5.0, 200))
+    state, t = _stall_stop(leave)
+    assert t is None and state.stalled is None
+    # off (a diagonal phase, or no re-admission): records, never stops
+    state, t = _stall_stop(rise + cycle, on=False)
+    assert t is None and len(state.scores) == len(rise + cycle) and state.stalled is None
+    stall = _engine._Stall()
+    assert not stall.record(state, None) and len(state.scores) == len(rise + cycle)
 
 
 # ------------------------------------------------------------------------------ edge cases

@@ -82,6 +82,15 @@ def write_results(name, markdown, payload):
     print(f"wrote {RESULTS / (name + '.md')} and {RESULTS / (name + '.json')}")
 
 
+def write_summary_and_fits(name, title, description, summary, rows):
+    """Write ``results/<name>.md`` (the title, the description with the command, the environment,
+    the summary table, then one row per fit) and ``.json`` (environment and rows)."""
+    env = environment()
+    md = [f"# {title}", "", description, f"Environment: {env}", ""]
+    md += [markdown_table(summary), "", markdown_table(rows)]
+    write_results(name, "\n".join(md), {"env": env, "rows": rows})
+
+
 def sparse_linear(n, M, k, noise, seed):
     """A sparse linear problem: ``n`` rows of M standard normal features, ``k`` true coefficients
     with random signs and magnitudes in [1, 2] at random positions, Gaussian noise of standard

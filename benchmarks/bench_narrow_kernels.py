@@ -29,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import write_summary_and_fits
 
 from sparsekit import DQNSBLClassifier
 from sparsekit.sbl import _engine
@@ -110,23 +110,18 @@ def main(argv=None):
                     "Δ accuracy on − off (min, max)": f"{d_acc[0]:+.4f}, {d_acc[-1]:+.4f}",
                 }
             )
-    env = environment()
-    md = [
-        "# DQNSBLClassifier: narrow RBF kernels on noisy labels",
-        "",
+    write_summary_and_fits(
+        "sbl_narrow_kernels",
+        "DQNSBLClassifier: narrow RBF kernels on noisy labels",
         "Command: `python benchmarks/bench_narrow_kernels.py"
         + (f" --exact {' '.join(map(str, args.exact))}" if args.exact else "")
         + f"`; make_classification({N_FIT} + 2000, 20, n_informative=8, flip_y=0.05), the first"
         f" {N_FIT} rows to fit; 1 thread; each fit with the exact phase's cycle stop on (the"
         " default) and off. Summary, then every fit (`end`: converged, stopped for a cycle, or"
         " max_iter, where `cycling` says its last 100 iterations cycled).",
-        f"Environment: {env}",
-        "",
-        markdown_table(summary),
-        "",
-        markdown_table(rows),
-    ]
-    write_results("sbl_narrow_kernels", "\n".join(md), {"env": env, "rows": rows})
+        summary,
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import environment, markdown_table, write_results
+from _common import write_summary_and_fits
 
 from sparsekit import DQNSBLRegressor
 from sparsekit.sbl import _constructive
@@ -115,10 +115,9 @@ def main(argv=None):
                     f" / {np.median([r['test_rmse_vs_truth'] for r in on]):.3g}",
                 }
             )
-    env = environment()
-    md = [
-        "# Relevance vector regression on nearly noise-free targets: the sparsity floor",
-        "",
+    write_summary_and_fits(
+        "rvr_noise_free",
+        "Relevance vector regression on nearly noise-free targets: the sparsity floor",
         "Command: `python benchmarks/bench_rvr_noise_free.py"
         + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != list(range(8)) else "")
         + (
@@ -129,13 +128,9 @@ def main(argv=None):
         + "`; make_regression(n, 3, noise), RBF gamma 0.05, test RMSE against the noise-free "
         "truth on 2,000 points; the constructive path with the floor on (the default) and off, "
         'and solver="exact" (max_iter=200) as the oracle; 1 thread. Summary, then every fit.',
-        f"Environment: {env}",
-        "",
-        markdown_table(summary),
-        "",
-        markdown_table(rows),
-    ]
-    write_results("rvr_noise_free", "\n".join(md), {"env": env, "rows": rows})
+        summary,
+        rows,
+    )
 
 
 if __name__ == "__main__":

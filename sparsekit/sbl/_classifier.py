@@ -97,8 +97,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         ``1 / (w_j^2 + Sigma_jj)``.
     max_iter : int, default=1000
         Maximum number of precision updates (both phases together). An exact phase whose log
-        evidence cycles (50 iterations no higher than the 50 before, rising and falling by turns)
-        stops earlier, at the cycle's best iterate, with a ``ConvergenceWarning``.
+        evidence cycles (50 iterations no higher than the 50 before, rising and falling by turns,
+        and 50 more no higher) stops earlier, at the cycle's best iterate, with a
+        ``ConvergenceWarning``.
     tol : float, default=1e-3
         Stopping tolerance on ``max |d log lambda_j|`` over the relevant bases in the exact phase.
     dqn_tol : float, default=0.1

@@ -219,10 +219,10 @@ class FastMarginalLikelihood:
         """Score every action (:func:`._kernels.fast_ml_scores`); a precision above
         ``threshold_lambda`` counts as pruned, and a candidate in the model's span to within
         rounding (``S_FLOOR``) is not added."""
+        floor = S_FLOOR * self.beta * self.wsum
         gain, lam_new, s, theta = fast_ml_scores(
-            self.S, self.Q, self._index(), self.lam, self.in_model, threshold_lambda
+            self.S, self.Q, self._index(), self.lam, self.in_model, threshold_lambda, floor
         )
-        gain[~self.in_model & (self.S < S_FLOOR * self.beta * self.wsum)] = -np.inf
         return _Proposal(gain, lam_new, s, theta)
 
     def settled(self, prop, *, small, tol):

@@ -184,7 +184,7 @@ def psb_update(d, s, y, d_min, d_max, eps):
 
 
 @jit
-def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
+def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda, s_floor):
     """Score every action of Tipping & Faul's fast marginal likelihood (:mod:`._constructive`).
 
     ``S``, ``Q`` are the sparsity and quality factors of all M candidates with the model's
@@ -196,7 +196,9 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     action), the re-estimated precision of each model basis, the factors ``s`` with the model's
     own contribution removed and ``theta = q^2 - s`` (zero where the precision would pass the
     threshold). A factor ``s`` that rounding left at or below zero scores no action (-inf) and
-    keeps its precision. One pass over the candidates instead of two dozen array expressions.
+    keeps its precision, and a candidate whose ``s`` is below ``s_floor`` is not added (in the
+    model's span to within rounding: :data:`._constructive.S_FLOOR`). One pass over the
+    candidates instead of two dozen array expressions.
     """
     M = S.shape[0]
     m = model.shape[0]
@@ -218,7 +220,7 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
         if th * threshold_lambda <= s[i] * s[i]:
             th = 0.0
         theta[i] = th
-        if in_model[i] or not th > 0.0 or not s[i] > 0.0:
+        if in_model[i] or not th > 0.0 or not s[i] > 0.0 or s[i] < s_floor:
             gain[i] = -np.inf
         else:
             r = q[i] * q[i]

@@ -64,7 +64,7 @@ def weighted_deviation_squares(Phi, sw, mean):
     return sw @ (dev * dev)
 
 
-def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
+def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda, s_floor=0.0):
     """Tipping & Faul's action scores with numpy array expressions."""
 
     def basis_gain(a, s, q):
@@ -78,7 +78,7 @@ def fast_ml_scores(S, Q, model, lam, in_model, threshold_lambda):
     over = theta * threshold_lambda <= s * s
     theta[over] = 0.0
     gain = np.full(S.shape[0], -np.inf)
-    good = ~in_model & (theta > 0) & (s > 0)
+    good = ~in_model & (theta > 0) & (s > 0) & ~(s < s_floor)
     gain[good] = 0.5 * ((q[good] ** 2 - s[good]) / s[good] + np.log(s[good] / q[good] ** 2))
     s_in, q_in, th_in = s[model], q[model], theta[model]
     keep = th_in > 0

@@ -197,7 +197,7 @@ def test_fast_ml_scores(readonly):
     args = [S, Q, model, lam, in_model]
     if readonly:
         args = [_readonly(a) for a in args]
-    got = K.fast_ml_scores(*args, 30.0)
+    got = K.fast_ml_scores(*args, 30.0, 0.0)
     ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 30.0)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-13)
@@ -218,7 +218,7 @@ def test_fast_ml_scores_where_rounding_zeroed_s():
     Q = np.array([-0.66, 3.0, 1.5, 0.2, 1.0, 4.0])
     in_model = np.zeros(M, dtype=bool)
     in_model[model] = True
-    got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9)
+    got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 0.0)
     ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 1e9)
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b, rtol=1e-13)
@@ -226,6 +226,26 @@ def test_fast_ml_scores_where_rounding_zeroed_s():
     assert np.isneginf(gain[[0, 3, 4]]).all()  # s lost to rounding; a candidate with S = 0
     assert lam_new[0] == lam[0] and lam_new[2] == lam[2]
     assert np.isfinite(gain[[1, 5]]).all() and np.isfinite(gain[2])
+
+
+def test_fast_ml_scores_floor_keeps_candidates_below_it_out():
+    """``s_floor`` (the constructive path's S_FLOOR * beta * wsum): a candidate whose s is below
+    it scores no action; candidates above it and the model bases score as without it."""
+    M, model = 6, np.array([0, 2, 3])
+    lam = np.array([4.8e-16, 1.0, 2.0])
+    S = np.array([0.0, 1.0, 0.5, -1e-8, 0.0, 2.0])
+    Q = np.array([-0.66, 3.0, 1.5, 0.2, 1.0, 4.0])
+    in_model = np.zeros(M, dtype=bool)
+    in_model[model] = True
+    free = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 0.0)
+    got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 1.5)
+    ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 1.5)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    assert np.isfinite(free[0][1]) and np.isneginf(got[0][1])  # S = 1.0 < 1.5
+    assert got[0][5] == free[0][5] and np.isfinite(got[0][5])  # S = 2.0 stays
+    np.testing.assert_array_equal(got[0][model], free[0][model])
+    np.testing.assert_array_equal(got[1], free[1])
 
 
 def test_compact_columns_inplace(Phi):

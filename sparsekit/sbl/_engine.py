@@ -346,14 +346,11 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
     fires or ``max_iter`` iterations have run. Returns ``(at_switch, exact)``; with ``split`` it
     returns early, ``at_switch`` True, where the diagonal phase hands over to the exact phase
     after at least one diagonal iteration."""
-    stop = _StopRule(settings, lik.stop_statistic)
+    stop = _StopRule(settings, lik.stop_statistic, cycles=readmit)
     settle = _Settle(settings.n_iter_no_change)
-    stall = _Stall()
     sweep_next = True
     diagonal_ran = False
     stop.enter(state, exact)
-    stall.enter(state, exact and readmit)
-    state.stalled = None
     while state.n_iter < settings.max_iter:
         if lik.stops_when_empty and design.n_coef == 0:
             state.converged = True
@@ -363,7 +360,6 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
                 return True, True
             exact = True
             stop.enter(state, exact)
-            stall.enter(state, readmit)
         state.n_iter += 1
         state.phase = "exact" if exact else "dqn"
         step = _posterior_step(design, state, lik, settings, exact)
@@ -378,7 +374,7 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
         if update is not None and not settings.fix_noise:
             lik.update_noise(design, state, step, update.gamma, settings, exact)
         score = lik.log_evidence(design, state, step, update, settings, exact)
-        if stall.record(state, score):
+        if stop.stall.record(state, score):
             break  # cycling: keep this iterate, its update not applied
         coef_seen = state.coef.copy() if stop.needs_coef else None
         changed, dlog, keep = False, 0.0, None
@@ -409,7 +405,6 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
                 return True, True
             exact = True  # the diagonal phase converged with few bases: finish exactly
             stop.enter(state, exact)
-            stall.enter(state, readmit)
     return False, exact
 
 
@@ -452,10 +447,11 @@ class _Stall:
         self.waited = 0  # iterations since the suspicion
 
     def enter(self, state, on):
-        """Start a phase: ``on`` for the exact phase with re-admission."""
+        """Start a phase: ``on`` for the exact phase with re-admission; nothing has stalled."""
         self.start = len(state.scores) if on else None
         self.suspect = self.found = None
         self.waited = 0
+        state.stalled = None
 
     def record(self, state, score):
         """Append ``score`` (None: nothing to record) to ``state.scores``; returns whether to stop
@@ -663,13 +659,16 @@ class _StopRule:
       ``sum |d coef| < tol``, at once, for the iterates of ``solver="exact"`` to be ARDRegression's.
 
     Coefficients are compared with those of the previous iteration of the same phase, pruned
-    ones counted as zero.
+    ones counted as zero. With ``cycles`` (re-admission), the exact phase also stops when its
+    evidence cycles (``stall``, a :class:`_Stall`, which records the evidence).
     """
 
-    def __init__(self, settings, statistic):
+    def __init__(self, settings, statistic, *, cycles=False):
         self.settings = settings
         self.statistic = statistic
         self.needs_coef = statistic in ("coefficients", "ard")
+        self.cycles = cycles
+        self.stall = _Stall()
         self.calm = 0
         self.previous = None
 
@@ -677,6 +676,7 @@ class _StopRule:
         """Start a phase: nothing is calm yet; the diagonal phase compares with the start."""
         self.calm = 0
         self.previous = None if exact else state.coef.ravel().copy()
+        self.stall.enter(state, exact and self.cycles)
 
     def observe(self, coef, keep, changed, settled, exact):
         """Record one iteration (``coef`` before pruning, ``keep`` the rows kept); returns

@@ -221,7 +221,7 @@ def scatter_parts(nnz, n_rows, k):
 def sparse_matmat(B, V):
     """``B @ V`` for a CSC matrix ``B`` and a float64 ``V`` of shape (m,) or (m, k), on the fit's
     threads when the product is large (:func:`._kernels.csc_matmat`)."""
-    V2 = np.ascontiguousarray(V.reshape(V.shape[0], 1 if V.ndim == 1 else V.shape[1]))
+    V2 = np.ascontiguousarray(V[:, None] if V.ndim == 1 else V)
     k = V2.shape[1]
     with parallel(B.nnz * k):
         out = csc_matmat(
@@ -233,7 +233,7 @@ def sparse_matmat(B, V):
 def sparse_rmatmat(B, U):
     """``B.T @ U`` for a CSC matrix ``B`` and a float64 ``U`` of shape (n,) or (n, k), on the
     fit's threads when the product is large (:func:`._kernels.csc_rmatmat`)."""
-    U2 = np.ascontiguousarray(U.reshape(U.shape[0], 1 if U.ndim == 1 else U.shape[1]))
+    U2 = np.ascontiguousarray(U[:, None] if U.ndim == 1 else U)
     with parallel(B.nnz * U2.shape[1]):
         out = csc_rmatmat(B.indptr, B.indices, B.data, U2)
     return out.ravel() if U.ndim == 1 else out

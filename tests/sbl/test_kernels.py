@@ -207,17 +207,24 @@ def test_fast_ml_scores(readonly):
     assert np.isposinf(gain[model]).any()  # past the threshold with q^2 > s: pruned first
 
 
-def test_fast_ml_scores_where_rounding_zeroed_s():
-    """A model basis of precision ~1e-16 over a column the model explains has S_j = lam -
-    lam^2 Sigma_jj rounded to 0 (or below): it scores no action and keeps its precision, as does
-    a candidate with S = 0, instead of a ZeroDivisionError from the numba kernel (RBF regression,
-    make_regression(200, 3, noise=0.1, random_state=47), gamma 0.05)."""
+def _rounded_s_case():
+    """Six candidates, three in the model: a model basis of precision ~1e-16 with S = 0, another
+    with S < 0 (rounding), a candidate with S = 0, and candidates with S = 1 and 2."""
     M, model = 6, np.array([0, 2, 3])
     lam = np.array([4.8e-16, 1.0, 2.0])
     S = np.array([0.0, 1.0, 0.5, -1e-8, 0.0, 2.0])
     Q = np.array([-0.66, 3.0, 1.5, 0.2, 1.0, 4.0])
     in_model = np.zeros(M, dtype=bool)
     in_model[model] = True
+    return S, Q, model, lam, in_model
+
+
+def test_fast_ml_scores_where_rounding_zeroed_s():
+    """A model basis of precision ~1e-16 over a column the model explains has S_j = lam -
+    lam^2 Sigma_jj rounded to 0 (or below): it scores no action and keeps its precision, as does
+    a candidate with S = 0, instead of a ZeroDivisionError from the numba kernel (RBF regression,
+    make_regression(200, 3, noise=0.1, random_state=47), gamma 0.05)."""
+    S, Q, model, lam, in_model = _rounded_s_case()
     got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 0.0)
     ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 1e9)
     for a, b in zip(got, ref):
@@ -231,12 +238,7 @@ def test_fast_ml_scores_where_rounding_zeroed_s():
 def test_fast_ml_scores_floor_keeps_candidates_below_it_out():
     """``s_floor`` (the constructive path's S_FLOOR * beta * wsum): a candidate whose s is below
     it scores no action; candidates above it and the model bases score as without it."""
-    M, model = 6, np.array([0, 2, 3])
-    lam = np.array([4.8e-16, 1.0, 2.0])
-    S = np.array([0.0, 1.0, 0.5, -1e-8, 0.0, 2.0])
-    Q = np.array([-0.66, 3.0, 1.5, 0.2, 1.0, 4.0])
-    in_model = np.zeros(M, dtype=bool)
-    in_model[model] = True
+    S, Q, model, lam, in_model = _rounded_s_case()
     free = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 0.0)
     got = K.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 1.5)
     ref = naive.fast_ml_scores(S, Q, model, lam, in_model, 1e9, 1.5)

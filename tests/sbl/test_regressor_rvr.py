@@ -149,3 +149,30 @@ def test_constructive_path_does_not_add_a_candidate_in_the_models_span():
     assert fml.S[1] < S_FLOOR * fml.beta * fml.wsum < fml.S[2]
     prop = fml.propose(1e12)
     assert prop.gain[1] == -np.inf and prop.best == 2  # z, the column worth adding
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_warm_start_model_equals_the_model_added_basis_by_basis(sparse):
+    """A warm start puts its model in with one product over the basis (``start(init)``); the
+    posterior, S and Q are those of the same bases added one at a time by rank-one updates, with
+    sample weights, on a dense and on a sparse basis."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((80, 30)) * (rng.random((80, 30)) < 0.5)
+    t = B[:, 3] - 2.0 * B[:, 11] + 0.1 * rng.standard_normal(80)
+    sw = rng.uniform(0.5, 2.0, 80)
+    design = DesignMatrix(
+        sp.csr_matrix(B) if sparse else B, sw, center=True, intercept_column=False
+    )
+    js, lam = np.array([11, 3, 20]), np.array([0.5, 2.0, 40.0])
+    warm = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), 3.0)
+    warm.start((js, lam))
+    ref = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), 3.0)
+    ref.refresh()
+    for j, a in zip(js, lam):
+        ref.add(int(j), float(a))
+    assert warm.model == ref.model == js.tolist()
+    np.testing.assert_allclose(warm.C, ref.C, rtol=1e-12, atol=1e-12)
+    for name in ("Sigma", "mu", "S", "Q"):
+        np.testing.assert_allclose(getattr(warm, name), getattr(ref, name), rtol=1e-9, atol=1e-9)

@@ -76,7 +76,7 @@ from ..utils._threads import map_blocks, row_runs
 from ._constructive import GAIN_TOL as CONSTRUCTIVE_GAIN_TOL
 from ._constructive import addition_gain, constructive_path
 from ._dask_input import is_dask_array
-from ._design import DesignMatrix, column_scaling, moment_divisor
+from ._design import DesignMatrix, column_scaling, dense_rmatvec, moment_divisor
 from ._engine import run_path
 from ._features import distinct_rows, kernel_block, kernel_params
 from ._kernels import block_column_stats, rbf_exponent_inplace
@@ -410,20 +410,23 @@ class KernelSubset:
             if terms[4].any():  # keep
                 yield js, *terms
 
-    def scan_blocks(self, design, *, center):
-        """The samples outside the pool in blocks of ``SCAN_BLOCK``: yields ``(js, Phi_js, s)``,
-        the samples whose columns are not constant, their columns of K(X, X[js]) scaled as the
-        design scales its own (centred when ``center``, unit weighted RMS; float64) and their
-        inverse scales. The kernel of a block is computed once and never kept. (The regressor's
-        scan; the classifier's, :meth:`scan_products`, never forms the scaled columns.)"""
+    def centred_scan_blocks(self, design):
+        """The regressor's scan blocks: yields ``(js, base, scale)`` per block of ``SCAN_BLOCK``
+        samples outside the pool whose columns are not constant: ``base`` holds their columns of
+        K(X, X[js]) centred as the design centres its own (float64, divided by
+        :func:`._design.moment_divisor` where a column needs it, the block's own buffer centred
+        in place), ``scale`` the factors that give them unit weighted RMS. The scale is left to
+        the products, so a block is never copied (scaled copies of the centred columns took a
+        quarter of the 5,000-sample fit)."""
         none = np.zeros((self.sw.size, 0))
-        for js, base, inv_scale, scale, offset, keep, _sq, _qr in self._scaled_blocks(
-            design, none, none, center=center
+        for js, base, _inv, scale, offset, keep, _sq, _qr in self._scaled_blocks(
+            design, none, none, center=True
         ):
-            blk = base[:, keep]
-            if center:
-                blk = blk - offset[keep]
-            yield js[keep], blk * scale[keep], inv_scale[keep]
+            if not keep.all():
+                js, base, scale, offset = js[keep], base[:, keep], scale[keep], offset[keep]
+            base = np.asarray(base, dtype=np.float64)
+            base -= offset
+            yield js, base, scale
 
     def scan_products(self, design, Bw, R):
         """The classifier's scan blocks: yields ``(js, inv_scale, base, scale, keep, sq, Qb)`` per
@@ -541,6 +544,7 @@ class KernelSubset:
         posterior (B = beta sw)::
 
             S_i = beta phi_i' SW phi_i - beta^2 c_i' Sigma c_i,  c_i = Phi_A' SW phi_i
+                = beta wsum - beta^2 c_i' Sigma c_i             (unit weighted RMS)
             Q_i = beta phi_i' SW (t - Phi_A mu)
 
         A sample is worth adding when Q_i^2 > S_i, its optimal precision ``S_i^2 / (Q_i^2 -
@@ -549,12 +553,18 @@ class KernelSubset:
         ``scan_additions(m0)`` such samples (sample indices, increasing)."""
         self.n_scans += 1
         Bw, r, Sigma, beta = self.gaussian_terms(design, state, t)
-        small = CONSTRUCTIVE_GAIN_TOL * design.weight_sum
+        wsum = design.weight_sum
+        small = CONSTRUCTIVE_GAIN_TOL * wsum
+        W = np.column_stack([Bw, r])  # the model's products and Q in one product per block
+        m = Bw.shape[1]
         js_all, gains = [], []
-        for js, blk, _s in self.scan_blocks(design, center=True):
-            C = blk.T @ Bw
-            S = beta * ((blk * blk).T @ self.sw) - beta * beta * np.einsum("ij,ij->i", C @ Sigma, C)
-            Q = beta * (blk.T @ r)
+        for js, base, scale in self.centred_scan_blocks(design):
+            P = dense_rmatvec(base, W)  # runs of rows on the fit's threads
+            P *= scale[:, None]
+            C = P[:, :m]
+            # phi' SW phi = wsum: the columns have unit weighted RMS (as the path's S)
+            S = beta * wsum - beta * beta * np.einsum("ij,ij->i", C @ Sigma, C)
+            Q = beta * P[:, m]
             theta = Q * Q - S
             good = (S > 0) & (theta > 0) & (theta * threshold_lambda > S * S)
             if not good.any():

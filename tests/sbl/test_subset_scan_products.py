@@ -339,35 +339,85 @@ def test_subset_fit_with_a_small_pool_is_the_scaled_copy_fit(small_pool, monkeyp
     _assert_scaled_copy_fit(*_classification(300, 2, seed=1), monkeypatch)
 
 
+def reference_gaussian_scan(subset, design, state, t, threshold_lambda):
+    """The regressor's scan from the scaled copies (numpy only): ``S_i`` from
+    ``phi_i' SW phi_i``, ``C_i`` and ``Q_i`` from the scaled columns; returns the samples the
+    add test chooses and ``{sample: (S_i, Q_i)}``."""
+    Bw, r, Sigma, beta = subset.gaussian_terms(design, state, t)
+    small = kb.CONSTRUCTIVE_GAIN_TOL * design.weight_sum
+    factors, js_all, gains = {}, [], []
+    for js, blk, _s in reference_scan_blocks(subset, design, center=True):
+        C = blk.T @ Bw
+        S = beta * ((blk * blk).T @ subset.sw) - beta**2 * np.einsum("ij,jk,ik->i", C, Sigma, C)
+        Q = beta * (blk.T @ r)
+        factors.update(zip(js.tolist(), zip(S.tolist(), Q.tolist())))
+        theta = Q * Q - S
+        good = (S > 0) & (theta > 0) & (theta * threshold_lambda > S * S)
+        gain = kb.addition_gain(S[good], Q[good])
+        js_all.append(js[good][gain > small])
+        gains.append(gain[gain > small])
+    if not js_all:
+        return np.zeros(0, dtype=np.intp), factors
+    js_all, gains = np.concatenate(js_all), np.concatenate(gains)
+    best = np.argsort(-gains, kind="stable")[: kb.scan_additions(subset.m0)]
+    return np.sort(js_all[best]), factors
+
+
+def _reference_scan(subset, design, state, t, threshold_lambda):
+    """KernelSubset.gaussian_scan by the reference."""
+    subset.n_scans += 1
+    return reference_gaussian_scan(subset, design, state, t, threshold_lambda)[0]
+
+
 def test_regressor_gaussian_scan_is_the_scaled_copy_scan(small_pool, monkeypatch):
-    """The regressor's Gaussian scan (centred columns) yields the reference's blocks, and its
-    subset fit ends in the reference's model."""
+    """The regressor's Gaussian scan (centred blocks whose scale is applied to the products, and
+    phi' SW phi = wsum) yields the reference's scaled columns, gives the scaled-copy reference's
+    S and Q to rounding at every scan and adds the samples the reference chooses; its subset fit
+    ends in the reference's model."""
     X, y = make_friedman1(n_samples=300, noise=1.0, random_state=0)
     X = StandardScaler().fit_transform(X)
-    real_blocks = kb.KernelSubset.scan_blocks
+    real_scan = kb.KernelSubset.gaussian_scan
+    real_blocks = kb.KernelSubset.centred_scan_blocks
     compared = []
 
-    def checking(self, design, *, center):
-        ref = list(reference_scan_blocks(self, design, center=center))
-        got = list(real_blocks(self, design, center=center))
+    def checking_blocks(self, design):
+        got = list(real_blocks(self, design))
+        ref = list(reference_scan_blocks(self, design, center=True))
         assert len(got) == len(ref)
-        for (js, phi, s), (rjs, rphi, rs) in zip(got, ref):
+        for (js, base, scale), (rjs, rphi, _rs) in zip(got, ref):
             assert_array_equal(js, rjs)
-            assert_allclose(phi, rphi, rtol=1e-10, atol=1e-10)
-            assert_allclose(s, rs, rtol=1e-12)
-        compared.append(len(got))
+            assert_allclose(base * scale, rphi, rtol=1e-10, atol=1e-10)
+            self._factors_seen.update(js.tolist())
         yield from got
+
+    def checking_scan(self, design, state, t, threshold_lambda):
+        want, factors = reference_gaussian_scan(self, design, state, t, threshold_lambda)
+        self._factors_seen = set()
+        got = real_scan(self, design, state, t, threshold_lambda)
+        assert self._factors_seen == set(factors)
+        Bw, r, Sigma, beta = self.gaussian_terms(design, state, t)
+        for js, base, scale in real_blocks(self, design):
+            phi = base * scale
+            C = phi.T @ Bw
+            S = beta * design.weight_sum - beta**2 * np.einsum("ij,jk,ik->i", C, Sigma, C)
+            ref = np.array([factors[j] for j in js.tolist()])
+            assert_allclose(S, ref[:, 0], rtol=1e-9, atol=1e-9 * beta * design.weight_sum)
+            assert_allclose(beta * (phi.T @ r), ref[:, 1], rtol=1e-9, atol=1e-9)
+        assert_array_equal(got, want)
+        compared.append(got.size)
+        return got
 
     params = dict(kernel="rbf", gamma=0.1, kernel_basis="subset")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with monkeypatch.context() as m:
-            m.setattr(kb.KernelSubset, "scan_blocks", checking)
+            m.setattr(kb.KernelSubset, "centred_scan_blocks", checking_blocks)
+            m.setattr(kb.KernelSubset, "gaussian_scan", checking_scan)
             new = DQNSBLRegressor(**params).fit(X, y)
         with monkeypatch.context() as m:
-            m.setattr(kb.KernelSubset, "scan_blocks", reference_scan_blocks)
+            m.setattr(kb.KernelSubset, "gaussian_scan", _reference_scan)
             ref = DQNSBLRegressor(**params).fit(X, y)
-    assert compared and sum(compared) > 0
+    assert len(compared) > 1 and sum(compared) > 0
     assert new.n_iter_ == ref.n_iter_
     assert_array_equal(new.relevance_, ref.relevance_)
     assert_allclose(new.dual_coef_, ref.dual_coef_, rtol=1e-8, atol=1e-8)

@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from sklearn.datasets import make_classification, make_regression
+from sklearn.datasets import make_classification, make_friedman1, make_regression
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from sparsekit import DQNSBLClassifier, DQNSBLRegressor
@@ -281,6 +281,23 @@ def test_regressor_same_bits_with_one_and_two_threads(idle_machine):
     b = DQNSBLRegressor(solver="exact", n_jobs=2).fit(X, y)
     assert a.n_iter_ == b.n_iter_
     assert_array_equal(a.coef_, b.coef_)
+    assert_array_equal(a.intercept_, b.intercept_)
+
+
+@needs_two_threads
+def test_regressor_subset_path_same_bits_with_one_and_two_threads(idle_machine):
+    """The regressor's subset path (constructive path on the pool, Gaussian scans whose
+    products run in fixed runs of rows) gives the same model to the last bit with n_jobs=1
+    and 2."""
+    X, y = make_friedman1(n_samples=1200, noise=1.0, random_state=0)
+    fits = [
+        DQNSBLRegressor(kernel="rbf", gamma=0.1, kernel_basis="subset", n_jobs=j).fit(X, y)
+        for j in (1, 2)
+    ]
+    a, b = fits
+    assert a.n_iter_ == b.n_iter_
+    assert_array_equal(a.relevance_, b.relevance_)
+    assert_array_equal(a.dual_coef_, b.dual_coef_)
     assert_array_equal(a.intercept_, b.intercept_)
 
 

@@ -105,9 +105,10 @@ from ._readmission import (
 # (_classifier_kernels.BLAS_MIN_WORK): the full kernel at 2,500 then took 19.8-32.4 s.
 FULL_KERNEL_MAX = 2500
 # "auto", regressor: the full kernel while it takes at most 2 GiB in float64. Its subset path
-# re-settles the constructive path after every scan and was slower than the full kernel where
-# both ran (Friedman #1, gamma 0.05, 1 thread: 2.9x at n=2,000, 9.9x at 5,000, > 4.5x at 10,000;
-# benchmarks/results/rvr_scale_*.md), so it is for kernels that do not fit in memory.
+# continues the constructive path after every scan and is no faster where both run (Friedman #1,
+# gamma 0.05, 1 thread, benchmarks/results/rvr_scale_*.md: 2.2x the full kernel's time at
+# n = 2,000, 0.95x at 5,000, 1.36x at 10,000; it was 2.9x, 9.9x and > 4.5x before its loose
+# paths between scans), so it is for kernels that do not fit in memory.
 FULL_KERNEL_MAX_REGRESSION = 16384
 
 
@@ -530,7 +531,10 @@ class KernelSubset:
             else:
                 run_settings, gain_tol = settings, CONSTRUCTIVE_GAIN_TOL
             constructive_path(
-                *(design, t, self.sw, state),
+                design,
+                t,
+                self.sw,
+                state,
                 settings=run_settings,
                 init=start,
                 on_iter=on_iter,

@@ -293,14 +293,10 @@ class FastMarginalLikelihood:
         state.sigma_diag = np.diag(state.sigma_full).copy()[:, None]
 
 
-def constructive_path(
-    design, t, sw, state, *, settings, init=None, on_iter=None, gain_tol=GAIN_TOL
-):
+def constructive_path(design, t, sw, state, *, settings, init=None, on_iter=None):
     """Run the constructive path on ``design`` from ``state`` (see the module docstring).
 
-    ``init = (candidate indices, precisions)`` warm-starts the model. Actions that gain at most
-    ``gain_tol`` per unit of weight count as noise (the model has settled when the best one does).
-    ``state.converged`` tells
+    ``init = (candidate indices, precisions)`` warm-starts the model. ``state.converged`` tells
     whether the path converged within ``settings.max_iter`` actions; ``state`` holds the result and
     ``design`` is compacted to the model. ``on_iter(state, design, step, dlog)`` as for
     :func:`._engine.run_path`, with ``step`` carrying the noise statistics before the action.
@@ -320,7 +316,7 @@ def constructive_path(
         prop = fml.propose(settings.threshold_lambda)
         state.n_iter += 1
         since_refresh += 1
-        settled = fml.settled(prop, small=gain_tol * wsum, tol=tol)
+        settled = fml.settled(prop, small=GAIN_TOL * wsum, tol=tol)
         if (settled and not every) or on_iter is not None:
             # Noise statistics of the current posterior (Tipping 2001 eq. 18), before the action.
             sse, gamma_sum = fml.noise_statistics(tt)

@@ -48,10 +48,8 @@ The regressor (:meth:`KernelSubset.fit_gaussian`) shares the pool, its row-block
 scan blocks and the "auto" rule (:func:`make_subset`); it runs Tipping & Faul's constructive
 path (:mod:`._constructive`) on the pool instead of the diagonal and exact phases, scans with the
 Gaussian add test at the constructive path's exact posterior, and rebuilds the pool's columns
-(the pool, the model and the new samples) before the constructive path continues from the
-current model and noise. Like the classifier's, its paths stop early between scans while the
-scans find samples worth more than ``SCAN_GAIN_TOL`` per unit of weight, and it ends when a scan
-after a path with the estimator's own tolerances finds nothing to add.
+(the starting pool, the model and the new samples) before the constructive path continues from
+the current model and noise. It ends, like the classifier's, when a scan finds nothing to add.
 
 The pool is drawn at random rather than by k-means++ seeding: on half-splits of make_moons (300,
 gamma 2), make_classification (400 x 6, gamma 0.1) and make_classification (3,000 x 20, gamma
@@ -105,10 +103,9 @@ from ._readmission import (
 # (_classifier_kernels.BLAS_MIN_WORK): the full kernel at 2,500 then took 19.8-32.4 s.
 FULL_KERNEL_MAX = 2500
 # "auto", regressor: the full kernel while it takes at most 2 GiB in float64. Its subset path
-# continues the constructive path after every scan and is no faster where both run (Friedman #1,
-# gamma 0.05, 1 thread, benchmarks/results/rvr_scale_*.md: 2.2x the full kernel's time at
-# n = 2,000, 0.95x at 5,000, 1.36x at 10,000; it was 2.9x, 9.9x and > 4.5x before its loose
-# paths between scans), so it is for kernels that do not fit in memory.
+# re-settles the constructive path after every scan and was slower than the full kernel where
+# both ran (Friedman #1, gamma 0.05, 1 thread: 2.9x at n=2,000, 9.9x at 5,000, > 4.5x at 10,000;
+# benchmarks/results/rvr_scale_*.md), so it is for kernels that do not fit in memory.
 FULL_KERNEL_MAX_REGRESSION = 16384
 
 
@@ -128,13 +125,6 @@ SCAN_NO_CHANGE = 3  # n_iter_no_change of the path on the pool between two scans
 SCAN_FLAT_TOL = 1e-5  # ... and its evidence-flat tolerance per unit of weight (PathSettings)
 POOL_BATCH = 8  # additions per class and pool sweep that pass the add test jointly
 POOL_CACHE_MAX = 2**30  # largest n-by-pool cache of the pool's kernel columns (bytes)
-# The regressor's path between two scans (KernelSubset.fit_gaussian) stops once no action gains
-# more than SCAN_GAIN_TOL per unit of weight, and at the path tolerance SCAN_TOL, while scans find
-# samples above that gain; then the path runs with the fit's own tolerances. Friedman #1, gamma
-# 0.05, one thread, settling fully between scans: 8,531 actions in 19 scans at n = 5,000 (most
-# of them re-estimates gaining 0.002-0.1 nats after each scan) and max_iter (10,000) at 10,000.
-SCAN_GAIN_TOL = 1e-4
-SCAN_TOL = 1e-2
 
 
 def subset_size(n_candidates):
@@ -144,10 +134,8 @@ def subset_size(n_candidates):
 
 
 def scan_additions(m0):
-    """Candidates a regressor's scan may add to the pool: a quarter of the starting pool, as the
-    classifier's (:func:`class_scan_additions`). With a sixteenth, scans at n = 5,000 found up
-    to 746 samples that pass the add test and took 35 (Friedman #1, gamma 0.05)."""
-    return max(16, m0 // 4)
+    """Candidates a regressor's scan may add to the pool."""
+    return max(16, m0 // 16)
 
 
 def class_scan_additions(m0):
@@ -500,15 +488,10 @@ class KernelSubset:
         (:func:`._constructive.constructive_path`) on the pool's columns (``design``, from
         :meth:`gaussian_design`), then a scan of all other samples by the Gaussian add test
         (:meth:`gaussian_scan`); the best candidates join the pool, whose design is rebuilt, and
-        the constructive path continues from the current model, precisions and noise.
-
-        Two stages. While scans find samples that gain more than ``SCAN_GAIN_TOL`` per unit of
-        weight, the path between them stops at that gain tolerance and at ``SCAN_TOL`` (the next
-        scan moves the model anyway); the samples a scan adds stay in the pool
-        (:meth:`_next_pool`). Then the path runs with the estimator's own tolerances, over every
-        sample the scans brought in, and scans follow until one adds nothing, ``settings.max_iter``
-        is used up or ``MAX_SCANS`` scans ran. ``init`` (sample indices, precisions) warm-starts
-        the first run; its samples join the pool. Returns the design, compacted to the model.
+        the constructive path continues from the current model, precisions and noise. Ends when
+        a scan adds nothing, ``settings.max_iter`` is used up or ``MAX_SCANS`` scans ran.
+        ``init`` (sample indices, precisions) warm-starts the first run; its samples join the
+        pool. Returns the design, compacted to the model.
         """
         if init is not None and len(init[0]):
             init = (np.asarray(init[0], dtype=np.intp), np.asarray(init[1], dtype=np.float64))
@@ -517,7 +500,6 @@ class KernelSubset:
                 self.pool = grown
                 del design
                 design = self.gaussian_design()
-        loose = np.setdiff1d(self.candidates_all, self.pool).size > 0
         while True:
             start = None
             if init is not None and len(init[0]):
@@ -525,47 +507,25 @@ class KernelSubset:
                 held = np.isin(init[0], design.active)
                 start = (np.searchsorted(design.active, init[0][held]), init[1][held])
             state.converged = False
-            if loose:
-                run_settings = replace(settings, tol=max(settings.tol, SCAN_TOL))
-                gain_tol = max(SCAN_GAIN_TOL, CONSTRUCTIVE_GAIN_TOL)
-            else:
-                run_settings, gain_tol = settings, CONSTRUCTIVE_GAIN_TOL
             constructive_path(
-                design,
-                t,
-                self.sw,
-                state,
-                settings=run_settings,
-                init=start,
-                on_iter=on_iter,
-                gain_tol=gain_tol,
+                design, t, self.sw, state, settings=settings, init=start, on_iter=on_iter
             )
-            if not state.converged or state.n_iter >= settings.max_iter:
+            if (
+                not state.converged
+                or state.n_iter >= settings.max_iter
+                or self.n_scans >= MAX_SCANS
+            ):
                 return design
-            if self.n_scans >= MAX_SCANS:
-                if not loose:
-                    return design
-                added, best = np.zeros(0, dtype=np.intp), 0.0
-            else:
-                added, best = self.gaussian_scan(design, state, t, settings.threshold_lambda)
-            if loose and best <= gain_tol * design.weight_sum:
-                loose = False  # what is left gains little: settle it with the fit's own tolerances
-            elif not added.size:
+            added = self.gaussian_scan(design, state, t, settings.threshold_lambda)
+            if not added.size:
                 return design
-            self.pool = self._next_pool(design.active, added)
+            # the next pool: the starting one, the model and the new samples (samples added
+            # earlier and deleted since are left to the scans, so the pool's buffer stays
+            # O(n (m0 + m)))
+            self.pool = np.union1d(np.union1d(self.first_pool, design.active), added)
             init = (design.active.copy(), state.lam[:, 0].copy())
             del design
             design = self.gaussian_design()
-
-    def _next_pool(self, model, added):
-        """The pool after a scan: everything it held, the model and the new samples, while its
-        n-by-pool buffer takes at most ``POOL_CACHE_MAX`` bytes (so samples a loose path left
-        out, or pruned, stay candidates of the next path without another scan); beyond, the
-        starting pool, the model and the new samples (the buffer stays O(n (m0 + m)))."""
-        grown = np.union1d(np.union1d(self.pool, model), added)
-        if 8 * self.X.shape[0] * grown.size <= POOL_CACHE_MAX:
-            return grown
-        return np.union1d(np.union1d(self.first_pool, model), added)
 
     def gaussian_terms(self, design, state, t):
         """``(Bw, r, Sigma, beta)`` of the Gaussian add test at the current posterior:
@@ -590,8 +550,7 @@ class KernelSubset:
         A sample is worth adding when Q_i^2 > S_i, its optimal precision ``S_i^2 / (Q_i^2 -
         S_i)`` is below ``threshold_lambda`` (as the constructive path applies it) and its
         evidence gain exceeds the constructive path's tolerance. Returns the best
-        ``scan_additions(m0)`` such samples (sample indices, increasing) and the largest gain
-        among them (0 when there are none)."""
+        ``scan_additions(m0)`` such samples (sample indices, increasing)."""
         self.n_scans += 1
         Bw, r, Sigma, beta = self.gaussian_terms(design, state, t)
         wsum = design.weight_sum
@@ -614,9 +573,8 @@ class KernelSubset:
             big = gain > small
             js_all.append(js[good][big])
             gains.append(gain[big])
-        js_all = np.concatenate(js_all) if js_all else np.zeros(0, dtype=np.intp)
-        if not js_all.size:
-            return js_all, 0.0
-        gains = np.concatenate(gains)
+        if not js_all:
+            return np.zeros(0, dtype=np.intp)
+        js_all, gains = np.concatenate(js_all), np.concatenate(gains)
         best = np.argsort(-gains, kind="stable")[: scan_additions(self.m0)]
-        return np.sort(js_all[best]).astype(np.intp), float(gains[best[0]])
+        return np.sort(js_all[best]).astype(np.intp)

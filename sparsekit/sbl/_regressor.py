@@ -99,8 +99,8 @@ class DQNSBLRegressor(RegressorMixin, BaseDQNSBL):
         outside the candidates passes the add test. Needs a kernel computed from X (not None or
         "precomputed") and ``solver="dqn"``. "auto": "subset" for more than 16,384 distinct
         training samples (where the n-by-n kernel would pass 2 GiB) where it applies, "full"
-        otherwise: below that the full kernel is as fast or faster (the subset path continues
-        the constructive path after each scan).
+        otherwise: below that the full kernel is faster (the subset path re-runs the
+        constructive path after each scan).
     solver : {"dqn", "exact"}, default="dqn"
         "dqn": diagonal quasi-Newton SBL (O(nM) per step, O(M) extra memory). "exact": full
         covariance by Cholesky, O(m^3) per step for m active bases, or in the n-by-n Woodbury

@@ -103,9 +103,10 @@ from ._readmission import (
 # (_classifier_kernels.BLAS_MIN_WORK): the full kernel at 2,500 then took 19.8-32.4 s.
 FULL_KERNEL_MAX = 2500
 # "auto", regressor: the full kernel while it takes at most 2 GiB in float64. Its subset path
-# re-settles the constructive path after every scan and was slower than the full kernel where
-# both ran (Friedman #1, gamma 0.05, 1 thread: 2.9x at n=2,000, 9.9x at 5,000, > 4.5x at 10,000;
-# benchmarks/results/rvr_scale_*.md), so it is for kernels that do not fit in memory.
+# re-settles the constructive path after every scan and is slower than the full kernel where
+# both run (Friedman #1, gamma 0.05, 1 thread: 2.2x at n=2,000, 1.7x at 5,000 and at 10,000,
+# where it stops at max_iter; benchmarks/results/rvr_scale_*.md), so it is for kernels that do
+# not fit in memory.
 FULL_KERNEL_MAX_REGRESSION = 16384
 
 

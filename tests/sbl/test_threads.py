@@ -259,11 +259,16 @@ def test_subset_path_same_bits_with_one_and_two_threads(idle_machine):
     X, y = make_classification(
         n_samples=1500, n_features=20, n_informative=8, random_state=0, class_sep=0.8
     )
-    fits = [
-        DQNSBLClassifier(gamma=0.05, kernel_basis="subset", n_jobs=j, max_iter=300).fit(X, y)
-        for j in (1, 2)
-    ]
-    a, b = fits
+    _assert_same_kernel_model_on_one_and_two_threads(
+        lambda j: DQNSBLClassifier(gamma=0.05, kernel_basis="subset", n_jobs=j, max_iter=300),
+        X,
+        y,
+    )
+
+
+def _assert_same_kernel_model_on_one_and_two_threads(make, X, y):
+    """``make(n_jobs)`` fitted with n_jobs=1 and 2 gives the same kernel model to the last bit."""
+    a, b = (make(j).fit(X, y) for j in (1, 2))
     assert a.n_iter_ == b.n_iter_
     assert_array_equal(a.relevance_, b.relevance_)
     assert_array_equal(a.dual_coef_, b.dual_coef_)
@@ -290,15 +295,9 @@ def test_regressor_subset_path_same_bits_with_one_and_two_threads(idle_machine):
     products run in fixed runs of rows) gives the same model to the last bit with n_jobs=1
     and 2."""
     X, y = make_friedman1(n_samples=1200, noise=1.0, random_state=0)
-    fits = [
-        DQNSBLRegressor(kernel="rbf", gamma=0.1, kernel_basis="subset", n_jobs=j).fit(X, y)
-        for j in (1, 2)
-    ]
-    a, b = fits
-    assert a.n_iter_ == b.n_iter_
-    assert_array_equal(a.relevance_, b.relevance_)
-    assert_array_equal(a.dual_coef_, b.dual_coef_)
-    assert_array_equal(a.intercept_, b.intercept_)
+    _assert_same_kernel_model_on_one_and_two_threads(
+        lambda j: DQNSBLRegressor(kernel="rbf", gamma=0.1, kernel_basis="subset", n_jobs=j), X, y
+    )
 
 
 @needs_two_threads

@@ -118,6 +118,10 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     exact_switch : int, default=200
         With ``solver="dqn"``, switch to exact iterations once at most this many bases remain
         (0 disables the exact finish: then no matrix larger than the data is ever allocated).
+        With a kernel, a diagonal phase that stops with more bases keeps the ``exact_switch``
+        with the smallest precisions and the exact phase finishes the fit, re-admitting any
+        pruned basis the add test favours (narrow kernels: the diagonal phase's own answer can
+        be far below exact SBL's); a linear basis keeps the diagonal phase's model then.
     threshold_lambda : float, default=1e9
         Bases whose precision exceeds this are pruned. Precisions are measured on columns scaled
         to unit root mean square.
@@ -342,6 +346,7 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 inner_forcing=LINEAR_INNER_FORCING if self.kernel is None else 0.0,
                 exact_switch=self.exact_switch,
                 threshold_lambda=self.threshold_lambda,
+                force_switch=self.kernel is not None,
             )
             on_iter = self._print_progress if self.verbose else None
             if subset is not None:

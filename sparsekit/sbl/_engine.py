@@ -416,11 +416,12 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
 
 def _switch_down(design, state, lik, settings):
     """With ``settings.force_switch``, a diagonal phase that stopped with more than
-    ``exact_switch`` bases (``exact_switch > 0``) hands over to the exact phase anyway: only the
-    ``exact_switch`` bases with the smallest precisions stay (per basis its smallest over the
-    one-vs-rest problems; the softmax's coupled coefficients one by one), the others are pruned
-    with their precisions recorded, and the exact phase's re-admission brings back any of them
-    that Tipping and Faul's add test favours. Returns whether it pruned.
+    ``exact_switch`` bases (``exact_switch > 0``; :func:`_iterate` calls it then) hands over to
+    the exact phase anyway: only the ``exact_switch`` bases with the smallest precisions stay
+    (per basis its smallest over the one-vs-rest problems; the softmax's coupled coefficients one
+    by one), the others are pruned with their precisions recorded (:func:`_prune`), and the exact
+    phase's re-admission brings back any of them that Tipping and Faul's add test favours.
+    Returns whether it pruned.
 
     Why: on correlated kernel columns the diagonal phase can stop far from exact SBL with many
     bases (make_classification(2,000, 20 features), RBF gamma 0.2, seeds 0-2: 359-466 bases, log
@@ -429,7 +430,7 @@ def _switch_down(design, state, lik, settings):
     0.88-0.89, at 15-30x the time (benchmarks/bench_kernel_widths.py). Ranking by |w| instead
     ended lower on two seeds (-274 and -283 against -263 and -278)."""
     m = settings.exact_switch
-    if not settings.force_switch or m <= 0 or lik.exact_size(design, state) <= m:
+    if not settings.force_switch or m <= 0:
         return False
     f = free_rows(design)
     mask, lam = state.mask[f:], state.lam[f:]
@@ -443,10 +444,7 @@ def _switch_down(design, state, lik, settings):
         rows[np.argsort(held.min(axis=1), kind="stable")[m:]] = True
         drop = mask & rows[:, None]
     rows, cols = np.nonzero(drop)
-    state.pruned_lam.record(design.active[rows], cols, lam[rows, cols])
-    mask[rows, cols] = False
-    state.coef[~state.mask] = 0.0
-    _compact_unused(design, state, lik)
+    _prune(design, state, lik, rows, cols, lam[rows, cols])
     return True
 
 
@@ -630,7 +628,7 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     """
     f = free_rows(design)
     sub, lam_old, lam_new, gamma = update.sub, update.lam_old, update.lam_new, update.gamma
-    coef, lam, mask = state.coef, state.lam, state.mask
+    coef, lam = state.coef, state.lam
     if damp is not False and np.any(damp):
         rows_damped = np.asarray(damp)[np.nonzero(sub)[1]] & np.isfinite(lam_new)
         lam_new = np.where(rows_damped, np.sqrt(lam_new * lam_old), lam_new)
@@ -652,11 +650,17 @@ def _apply_update(design, state, lik, update, settings, *, delete_test, damp):
     if not prune.any():
         return False, dlog, None
     rows, cols = np.nonzero(sub)
-    state.pruned_lam.record(design.active[rows[prune]], cols[prune], lam_new[prune])
-    mask_sub = mask[f:]
-    mask_sub[rows[prune], cols[prune]] = False
-    coef[~mask] = 0.0
-    return True, dlog, _compact_unused(design, state, lik)
+    return True, dlog, _prune(design, state, lik, rows[prune], cols[prune], lam_new[prune])
+
+
+def _prune(design, state, lik, rows, cols, lam_at):
+    """Take the (basis, class) pairs ``(rows, cols)`` out of the model (``rows`` below the free
+    ones): their precisions ``lam_at`` recorded, their weights zeroed, the bases no class holds
+    any more compacted away. Returns the rows kept (:func:`_compact_unused`)."""
+    state.pruned_lam.record(design.active[rows], cols, lam_at)
+    state.mask[free_rows(design) :][rows, cols] = False
+    state.coef[~state.mask] = 0.0
+    return _compact_unused(design, state, lik)
 
 
 def _compact_unused(design, state, lik):

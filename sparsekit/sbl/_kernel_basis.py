@@ -349,9 +349,10 @@ class KernelSubset:
         """Alternate the ordinary path on the pool with scans over all samples (module
         docstring; between two scans with the looser stop of ``SCAN_NO_CHANGE`` and
         ``SCAN_FLAT_TOL``) until a scan after a path with the estimator's stop rule adds nothing,
-        ``max_iter`` is used up, ``MAX_SCANS`` scans ran, or
-        the diagonal phase ended the fit with more than ``exact_switch`` bases (then there is no
-        exact posterior to scan at, and the model holds pool samples only)."""
+        ``max_iter`` is used up (if in the diagonal phase, there is no exact posterior to scan at
+        and the model holds pool samples only), or ``MAX_SCANS`` scans ran. A diagonal phase that
+        stops with more than ``exact_switch`` bases hands over to the exact phase
+        (:func:`._engine._switch_down`)."""
         candidates = self.candidate_columns(design.n_basis)
         if np.setdiff1d(self.candidates_all, self.pool).size:
             # One start when scans can add: the exact phase's second start (_engine.run_path)
@@ -385,7 +386,7 @@ class KernelSubset:
             between = exact and not tight
             exact = state.sigma_full is not None
             if (
-                state.sigma_full is None  # no exact posterior: the diagonal phase ended the fit
+                state.sigma_full is None  # no exact posterior: max_iter in the diagonal phase
                 or state.n_iter >= settings.max_iter
                 or self.n_scans >= MAX_SCANS
             ):

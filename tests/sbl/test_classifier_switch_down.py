@@ -35,22 +35,21 @@ def _fit(X, y, monkeypatch, *, switch_down=True, **params):
     real = _engine._switch_down
     phases, calls = [], []
 
-    def recording(design, state, lik, settings):
-        before = lik.exact_size(design, state)
+    def held(design, state):
+        """(basis, class) -> precision of the pairs in the model."""
         f = _engine.free_rows(design)
-        lam_before = {
+        return {
             (int(j), k): float(state.lam[f + r, k])
             for r, j in enumerate(design.active)
             for k in range(state.mask.shape[1])
             if state.mask[f + r, k]
         }
+
+    def recording(design, state, lik, settings):
+        before = lik.exact_size(design, state)
+        lam_before = held(design, state)
         pruned = real(design, state, lik, settings) if switch_down else False
-        kept = {
-            (int(j), k)
-            for r, j in enumerate(design.active)
-            for k in range(state.mask.shape[1])
-            if state.mask[f + r, k]
-        }
+        kept = set(held(design, state))
         recorded = state.pruned_lam.to_dict()
         calls.append((before, lik.exact_size(design, state), pruned, lam_before, kept, recorded))
         return pruned

@@ -39,6 +39,7 @@ from ..utils._threads import map_blocks
 from ._constructive import addition_gain
 from ._design import held_dense_basis
 from ._kernels import (
+    FLUSH32,
     block_column_stats,
     column_products,
     float32_copy_range,
@@ -382,7 +383,8 @@ class Screen:
     / (1 - L u)`` for a float32 dot product of L = SCREEN_ROWS terms (``u = 2^-24``; any order of
     summation, so any BLAS), widened for the rounding of the two inputs to float32 and for the
     float64 sum of the runs, taken relative to the computed result, and an absolute ``eta`` for
-    entries that underflow. Then ``s = phi' B phi - c' Sigma c`` is within ``D = 2 |Sigma c|'
+    the entries below ``FLUSH32`` that the rounding sets to 0 (so that no float32 product meets a
+    subnormal number: :data:`._kernels.FLUSH32`). Then ``s = phi' B phi - c' Sigma c`` is within ``D = 2 |Sigma c|'
     (gamma c + eta) + ||Sigma||_inf ||gamma c + eta||^2`` (plus the float64 rounding of either
     side) of ``s`` from float64 products. :meth:`candidates` keeps every candidate for which
     some ``s`` in ``[s - D, s + D]`` passes the add test, with bounds on its evidence gain, and
@@ -421,7 +423,7 @@ class Screen:
         for BP, S in models:
             lo, hi = (float(BP.min()), float(BP.max())) if BP.size else (0.0, 0.0)
             ok = gamma < 0.01 and lo >= 0.0 and hi <= _F32_SAFE / n
-            self.BP32.append(BP.astype(np.float32) if ok else None)
+            self.BP32.append(np.where(BP < FLUSH32, 0.0, BP).astype(np.float32) if ok else None)
             self.s_norm.append(float(np.abs(S).sum(axis=1).max(initial=0.0)))
             bp_hi = max(bp_hi, hi if ok else 0.0)
         self.bp_hi = max(bp_hi, 1.0)
@@ -546,7 +548,8 @@ class Screen:
         candidates by rows) of a block whose largest entry is ``raw_hi``, the column scales,
         ``phi' B phi``, ``q`` and the excluded mask."""
         C = C * scale[:, None]
-        eta = self.n_rows * _TINY32 * (raw_hi + self.bp_hi + 1.0)
+        # entries flushed to 0 (FLUSH32) and products that underflow: absolute errors
+        eta = self.n_rows * (FLUSH32 * (raw_hi + self.bp_hi + FLUSH32) + _TINY32)
         err = self.gamma * C + eta * scale[:, None]
         CS = C @ self.S[k]
         s = sq - np.einsum("ij,ij->i", CS, C)

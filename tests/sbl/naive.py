@@ -126,10 +126,12 @@ def rbf_exponent(G, xx, yy, neg_gamma):
 
 
 def float32_copy_range(A):
+    """``A`` rounded to float32 with entries below 2^-63 in magnitude set to 0, and the range of
+    ``A`` (NaNs skipped)."""
     A = np.asarray(A, dtype=np.float64)
     lo = np.nanmin(A) if A.size and not np.isnan(A).all() else np.inf
     hi = np.nanmax(A) if A.size and not np.isnan(A).all() else -np.inf
-    return A.astype(np.float32), lo, hi
+    return np.where(np.abs(A) < 2.0**-63, 0.0, A).astype(np.float32), lo, hi
 
 
 def _csc_dense(indptr, indices, data, n_rows):

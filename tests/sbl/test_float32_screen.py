@@ -17,14 +17,14 @@ import sparsekit.sbl._readmission as ra
 from sparsekit.sbl import DQNSBLClassifier
 
 
-def _rbf_problem(n, m, n_cand, seed, *, weight=1.0):
+def _rbf_problem(n, m, n_cand, seed, *, weight=1.0, gamma=0.3):
     """A realistic add-test problem: RBF columns of a model of ``m`` nearby centres (an
     ill-conditioned ``Sigma`` with large entries of both signs), curvature weights of a fitted
     logistic model, and candidate columns."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 3))
     centres = X[rng.choice(n, m + n_cand, replace=False)]
-    K = np.exp(-0.3 * ((X[:, None, :] - centres[None]) ** 2).sum(-1))
+    K = np.exp(-gamma * ((X[:, None, :] - centres[None]) ** 2).sum(-1))
     Phi = np.hstack([np.ones((n, 1)), K[:, :m] * rng.uniform(0.5, 2.0, m)])
     raw = np.asfortranarray(K[:, m:])
     w = rng.normal(size=m + 1)
@@ -101,6 +101,33 @@ def test_screened_scores_are_the_float64_scores(seed, weight, batch, monkeypatch
     # near q^2 = s the gain and precision amplify s's rounding (by 1 / (q^2 / s - 1))
     assert_allclose(gain, out["f64"][0], rtol=1e-5)
     assert_allclose(lam, out["f64"][2], rtol=1e-5)
+
+
+def _subnormal32(A):
+    """Whether the float32 array ``A`` has a nonzero entry below float32's smallest normal."""
+    return bool(np.any((A != 0) & (np.abs(A) < np.finfo(np.float32).tiny)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_narrow_kernels_meet_no_subnormal_float32_number(seed, monkeypatch):
+    """A narrow RBF kernel has entries far below float32's smallest normal number, which x86
+    CPUs multiply 60-190x slower: the screen's float32 inputs hold none (entries below FLUSH32
+    become 0, so no product of two kept entries is subnormal either), and the scores are still
+    the float64 ones."""
+    monkeypatch.setattr(ra, "SCREEN_ROWS", 128)
+    raw, scale, sq, q, models, _s = _rbf_problem(700, 25, 300, seed, gamma=12.0)
+    tiny = (raw > 0) & (raw < ra.FLUSH32)
+    assert tiny.mean() > 0.1  # the situation: many entries would be subnormal or make them
+    A32, lo, hi = ra.float32_copy_range(np.ascontiguousarray(raw.T))
+    assert not _subnormal32(A32) and np.all(A32.T[tiny] == 0.0)
+    assert (lo, hi) == (raw.min(), raw.max())
+    BP32 = ra.Screen.of(models, raw.shape[0]).BP32[0]
+    assert not _subnormal32(BP32)
+    assert float(BP32.astype(np.float64).min(initial=1.0)) == 0.0
+    out, screen = _score_both(raw, scale, sq, q[:, None], models, 1e12, monkeypatch)
+    assert screen.rescored < 300
+    assert_array_equal(out["f32"][1], out["f64"][1])
+    assert_allclose(out["f32"][0], out["f64"][0], rtol=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -107,16 +107,21 @@ def test_row_range_kernels():
 @pytest.mark.parametrize("readonly", [False, True])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_float32_copy_range(readonly, order):
-    """The block rounded to float32 and its smallest and largest entries, NaNs skipped; a
-    column-major block is given as its C-ordered transpose, as the screen does."""
+    """The block rounded to float32 (entries below FLUSH32 in magnitude to 0) and its smallest
+    and largest entries, NaNs skipped; a column-major block is given as its C-ordered transpose,
+    as the screen does."""
     rng = np.random.default_rng(11)
     A = rng.normal(size=(37, 11)) * 1e3
     A[3, 4] = np.nan
+    A[5, :6] = [1e-40, -1e-30, 2.0**-63, -(2.0**-63), np.nextafter(2.0**-63, 0.0), 1e-300]
     A = np.asarray(A, order=order)
     B = A.T if order == "F" else A
     B = _readonly(B) if readonly else B
     got, ref = K.float32_copy_range(B), naive.float32_copy_range(B)
     np.testing.assert_array_equal(got[0], ref[0])
+    row = got[0][5] if order == "C" else got[0][:, 5]
+    # below 2^-63 in magnitude: 0 (no subnormal float32 input or product); 2^-63 itself stays
+    assert list(row[:6]) == [0.0, 0.0, 2.0**-63, -(2.0**-63), 0.0, 0.0]
     assert got[0].dtype == np.float32 and got[0].flags.c_contiguous
     assert (got[1], got[2]) == (ref[1], ref[2])
 

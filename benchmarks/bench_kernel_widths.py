@@ -1,22 +1,25 @@
 """DQNSBLClassifier across RBF widths a grid search tries, against SVC at the same width: the
 exact finish after a diagonal phase that stopped with more than ``exact_switch`` bases
-(``_engine._switch_down``), on and off.
+(``_engine._switch_down``), with its cap on the model's size (``_engine._within_cap``: 1.5 times
+``exact_switch``), without the cap, and without the hand-over.
 
-    python benchmarks/bench_kernel_widths.py                        # gamma 0.05 0.2, seeds 0-2
-    python benchmarks/bench_kernel_widths.py --gammas 1.0 --seeds 0
+    python benchmarks/bench_kernel_widths.py          # gamma 0.05 0.2, seeds 0-2, all three arms
+    python benchmarks/bench_kernel_widths.py --gammas 0.4 1.0 --name sbl_kernel_widths_narrow
 
-Wider kernels (gamma 0.4 and 1.0 here, where SVC is at chance) can take minutes per fit with the
-hand-over: the exact phase keeps re-admitting bases worth about 0.01 nats each.
+Without the cap, kernels so narrow that SVC is at chance (gamma 0.4 and 1.0 here) can take
+minutes per fit: the start from the hand-over keeps re-admitting bases worth a few thousandths of
+a nat each, and the second start, which converges, gets what is left of ``max_iter``.
 
 Problem: ``make_classification(4000, 20, n_informative=8, flip_y=0.03, random_state=seed)``, the
 first 2,000 rows to fit (the full kernel: "auto" keeps it up to 2,500 samples), the other 2,000
-to test; ``gamma="scale"`` is about 0.05 there. One BLAS/numba thread. Each fit runs twice in the
-same process: the default (the hand-over on) and with ``_switch_down`` returning False (the fit
-then ends with the diagonal phase's model, as before the hand-over existed); SVC(gamma) is the
-peer. Per fit: seconds, iterations, whether the hand-over happened, the last log evidence, test
-accuracy and relevance vectors.
+to test; ``gamma="scale"`` is about 0.05 there. One BLAS/numba thread. Each fit runs in the same
+process once per arm: "capped" (the default), "uncapped" (``_within_cap`` passes every addition)
+and "off" (``_switch_down`` returns False: the fit ends with the diagonal phase's model, as
+before the hand-over existed); SVC(gamma) is the peer. Per fit: seconds, iterations, whether the
+diagonal phase stopped above ``exact_switch``, the last log evidence, test accuracy, relevance
+vectors, and whether the cap held back an addition at the end (its warning).
 
-Writes benchmarks/results/sbl_kernel_widths.md and .json.
+Writes benchmarks/results/<name>.md and .json (default name sbl_kernel_widths).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sparsekit import DQNSBLClassifier
 from sparsekit.sbl import _engine
 
 N_FIT = 2000
+ARMS = ("capped", "uncapped", "off")
 
 
 def data(seed):
@@ -46,31 +50,39 @@ def data(seed):
     return X[:N_FIT], y[:N_FIT], X[N_FIT:], y[N_FIT:]
 
 
-def fit_one(gamma, seed, hand_over):
+def fit_one(gamma, seed, arm):
     X, y, Xt, yt = data(seed)
-    real = _engine._switch_down
+    real_switch, real_cap = _engine._switch_down, _engine._within_cap
     calls = []
 
-    def recording(*args):
-        pruned = real(*args) if hand_over else False
+    def switch(*args):
+        pruned = real_switch(*args) if arm != "off" else False
         calls.append(pruned)
         return pruned
 
-    with warnings.catch_warnings(), mock.patch.object(_engine, "_switch_down", recording):
-        warnings.simplefilter("ignore")
+    def cap(design, state, lik, additions):
+        return real_cap(design, state, lik, additions) if arm == "capped" else additions
+
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        mock.patch.object(_engine, "_switch_down", switch),
+        mock.patch.object(_engine, "_within_cap", cap),
+    ):
+        warnings.simplefilter("always")
         t = time.perf_counter()
         est = DQNSBLClassifier(gamma=gamma, n_jobs=1).fit(X, y)
         seconds = time.perf_counter() - t
     return {
         "gamma": gamma,
         "seed": seed,
-        "hand_over": "on" if hand_over else "off",
+        "arm": arm,
         "stopped above exact_switch": bool(calls),
         "fit s": round(seconds, 2),
         "n_iter": int(est.n_iter_),
         "log_evidence": float(est.scores_[-1]),
         "test_accuracy": float(est.score(Xt, yt)),
         "relevance_vectors": len(est.relevance_),
+        "cap held back": any("passed the add test" in str(w.message) for w in caught),
     }
 
 
@@ -79,58 +91,68 @@ def svc_accuracy(gamma, seed):
     return float(SVC(gamma=gamma).fit(X, y).score(Xt, yt))
 
 
+def spread(pairs):
+    """``min, max`` of paired differences, formatted."""
+    d = sorted(a - b for a, b in pairs)
+    return f"{d[0]:+.4g}, {d[-1]:+.4g}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gammas", type=float, nargs="*", default=[0.05, 0.2])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS))
+    ap.add_argument("--name", default="sbl_kernel_widths", help="results/<name>.md and .json")
     args = ap.parse_args(argv)
     rows = []
     with threadpool_limits(limits=1):
         for gamma in args.gammas:
             for seed in args.seeds:
                 svc = svc_accuracy(gamma, seed)
-                for hand_over in (True, False):
-                    row = fit_one(gamma, seed, hand_over)
+                for arm in args.arms:
+                    row = fit_one(gamma, seed, arm)
                     row["SVC accuracy"] = svc
                     rows.append(row)
                     print(row, flush=True)
     summary = []
     for gamma in args.gammas:
-        on = [r for r in rows if r["gamma"] == gamma and r["hand_over"] == "on"]
-        off = [r for r in rows if r["gamma"] == gamma and r["hand_over"] == "off"]
-        d_ev = sorted(a["log_evidence"] - b["log_evidence"] for a, b in zip(on, off))
-        d_acc = sorted(a["test_accuracy"] - b["test_accuracy"] for a, b in zip(on, off))
-        summary.append(
-            {
-                "gamma": gamma,
-                "fits": len(on),
-                "stopped above exact_switch": sum(r["stopped above exact_switch"] for r in off),
-                "accuracy on / off / SVC (mean)": " / ".join(
-                    f"{sum(v) / len(v):.4f}"
-                    for v in (
-                        [r["test_accuracy"] for r in on],
-                        [r["test_accuracy"] for r in off],
-                        [r["SVC accuracy"] for r in on],
-                    )
-                ),
-                "Δ accuracy on − off (min, max)": f"{d_acc[0]:+.4f}, {d_acc[-1]:+.4f}",
-                "Δ evidence on − off (min, max)": f"{d_ev[0]:+.1f}, {d_ev[-1]:+.1f}",
-                "vectors on / off (mean)": f"{sum(r['relevance_vectors'] for r in on) / len(on):.0f}"
-                f" / {sum(r['relevance_vectors'] for r in off) / len(off):.0f}",
-                "fit s on / off (median)": f"{sorted(r['fit s'] for r in on)[len(on) // 2]:.1f} / "
-                f"{sorted(r['fit s'] for r in off)[len(off) // 2]:.1f}",
-            }
-        )
+        by = {a: [r for r in rows if r["gamma"] == gamma and r["arm"] == a] for a in args.arms}
+        first = by[args.arms[0]]
+        line = {
+            "gamma": gamma,
+            "fits per arm": len(first),
+            "stopped above exact_switch": sum(r["stopped above exact_switch"] for r in first),
+            "SVC accuracy (mean)": f"{sum(r['SVC accuracy'] for r in first) / len(first):.4f}",
+        }
+        for a, rs in by.items():
+            line[f"{a}: accuracy (mean)"] = f"{sum(r['test_accuracy'] for r in rs) / len(rs):.4f}"
+            line[f"{a}: vectors (mean)"] = (
+                f"{sum(r['relevance_vectors'] for r in rs) / len(rs):.0f}"
+            )
+            line[f"{a}: fit s (median)"] = f"{sorted(r['fit s'] for r in rs)[len(rs) // 2]:.1f}"
+        if "capped" in by:
+            for other in (a for a in args.arms if a != "capped"):
+                pairs = list(zip(by["capped"], by[other]))
+                line[f"Δ evidence capped − {other} (min, max)"] = spread(
+                    (a["log_evidence"], b["log_evidence"]) for a, b in pairs
+                )
+                line[f"Δ accuracy capped − {other} (min, max)"] = spread(
+                    (a["test_accuracy"], b["test_accuracy"]) for a, b in pairs
+                )
+        summary.append(line)
     write_summary_and_fits(
-        "sbl_kernel_widths",
+        args.name,
         "DQNSBLClassifier across RBF widths: the exact finish after a diagonal phase that "
         "stopped above exact_switch",
         "Command: `python benchmarks/bench_kernel_widths.py"
-        + f" --gammas {' '.join(map(str, args.gammas))} --seeds {' '.join(map(str, args.seeds))}`"
+        + f" --gammas {' '.join(map(str, args.gammas))} --seeds {' '.join(map(str, args.seeds))}"
+        + f" --arms {' '.join(args.arms)} --name {args.name}`"
         f"; make_classification(2 x {N_FIT}, 20, n_informative=8, flip_y=0.03), the first"
-        f" {N_FIT} rows to fit (full kernel), the rest to test; 1 thread; each fit with the"
-        " hand-over on (the default) and off (the diagonal phase's model, as before). Summary,"
-        " then every fit.",
+        f" {N_FIT} rows to fit (full kernel), the rest to test; 1 thread; arms: the hand-over"
+        " with its cap at 1.5 x exact_switch bases (capped, the default), without the cap"
+        " (uncapped),"
+        " and no hand-over (off: the diagonal phase's model). Summary (paired differences over"
+        " seeds), then every fit.",
         summary,
         rows,
     )

@@ -22,7 +22,14 @@ from ._classifier_solver import FREE_LAMBDA, LIKELIHOODS, LINEAR_INNER_FORCING, 
 from ._dask_design import make_design
 from ._dask_input import dask_classification_targets, is_dask_array
 from ._dask_laplace import DaskCandidateColumns
-from ._engine import STALL_WINDOW, PathSettings, PathState, evidence_stalled, run_path
+from ._engine import (
+    HAND_OVER_GROWTH,
+    STALL_WINDOW,
+    PathSettings,
+    PathState,
+    evidence_stalled,
+    run_path,
+)
 from ._features import compute_kernel, training_basis
 from ._kernel_basis import make_subset
 from ._readmission import CandidateColumns
@@ -121,7 +128,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         With a kernel, a diagonal phase that stops with more bases keeps the ``exact_switch``
         with the smallest precisions and the exact phase finishes the fit, re-admitting any
         pruned basis the add test favours (narrow kernels: the diagonal phase's own answer can
-        be far below exact SBL's); a linear basis keeps the diagonal phase's model then.
+        be far below exact SBL's); a linear basis keeps the diagonal phase's model then. That
+        exact phase does not grow its model past 1.5 times ``exact_switch`` (a
+        ``ConvergenceWarning`` says when it held back a basis the add test favoured).
     threshold_lambda : float, default=1e9
         Bases whose precision exceeds this are pruned. Precisions are measured on columns scaled
         to unit root mean square.
@@ -356,6 +365,8 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
                 run_path(design, state, lik, settings, on_iter=on_iter, candidates=candidates)
             if not state.converged:
                 warnings.warn(self._not_converged(state), ConvergenceWarning)
+            if state.held_back:
+                warnings.warn(self._held_back(state), ConvergenceWarning)
             self._check_evidence(design, state, T, sw, counts)
             self._store_fit(X, design, state, dtype)
         return self
@@ -391,6 +402,19 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
             f"{head}: over its last {STALL_WINDOW} iterations the log evidence moved between "
             f"{lo:.6g} and {hi:.6g} without rising above that of the {STALL_WINDOW} before, so "
             f"more iterations will not help. {why} The model of the last iteration is kept."
+        )
+
+    def _held_back(self, state):
+        """The message of a fit whose exact phase ended at the hand-over's cap
+        (``state.held_back``, :func:`._engine._within_cap`)."""
+        return (
+            f"{type(self).__name__}: the diagonal phase stopped with more than "
+            f"exact_switch={self.exact_switch} bases, so the exact phase started from the "
+            f"{self.exact_switch} most relevant and was kept within {state.readmit_cap} "
+            f"({HAND_OVER_GROWTH:g} x exact_switch); at its end {state.held_back} more passed the "
+            "add test, so the model is not exact SBL's optimum. This happens with a kernel too "
+            "narrow for the data (RBF: try a smaller gamma); a larger exact_switch lets the model "
+            "grow, at a cost per iteration that grows with it."
         )
 
     def _kernel_subset(self, X, sw, likelihood):

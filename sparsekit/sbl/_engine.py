@@ -27,6 +27,7 @@ re-estimated or pruned). The settings of a fit are one frozen :class:`PathSettin
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,17 @@ STALL_WINDOW = 50
 STALL_RTOL = 1e-6
 STALL_TURNS = 0.5
 STALL_RETURN = 0.05
+# After a hand-over (_switch_down) the exact phase's re-admission grows the model to at most
+# HAND_OVER_GROWTH times exact_switch bases (_within_cap). Without a bound, the start from the
+# hand-over's precisions can re-admit bases worth a few thousandths of a nat each, one per
+# iteration, until max_iter, and the second start, which converges, gets what is left:
+# make_classification(2 x 2,000, 20 features, n_informative=8, flip_y=0.03), RBF gamma 0.4 (SVC
+# at chance), seed 1: the first start grew to 955 bases, 207.0 s, log evidence -464.9. Bound at
+# 1.5: 63.5 s, -431.5 (the second start converged with 272 bases); seed 2: 65.6 s, -494.0
+# against 85.1 s, -484.4 (benchmarks/bench_kernel_widths.py). At 1.25 (scratch): -442.5 and
+# -555.8; at 1.0: 5.7 and 8.4 s but -729.1 and -903.3, and at gamma 0.2 a bound at 1.0 changed the
+# fits (seed 1: -308.5 against -277.7); no start there grew past 212 bases.
+HAND_OVER_GROWTH = 1.5
 
 _CHOICES = {
     "solver": ("dqn", "exact"),
@@ -104,7 +116,9 @@ class PathSettings:
     iteration and unit of weight below which the exact phase with re-admission counts as settled
     (the subset path loosens it between its scans). ``force_switch``: a diagonal phase that stops
     with more than ``exact_switch`` bases still hands over to the exact phase, with the
-    ``exact_switch`` most relevant (:func:`_switch_down`; the classifier's kernel bases).
+    ``exact_switch`` most relevant (:func:`_switch_down`; the classifier's kernel bases), and
+    that exact phase's re-admission keeps the model within ``HAND_OVER_GROWTH`` times
+    ``exact_switch`` (:func:`_within_cap`).
     """
 
     max_iter: int
@@ -247,6 +261,12 @@ class PathState:
         # (low, high) log evidence of the cycle where the exact phase stopped (_Stall); None
         # when it did not stop for a cycle
         self.stalled = None
+        # after the hand-over of a diagonal phase that stopped with more than exact_switch bases
+        # (_switch_down): the exact phase's model size that re-admission does not grow past
+        # (HAND_OVER_GROWTH * exact_switch); None: no bound
+        self.readmit_cap = None
+        # additions that bound held back at the last re-admission sweep (0: none)
+        self.held_back = 0
         self.scores = []
         self.pruned_lam = PrunedPrecisions()  # (original column index, k) -> precision when pruned
         self.phase = "dqn"
@@ -369,8 +389,13 @@ def _iterate(design, state, lik, settings, exact, readmit, split, on_iter, candi
         diagonal_ran = diagonal_ran or not exact
         additions = []
         if exact and readmit and (sweep_next or stop.calm + 1 >= settings.n_iter_no_change):
-            additions = propose_additions(
-                design, state, lik.T, lik.sw, candidates, settings.threshold_lambda, lik.name
+            additions = _within_cap(
+                design,
+                state,
+                lik,
+                propose_additions(
+                    design, state, lik.T, lik.sw, candidates, settings.threshold_lambda, lik.name
+                ),
             )
             sweep_next = bool(additions)
         update = _reestimate(design, state, settings)
@@ -427,7 +452,7 @@ def _switch_down(design, state, lik, settings):
     bases (make_classification(2,000, 20 features), RBF gamma 0.2, seeds 0-2: 359-466 bases, log
     evidence -715 to -836, test accuracy 0.75-0.80 against SVC's 0.84-0.88); the fit used to end
     there. Finishing exactly from the 200 of smallest precision: 153-166 bases, -263 to -292,
-    0.88-0.89, at 15-30x the time (benchmarks/bench_kernel_widths.py). Ranking by |w| instead
+    0.88-0.89, at 7-10x the time (benchmarks/bench_kernel_widths.py). Ranking by |w| instead
     ended lower on two seeds (-274 and -283 against -263 and -278)."""
     m = settings.exact_switch
     if not settings.force_switch or m <= 0:
@@ -445,7 +470,20 @@ def _switch_down(design, state, lik, settings):
         drop = mask & rows[:, None]
     rows, cols = np.nonzero(drop)
     _prune(design, state, lik, rows, cols, lam[rows, cols])
+    state.readmit_cap = math.ceil(HAND_OVER_GROWTH * m)
     return True
+
+
+def _within_cap(design, state, lik, additions):
+    """The ``additions`` a sweep proposed that keep the model within ``state.readmit_cap``
+    (``HAND_OVER_GROWTH`` times ``exact_switch`` after :func:`_switch_down`; all of them without
+    a cap), in the order proposed; records in ``state.held_back`` how many it held back."""
+    cap = state.readmit_cap
+    if cap is None:
+        return additions
+    room = max(cap - lik.exact_size(design, state), 0)
+    state.held_back = max(len(additions) - room, 0)
+    return additions[:room]
 
 
 def evidence_stalled(scores, window=STALL_WINDOW):

@@ -79,7 +79,7 @@ from ._dask_input import is_dask_array
 from ._design import DesignMatrix, column_scaling, dense_rmatvec, moment_divisor
 from ._engine import run_path
 from ._features import distinct_rows, kernel_block, kernel_params
-from ._kernels import block_column_stats, rbf_exponent_inplace
+from ._kernels import block_column_stats, flush_tiny, rbf_exponent_inplace
 from ._readmission import (
     CACHE_BYTES,
     GAIN_TOL,
@@ -306,6 +306,7 @@ class KernelSubset:
             np.matmul(X[a : a + size], Y.T, out=g)
             rbf_exponent_inplace(g, xx[a : a + size], yy, neg_gamma)
             np.exp(g, out=g)
+            flush_tiny(g)  # as compute_kernel does
 
         for _ in map_blocks(run, starts, G.size * X.shape[1]):
             pass

@@ -3,6 +3,7 @@ float32 and read-only inputs."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from sparsekit.sbl import _dask_design as DD
 from sparsekit.sbl import _kernels as K
@@ -102,6 +103,32 @@ def test_row_range_kernels():
     naive.float32_rows(A, *expect, 1, 5)
     for a, b in zip(out, expect):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "readonly"])
+def test_flush_tiny(layout):
+    """Entries below FLUSH64 (2^-511) in magnitude become 0, in place where it can write; NaN,
+    the threshold itself and larger entries stay; other inputs come back as they are."""
+    vals = [1e-300, -1e-200, 2.0**-511, -(2.0**-511), np.nextafter(2.0**-511, 0.0), 5e-324]
+    A = np.arange(1.0, 61.0).reshape(6, 10)
+    A[2, :6] = vals
+    A[4, 3] = np.nan
+    want = A.copy()
+    want[2, :6] = [0.0, 0.0, 2.0**-511, -(2.0**-511), 0.0, 0.0]
+    if layout == "F":
+        A = np.asfortranarray(A)
+    elif layout == "strided":  # neither C- nor F-contiguous: a flushed copy
+        A, want = np.hstack([A, A])[:, ::2], np.hstack([want, want])[:, ::2]
+    elif layout == "readonly":
+        A = _readonly(A)
+    got = K.flush_tiny(A)
+    np.testing.assert_array_equal(got, want)
+    if layout in ("C", "F"):
+        assert got is A
+    ints = np.arange(6).reshape(2, 3)
+    assert K.flush_tiny(ints) is ints
+    sparse = sp.csr_matrix(np.eye(3) * 1e-300)
+    assert K.flush_tiny(sparse) is sparse
 
 
 @pytest.mark.parametrize("readonly", [False, True])

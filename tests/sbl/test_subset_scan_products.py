@@ -20,6 +20,7 @@ import sparsekit.sbl._kernel_basis as kb
 import sparsekit.sbl._readmission as ra
 from sparsekit.sbl import DQNSBLClassifier, DQNSBLRegressor
 from sparsekit.sbl._design import DesignMatrix, column_scaling, moment_divisor
+from sparsekit.sbl._kernels import FLUSH64
 from sparsekit.sbl._readmission import choose_additions, sweep_terms
 
 from . import naive
@@ -238,6 +239,7 @@ def test_block_scaling_moments_are_the_designs():
         dict(kernel="rbf", gamma=0.3),
         dict(kernel="rbf", gamma=None),
         dict(kernel="rbf", gamma=None, kernel_params={"gamma": 2.0}),
+        dict(kernel="rbf", gamma=8.0),  # many entries below FLUSH64: 0 in both
         dict(kernel="poly", degree=2, gamma=0.5),
     ],
 )
@@ -257,6 +259,9 @@ def test_scan_kernel_is_kernel_block(params, order, n):
     got = subset._scan_kernel(js)
     assert_array_equal(got, kb.kernel_block(est, X, X[js], gamma_))
     assert got.flags.c_contiguous
+    assert not np.any((got != 0) & (np.abs(got) < FLUSH64))
+    if params.get("gamma") == 8.0:
+        assert np.mean(got == 0) > 0.2
 
 
 # ---------------------------------------------------------------- pool sweeps

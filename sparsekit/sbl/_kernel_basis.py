@@ -353,9 +353,9 @@ class KernelSubset:
         ``max_iter`` is used up (if in the diagonal phase, there is no exact posterior to scan at
         and the model holds pool samples only), or ``MAX_SCANS`` scans ran. A diagonal phase that
         stops with more than ``exact_switch`` bases hands over to the exact phase
-        (:func:`._engine._switch_down`), whose model then stays within ``exact_switch`` bases:
-        once a pool sweep holds back an addition for that (:func:`._engine._within_cap`), the fit
-        ends without scanning."""
+        (:func:`._engine._switch_down`), whose model then stays within ``HAND_OVER_GROWTH``
+        times ``exact_switch`` bases: once a pool sweep holds back an addition for that
+        (:func:`._engine._within_cap`), the fit ends without scanning."""
         candidates = self.candidate_columns(design.n_basis)
         if np.setdiff1d(self.candidates_all, self.pool).size:
             # One start when scans can add: the exact phase's second start (_engine.run_path)

@@ -32,7 +32,7 @@ FLUSH32 = 2.0**-63
 # two kept entries are normal float64 numbers. RBF entries get that small once gamma d^2 > 354
 # (make_classification(2 x 1,000, 20 features), gamma 3 and 10: 15.8 and 15.5 s against 4.9 s at
 # gamma 1, the BLAS products of the re-admission and the exact step slowed by subnormal numbers;
-# flushed, 5.3 and 5.6 s and the same fits to the last digit).
+# flushed, 5.3 and 4.5 s and the same fits to the last digit).
 FLUSH64 = 2.0**-511
 
 

@@ -384,10 +384,11 @@ class Screen:
     summation, so any BLAS), widened for the rounding of the two inputs to float32 and for the
     float64 sum of the runs, taken relative to the computed result, and an absolute ``eta`` for
     the entries below ``FLUSH32`` that the rounding sets to 0 (so that no float32 product meets a
-    subnormal number: :data:`._kernels.FLUSH32`). Then ``s = phi' B phi - c' Sigma c`` is within ``D = 2 |Sigma c|'
-    (gamma c + eta) + ||Sigma||_inf ||gamma c + eta||^2`` (plus the float64 rounding of either
-    side) of ``s`` from float64 products. :meth:`candidates` keeps every candidate for which
-    some ``s`` in ``[s - D, s + D]`` passes the add test, with bounds on its evidence gain, and
+    subnormal number: :data:`._kernels.FLUSH32`). Then ``s = phi' B phi - c' Sigma c`` is within
+    ``D = 2 |Sigma c|' (gamma c + eta) + ||Sigma||_inf ||gamma c + eta||^2`` (plus the float64
+    rounding of either side) of ``s`` from float64 products. :meth:`candidates` keeps every
+    candidate for which some ``s`` in ``[s - D, s + D]`` passes the add test, with bounds on its
+    evidence gain, and
     :meth:`defer` rescores in float64 those that may be among the caller's ``top`` best.
     make_classification, RBF gamma 0.05, the first 250 iterations of the subset path at
     n = 20,000: 10.4 % of the candidates scored were kept (9.9 % pass the test in float64) and

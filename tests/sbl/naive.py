@@ -121,6 +121,12 @@ def float32_rows(A, out, row_lo, row_hi, lo, hi):
         out[i], row_lo[i], row_hi[i] = float32_copy_range(A[i])
 
 
+def flush_rows(A, tau, lo, hi):
+    """Rows ``lo:hi`` of ``A``: entries below ``tau`` in magnitude set to 0, in place."""
+    block = A[lo:hi]
+    block[np.abs(block) < tau] = 0.0
+
+
 def rbf_exponent(G, xx, yy, neg_gamma):
     return np.maximum(-2.0 * G + xx[:, None] + yy[None, :], 0.0) * neg_gamma
 

@@ -405,9 +405,10 @@ def _flush_rows(A, tau, lo, hi):
 
 
 def flush_tiny(K):
-    """Set the entries of ``K`` below ``FLUSH64`` in magnitude to 0, in place, and return it:
-    a dense float64 array (one pass on the calling thread: the kernel blocks are computed in
-    runs of rows on the fit's threads already); any other ``K`` is returned as it is."""
+    """``K`` with its entries below ``FLUSH64`` in magnitude set to 0: a dense float64 array,
+    in place when it is C- or F-contiguous and writeable (one pass on the calling thread: the
+    kernel blocks are computed in runs of rows on the fit's threads already), else a flushed
+    copy (use the return value); any other ``K`` is returned as it is."""
     if not isinstance(K, np.ndarray) or K.dtype != np.float64 or K.ndim != 2:
         return K
     A = K if K.flags.c_contiguous else K.T if K.flags.f_contiguous else None

@@ -22,17 +22,18 @@ EM = 1
 _EPS = float(np.finfo(np.float64).eps)
 # Entries below this in magnitude become 0 when rounded to float32 (float32_rows_into): products
 # of two kept entries are then at least 2^-126, float32's smallest normal number, so no float32
-# product meets a subnormal number, which x86 CPUs handle 60-190x slower (a BLAS sgemm of
-# 256 x 1024 x 200 with a third of its inputs subnormal: 62 ms against 0.95 ms, measured). Narrow
-# RBF kernels have them: exp(-gamma d^2) is below 2^-126 once gamma d^2 > 87 (gamma 0.4,
-# make_classification(2,000, 20 features): the re-admission sweeps ran at 1/30 of the speed).
+# product meets a subnormal number, which x86 CPUs handle far slower (a one-thread sgemm of
+# 256 x 1024 x 200: 1.4 ms; 67 ms with a third of one input subnormal; 200 ms with products
+# subnormal). Narrow RBF kernels have them: exp(-gamma d^2) is below 2^-126 once gamma d^2 > 87
+# (gamma 0.4, make_classification(2 x 2,000, 20 features), 300 iterations: 40.1 s before, 11.8 s
+# after, the same fit; benchmarks/bench_subnormal.py --case float32).
 FLUSH32 = 2.0**-63
 # The same for the float64 kernel columns of a fit (flush_tiny, from ._features.compute_kernel
 # and the subset path's scan kernel): entries below 2^-511 in magnitude become 0, so products of
 # two kept entries are normal float64 numbers. RBF entries get that small once gamma d^2 > 354
-# (make_classification(2 x 1,000, 20 features), gamma 3 and 10: 15.8 and 15.5 s against 4.9 s at
+# (make_classification(2 x 1,000, 20 features), gamma 3 and 10: 14.1 and 12.5 s against 4.6 s at
 # gamma 1, the BLAS products of the re-admission and the exact step slowed by subnormal numbers;
-# flushed, 5.3 and 4.5 s and the same fits to the last digit).
+# flushed, 4.1 and 4.0 s and the same fits; benchmarks/bench_subnormal.py --case float64).
 FLUSH64 = 2.0**-511
 
 

@@ -111,9 +111,9 @@ def _subnormal32(A):
 @pytest.mark.parametrize("seed", range(3))
 def test_narrow_kernels_meet_no_subnormal_float32_number(seed, monkeypatch):
     """A narrow RBF kernel has entries far below float32's smallest normal number, which x86
-    CPUs multiply 60-190x slower: the screen's float32 inputs hold none (entries below FLUSH32
-    become 0, so no product of two kept entries is subnormal either), and the scores are still
-    the float64 ones."""
+    CPUs multiply 48-142x slower (benchmarks/bench_subnormal.py): the screen's float32 inputs
+    hold none (entries below FLUSH32 become 0, so no product of two kept entries is subnormal
+    either), and the scores are still the float64 ones."""
     monkeypatch.setattr(ra, "SCREEN_ROWS", 128)
     raw, scale, sq, q, models, _s = _rbf_problem(700, 25, 300, seed, gamma=12.0)
     tiny = (raw > 0) & (raw < ra.FLUSH32)

@@ -5,6 +5,8 @@ exact finish after a diagonal phase that stopped with more than ``exact_switch``
 
     python benchmarks/bench_kernel_widths.py          # gamma 0.05 0.2, seeds 0-2, all three arms
     python benchmarks/bench_kernel_widths.py --gammas 0.4 1.0 --name sbl_kernel_widths_narrow
+    python benchmarks/bench_kernel_widths.py --classes 4 --n-fit 1200 --gammas 0.2 0.4 \
+        --arms capped union --name sbl_kernel_widths_multiclass
 
 Without the cap, kernels so narrow that SVC is at chance (gamma 0.4 and 1.0 here) can take
 minutes per fit: the start from the hand-over keeps re-admitting bases worth a few thousandths of
@@ -15,7 +17,10 @@ first 2,000 rows to fit (the full kernel: "auto" keeps it up to 2,500 samples), 
 to test; ``gamma="scale"`` is about 0.05 there. One BLAS/numba thread. Each fit runs in the same
 process once per arm: "capped" (the default), "uncapped" (``_within_cap`` passes every addition)
 and "off" (``_switch_down`` returns False: the fit ends with the diagonal phase's model, as
-before the hand-over existed); SVC(gamma) is the peer. Per fit: seconds, iterations, whether the
+before the hand-over existed); "union" caps the bases all one-vs-rest problems hold together
+instead of each problem's own (the rule before 2026-12-03: with several classes the problems
+shared one cap; the additions best gain first); SVC(gamma) is the peer. ``--classes`` and
+``--n-fit`` set ``n_classes`` and the rows to fit (as many again to test). Per fit: seconds, iterations, whether the
 diagonal phase stopped above ``exact_switch``, the last log evidence, test accuracy, relevance
 vectors, and whether the cap held back an addition at the end (its warning).
 
@@ -42,16 +47,25 @@ from sparsekit import DQNSBLClassifier
 from sparsekit.sbl import _engine
 
 N_FIT = 2000
-ARMS = ("capped", "uncapped", "off")
+ARMS = ("capped", "uncapped", "off", "union")
 
 
-def data(seed):
-    X, y = make_classification(2 * N_FIT, 20, n_informative=8, flip_y=0.03, random_state=seed)
-    return X[:N_FIT], y[:N_FIT], X[N_FIT:], y[N_FIT:]
+def data(seed, classes=2, n_fit=N_FIT):
+    X, y = make_classification(
+        2 * n_fit, 20, n_informative=8, n_classes=classes, flip_y=0.03, random_state=seed
+    )
+    return X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:]
 
 
-def fit_one(gamma, seed, arm):
-    X, y, Xt, yt = data(seed)
+def union_cap(design, state, lik, additions):
+    """The "union" arm: one cap on the bases that all one-vs-rest problems hold together."""
+    room = max(state.readmit_cap - lik.exact_size(design, state), 0)
+    state.held_back = max(len(additions) - room, 0)
+    return additions[:room]
+
+
+def fit_one(gamma, seed, arm, classes=2, n_fit=N_FIT):
+    X, y, Xt, yt = data(seed, classes, n_fit)
     real_switch, real_cap = _engine._switch_down, _engine._within_cap
     calls = []
 
@@ -61,6 +75,8 @@ def fit_one(gamma, seed, arm):
         return pruned
 
     def cap(design, state, lik, additions):
+        if arm == "union" and state.readmit_cap is not None:
+            return union_cap(design, state, lik, additions)
         return real_cap(design, state, lik, additions) if arm == "capped" else additions
 
     with (
@@ -86,8 +102,8 @@ def fit_one(gamma, seed, arm):
     }
 
 
-def svc_accuracy(gamma, seed):
-    X, y, Xt, yt = data(seed)
+def svc_accuracy(gamma, seed, classes=2, n_fit=N_FIT):
+    X, y, Xt, yt = data(seed, classes, n_fit)
     return float(SVC(gamma=gamma).fit(X, y).score(Xt, yt))
 
 
@@ -101,16 +117,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gammas", type=float, nargs="*", default=[0.05, 0.2])
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    ap.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS))
+    ap.add_argument("--arms", nargs="*", choices=ARMS, default=list(ARMS[:3]))
+    ap.add_argument("--classes", type=int, default=2, help="make_classification's n_classes")
+    ap.add_argument("--n-fit", type=int, default=N_FIT, help="rows to fit (as many to test)")
     ap.add_argument("--name", default="sbl_kernel_widths", help="results/<name>.md and .json")
     args = ap.parse_args(argv)
     rows = []
     with threadpool_limits(limits=1):
         for gamma in args.gammas:
             for seed in args.seeds:
-                svc = svc_accuracy(gamma, seed)
+                svc = svc_accuracy(gamma, seed, args.classes, args.n_fit)
                 for arm in args.arms:
-                    row = fit_one(gamma, seed, arm)
+                    row = fit_one(gamma, seed, arm, args.classes, args.n_fit)
                     row["SVC accuracy"] = svc
                     rows.append(row)
                     print(row, flush=True)
@@ -146,13 +164,15 @@ def main(argv=None):
         "stopped above exact_switch",
         "Command: `python benchmarks/bench_kernel_widths.py"
         + f" --gammas {' '.join(map(str, args.gammas))} --seeds {' '.join(map(str, args.seeds))}"
-        + f" --arms {' '.join(args.arms)} --name {args.name}`"
-        f"; make_classification(2 x {N_FIT}, 20, n_informative=8, flip_y=0.03), the first"
-        f" {N_FIT} rows to fit (full kernel), the rest to test; 1 thread; arms: the hand-over"
-        " with its cap at 1.5 x exact_switch bases (capped, the default), without the cap"
-        " (uncapped),"
-        " and no hand-over (off: the diagonal phase's model). Summary (paired differences over"
-        " seeds), then every fit.",
+        + f" --arms {' '.join(args.arms)} --classes {args.classes} --n-fit {args.n_fit}"
+        + f" --name {args.name}`"
+        f"; make_classification(2 x {args.n_fit}, 20, n_informative=8,"
+        f" n_classes={args.classes}, flip_y=0.03), the first {args.n_fit} rows to fit (full"
+        " kernel), the rest to test; 1 thread; arms: the hand-over with its cap at 1.5 x"
+        " exact_switch bases per one-vs-rest problem (capped, the default), without the cap"
+        " (uncapped), no hand-over (off: the diagonal phase's model), and one cap on the bases"
+        " all problems hold together (union). Summary (paired differences over seeds), then"
+        " every fit.",
         summary,
         rows,
     )

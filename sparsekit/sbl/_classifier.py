@@ -129,8 +129,9 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
         with the smallest precisions and the exact phase finishes the fit, re-admitting any
         pruned basis the add test favours (narrow kernels: the diagonal phase's own answer can
         be far below exact SBL's); a linear basis keeps the diagonal phase's model then. That
-        exact phase does not grow its model past 1.5 times ``exact_switch`` (a
-        ``ConvergenceWarning`` says when it held back a basis the add test favoured).
+        exact phase does not grow a model past 1.5 times ``exact_switch`` bases (each
+        one-vs-rest problem's own; a softmax model's coefficients over all classes), and a
+        ``ConvergenceWarning`` says when it held back a basis the add test favoured.
     threshold_lambda : float, default=1e9
         Bases whose precision exceeds this are pruned. Precisions are measured on columns scaled
         to unit root mean square.
@@ -407,14 +408,21 @@ class DQNSBLClassifier(ClassifierPredictionMixin, ClassifierMixin, BaseDQNSBL):
     def _held_back(self, state):
         """The message of a fit whose exact phase ended at the hand-over's cap
         (``state.held_back``, :func:`._engine._within_cap`)."""
+        per = ""
+        if state.coef.shape[1] > 1:
+            per = (
+                " coefficients over all classes"
+                if self._likelihood == "softmax"
+                else " bases per one-vs-rest problem"
+            )
         return (
             f"{type(self).__name__}: the diagonal phase stopped with more than "
             f"exact_switch={self.exact_switch} bases, so the exact phase started from the "
             f"{self.exact_switch} most relevant and was kept within {state.readmit_cap} "
-            f"({HAND_OVER_GROWTH:g} x exact_switch); at its end {state.held_back} more passed the "
-            "add test, so the model is not exact SBL's optimum. This happens with a kernel too "
-            "narrow for the data (RBF: try a smaller gamma); a larger exact_switch lets the model "
-            "grow, at a cost per iteration that grows with it."
+            f"({HAND_OVER_GROWTH:g} x exact_switch){per}; at its end {state.held_back} more "
+            "passed the add test, so the model is not exact SBL's optimum. This happens with a "
+            "kernel too narrow for the data (RBF: try a smaller gamma); a larger exact_switch "
+            "lets the model grow, at a cost per iteration that grows with it."
         )
 
     def _kernel_subset(self, X, sw, likelihood):

@@ -592,17 +592,22 @@ def score_class(k, js, s, q, excluded, threshold_lambda, found):
 
 def choose_additions(found, design, per_class=PER_SWEEP):
     """Per class, the ``per_class`` candidates of ``found`` with the largest gains, when the gain
-    is worth having: a list of ``(basis index, class, precision)``."""
+    is worth having: a list of ``(basis index, class, precision)``, best gain first over all
+    classes (ties in class order), so that a caller that can take only the first few (the
+    hand-over's cap on a softmax model, :func:`._engine._within_cap`) takes the best rather
+    than the first classes'. Applying all of them does not depend on the order
+    (:func:`apply_additions`)."""
     tol = GAIN_TOL * design.weight_sum
-    out = []
+    chosen = []
     for k, blocks in enumerate(found):
         if not blocks:
             continue
         gain, js, lam = (np.concatenate(a) for a in zip(*blocks))
         for i in np.argsort(-gain)[:per_class]:
             if gain[i] > tol:
-                out.append((int(js[i]), k, float(lam[i])))
-    return out
+                chosen.append((float(gain[i]), (int(js[i]), k, float(lam[i]))))
+    chosen.sort(key=lambda c: -c[0])  # stable: ties stay in class order
+    return [addition for _gain, addition in chosen]
 
 
 def excluded_bases(design, state):
@@ -775,7 +780,9 @@ def choose_batched(found, design, candidates, Bw, R, models, threshold_lambda, b
     which adding the top few of one sweep's independent scores does not see (that was measured to
     cost accuracy, :func:`propose_additions`). The sequence runs over the ``SHORTLIST``
     candidates of largest independent gain, so its cross terms cost O(n SHORTLIST (SHORTLIST +
-    m)) per class. The first choice is :func:`choose_additions`'s.
+    m)) per class. The first choice is :func:`choose_additions`'s. (The list is in class order:
+    only one-vs-rest problems batch, and the hand-over's cap takes each problem's additions on
+    their own, :func:`._engine._within_cap`.)
     """
     tol = GAIN_TOL * design.weight_sum
     out = []

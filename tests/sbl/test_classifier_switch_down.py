@@ -1,10 +1,12 @@
 """A kernel classifier's diagonal phase that stops with more than ``exact_switch`` bases still hands
 over to the exact phase, with the ``exact_switch`` bases of smallest precision
 (``_engine._switch_down``), and that exact phase grows within 1.5 times ``exact_switch``
-(``_engine._within_cap``); a linear basis keeps the diagonal phase's model."""
+(``_engine._within_cap``; per one-vs-rest problem); a linear basis keeps the diagonal phase's
+model."""
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from sparsekit import DQNSBLClassifier
 from sparsekit.sbl import _engine
+from sparsekit.sbl._readmission import choose_additions
 
 N_FIT = 400
 SWITCH = 40
@@ -138,10 +141,12 @@ def test_exact_switch_zero_never_hands_over(monkeypatch):
     assert all(not c[2] for c in calls)
 
 
-def _wide_open(seed=1):
+def _wide_open(seed=1, n_classes=2):
     """make_classification with 20 features and RBF gamma 1.0: a kernel so narrow that it is
     almost the identity (SVC is at chance); the diagonal phase keeps most of the 400 bases."""
-    X, y = make_classification(N_FIT + 1000, 20, n_informative=8, random_state=seed, flip_y=0.03)
+    X, y = make_classification(
+        N_FIT + 1000, 20, n_informative=8, n_classes=n_classes, random_state=seed, flip_y=0.03
+    )
     return X[:N_FIT], y[:N_FIT]
 
 
@@ -176,28 +181,78 @@ def test_exact_phase_after_a_hand_over_grows_within_its_cap(monkeypatch):
     assert f"within {cap} " in held[0]
 
 
-class _Sizes:
-    """A likelihood stand-in whose exact size is fixed."""
+class _Lik:
+    """A likelihood stand-in: its name and a fixed exact size (the softmax's coefficients)."""
 
-    def __init__(self, size):
+    def __init__(self, name, size=0):
+        self.name = name
         self.size = size
 
     def exact_size(self, design, state):
         return self.size
 
 
-def test_within_cap_truncates_and_counts():
-    state = _engine.PathState(np.zeros((3, 1)), np.ones((3, 1)))
-    additions = [(7, 0, 1.0), (8, 0, 2.0), (9, 0, 3.0), (11, 0, 4.0)]
-    assert _engine._within_cap(None, state, _Sizes(100), additions) == additions  # no cap
+def test_within_cap_caps_each_one_vs_rest_problem():
+    """One-vs-rest problems are capped one by one, each by its own bases (additions in the order
+    proposed while they fit); the softmax's coefficients count together."""
+    design = SimpleNamespace(intercept_column=True)
+    mask = np.zeros((6, 2), dtype=bool)
+    mask[0] = True  # the intercept does not count
+    mask[1:4, 0] = True  # class 0 holds 3 bases, class 1 one
+    mask[4, 1] = True
+    state = _engine.PathState(np.zeros((6, 2)), np.ones((6, 2)), mask=mask)
+    additions = [(7, 0, 1.0), (8, 0, 2.0), (9, 1, 3.0), (10, 1, 4.0), (11, 1, 5.0), (12, 1, 6.0)]
+    bernoulli = _Lik("bernoulli")
+    assert _engine._within_cap(design, state, bernoulli, additions) == additions  # no cap
     assert state.held_back == 0
-    state.readmit_cap = 5
-    assert _engine._within_cap(None, state, _Sizes(3), additions) == additions[:2]
+    state.readmit_cap = 4
+    kept = _engine._within_cap(design, state, bernoulli, additions)
+    assert kept == [(7, 0, 1.0), (9, 1, 3.0), (10, 1, 4.0), (11, 1, 5.0)]
     assert state.held_back == 2
-    assert _engine._within_cap(None, state, _Sizes(6), additions) == []
+    state.readmit_cap = 3
+    assert _engine._within_cap(design, state, bernoulli, additions) == additions[2:4]
     assert state.held_back == 4
-    assert _engine._within_cap(None, state, _Sizes(0), additions) == additions
+    softmax = _Lik("softmax", size=2)
+    assert _engine._within_cap(design, state, softmax, additions) == additions[:1]
+    assert state.held_back == 5
+    state.readmit_cap = 10
+    assert _engine._within_cap(design, state, softmax, additions) == additions
     assert state.held_back == 0
+
+
+def test_additions_come_best_gain_first_over_the_classes():
+    """A sweep's proposals are ordered by gain over all classes (ties in class order), so a cap
+    that takes the first few takes the best of any class, not the first classes'."""
+    found = [
+        [(np.array([0.5, 0.1]), np.array([3, 4]), np.array([1.0, 2.0]))],
+        [],
+        [(np.array([0.9, 0.5, 1e-9]), np.array([5, 6, 7]), np.array([3.0, 4.0, 5.0]))],
+    ]
+    design = SimpleNamespace(weight_sum=1.0)
+    assert choose_additions(found, design, per_class=2) == [
+        (5, 2, 3.0),
+        (3, 0, 1.0),
+        (6, 2, 4.0),
+        (4, 0, 2.0),
+    ]
+    assert choose_additions(found, design, per_class=1) == [(5, 2, 3.0), (3, 0, 1.0)]
+
+
+def test_one_vs_rest_problems_grow_to_the_cap_each(monkeypatch):
+    """Three classes, a kernel so narrow that every class's exact phase wants more bases than
+    the cap: each one-vs-rest problem grows to the cap, so the model holds more bases than one
+    problem may (a cap over the union of bases held the three together within it, each class
+    at a fraction: measured on four classes, 1,200 samples, gamma 0.2, log evidence -1296.2
+    against -970.9)."""
+    X, y = _wide_open(n_classes=3)
+    cap = math.ceil(_engine.HAND_OVER_GROWTH * SWITCH)
+    est, messages = _fit_capped(X, y, monkeypatch, gamma=1.0, exact_switch=SWITCH)
+    per_class = (est.dual_coef_ != 0).sum(axis=1)
+    assert per_class.max() <= cap
+    assert est.relevance_.size > 2 * cap
+    held = [m for m in messages if "passed the add test" in m]
+    assert len(held) == 1 and f"within {cap} (" in held[0]
+    assert "per one-vs-rest problem" in held[0]
 
 
 def test_subset_path_stops_scanning_at_the_cap(monkeypatch, small_pool):

@@ -375,8 +375,11 @@ def test_chunked_readmission_equals_dense(sparse, likelihood):
         states.append(state)
     assert len(proposals[0]) >= 2 and 12 in {j for j, _k, _a in proposals[0]}
     assert [(j, k) for j, k, _a in proposals[1]] == [(j, k) for j, k, _a in proposals[0]]
+    # the two exact steps stop at the same gradient tolerance along different roundings, so
+    # their modes, and the precisions proposed there, agree to that tolerance rather than to
+    # rounding (softmax: 1.1e-6 apart on an AMD EPYC with numpy 2.4.6's OpenBLAS)
     np.testing.assert_allclose(
-        [a for *_, a in proposals[1]], [a for *_, a in proposals[0]], rtol=1e-6
+        [a for *_, a in proposals[1]], [a for *_, a in proposals[0]], rtol=1e-5
     )
     np.testing.assert_array_equal(designs[1].active, designs[0].active)
     np.testing.assert_array_equal(states[1].mask, states[0].mask)

@@ -3,6 +3,7 @@ floor (``_constructive.S_FLOOR``) on and off, with the exact path as the oracle.
 
     python benchmarks/bench_rvr_noise_free.py            # seeds 0-7, the exact path on 0-3
     python benchmarks/bench_rvr_noise_free.py --seeds 0 1 --exact-seeds 0
+    python benchmarks/bench_rvr_noise_free.py --sizes 400 --name rvr_noise_free_400
 
 Problem: ``make_regression(n, 3, n_informative=3, noise=noise, random_state=seed)`` (a linear
 target, the target in its units, std about 100), noise 0.1 and 1, n = 200 and 600, fitted with
@@ -14,7 +15,8 @@ noise-free truth ``X @ coef``. Arms, in the same process: the default (floor on)
 the estimated noise std and the fit time. Summary: paired ratios floor on / off of the RMSE
 (median, min, max) and the totals of actions. One BLAS/numba thread.
 
-Writes benchmarks/results/rvr_noise_free.md and .json.
+``--sizes`` sets n (default 200 and 600). Writes benchmarks/results/<name>.md and .json (default
+name rvr_noise_free).
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="*", default=list(range(8)))
     ap.add_argument("--exact-seeds", type=int, nargs="*", default=list(range(4)))
+    ap.add_argument("--sizes", type=int, nargs="*", default=[200, 600])
+    ap.add_argument("--name", default="rvr_noise_free", help="results/<name>.md and .json")
     args = ap.parse_args(argv)
     rows = []
     with threadpool_limits(limits=1):
         for noise in (0.1, 1.0):
-            for n in (200, 600):
+            for n in args.sizes:
                 for seed in args.seeds:
                     arms = ["floor on", "floor off"] + (
                         ["exact"] if seed in args.exact_seeds else []
@@ -87,7 +91,7 @@ def main(argv=None):
                         print(rows[-1], flush=True)
     summary = []
     for noise in (0.1, 1.0):
-        for n in (200, 600):
+        for n in args.sizes:
             sel = {(r["seed"], r["arm"]): r for r in rows if r["noise"] == noise and r["n"] == n}
             on = [sel[s, "floor on"] for s in args.seeds]
             off = [sel[s, "floor off"] for s in args.seeds]
@@ -116,7 +120,7 @@ def main(argv=None):
                 }
             )
     write_summary_and_fits(
-        "rvr_noise_free",
+        args.name,
         "Relevance vector regression on nearly noise-free targets: the sparsity floor",
         "Command: `python benchmarks/bench_rvr_noise_free.py"
         + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != list(range(8)) else "")
@@ -125,6 +129,8 @@ def main(argv=None):
             if args.exact_seeds != list(range(4))
             else ""
         )
+        + (f" --sizes {' '.join(map(str, args.sizes))}" if args.sizes != [200, 600] else "")
+        + (f" --name {args.name}" if args.name != "rvr_noise_free" else "")
         + "`; make_regression(n, 3, noise), RBF gamma 0.05, test RMSE against the noise-free "
         "truth on 2,000 points; the constructive path with the floor on (the default) and off, "
         'and solver="exact" (max_iter=200) as the oracle; 1 thread. Summary, then every fit.',

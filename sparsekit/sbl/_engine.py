@@ -489,13 +489,14 @@ def _within_cap(design, state, lik, additions):
     state.held_back = 0
     if cap is None:
         return additions
-    if lik.name == "softmax":
-        sizes = {None: lik.exact_size(design, state)}
-    else:
+    per_class = lik.name != "softmax"
+    if per_class:
         sizes = dict(enumerate(state.mask[free_rows(design) :].sum(axis=0).tolist()))
+    else:
+        sizes = {None: lik.exact_size(design, state)}
     kept = []
     for j, k, a in additions:
-        key = None if lik.name == "softmax" else k
+        key = k if per_class else None
         if sizes[key] >= cap:
             state.held_back += 1
             continue

@@ -46,7 +46,7 @@ Phi, O(nnz), to add a basis) and are recomputed from scratch after each noise up
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg import qr, solve_triangular
 
 from ._kernels import fast_ml_scores
 from ._regression_solver import (
@@ -74,6 +74,17 @@ NOISE_START = 10  # with a noise schedule k > 0: actions after which the noise i
 # 1e-9 still reaching max_iter once; with noise 1, 1e-7 worsened one fit (1.12x) and 1e-8 none.
 # Friedman #1 (noise 1) is unchanged (the floor is never reached).
 S_FLOOR = 1e-8
+# The refresh's Gram form (S_i = beta wsum - beta^2 |L^-1 C_i|^2 with L L' = H = beta G + diag(lam))
+# can lose up to eps * cond(H) * beta * wsum of every S_i, and the rank-one updates and the noise
+# statistics' sum of squares (t'St - 2 mu'p + mu'G mu) lose as much. Once eps * cond(H) (1-norm)
+# passes GRAM_ROUNDING, that loss can pass the floor above, and the refresh works from Phi_A itself
+# instead (:meth:`FastMarginalLikelihood._refresh_orthogonal`), whose loss is eps * beta * wsum
+# whatever cond(H) is. Measured cond(H) over every refresh: RBF Friedman #1 (n = 240, 1,000 at
+# gamma 0.01-1, 2,000) and sinc with noise 0.01 at most 3e6; near noise-free RBF regression
+# (make_regression(n, 3, noise=0.1), gamma 0.05, n = 200-600) 2e10-3e13, where the Gram form
+# claimed gains of 1e3 to 1e9 nats for actions that lowered the evidence and the noise precision
+# swung over seven decades (benchmarks/bench_rvr_noise_free.py).
+GRAM_ROUNDING = S_FLOOR
 
 
 def addition_gain(s, q):
@@ -105,16 +116,17 @@ class FastMarginalLikelihood:
         The scaled basis over all candidates; compacted to the model by :meth:`finish`.
     sw : ndarray of shape (n_samples,)
         Sample weights.
-    phit_t : ndarray of shape (M,)
-        ``Phi' S t`` for every candidate.
+    t : ndarray of shape (n_samples,)
+        Targets.
     beta : float
         Initial noise precision.
     """
 
-    def __init__(self, design, sw, phit_t, beta):
+    def __init__(self, design, sw, t, beta):
         self.design = design
         self.sw = sw
-        self.p = phit_t
+        self.t = t
+        self.p = design.rmatvec(sw * t)  # Phi' S t for every candidate
         self.wsum = design.weight_sum
         self.M = design.n_active
         self.beta = beta
@@ -126,6 +138,7 @@ class FastMarginalLikelihood:
         self.mu = np.zeros(0)
         self.S = None  # set by refresh
         self.Q = None
+        self.orthogonal = False  # whether the last refresh needed the orthogonal form
 
     @property
     def C(self):
@@ -136,20 +149,67 @@ class FastMarginalLikelihood:
         return np.asarray(self.model, dtype=np.intp)
 
     def refresh(self):
-        """Recompute Sigma, mu, S and Q from scratch for the current model and noise precision."""
+        """Recompute Sigma, mu, S and Q from scratch for the current model and noise precision.
+
+        The Gram form works from ``C = Phi' S Phi_A`` alone, O(M m^2). When the posterior
+        precision's condition number says that its rounding reaches ``GRAM_ROUNDING``, the
+        orthogonal form (:meth:`_refresh_orthogonal`) replaces it."""
         beta, C, idx = self.beta, self.C, self._index()
         if not self.model:
             self.Sigma, self.mu = np.zeros((0, 0)), np.zeros(0)
             self.S, self.Q = np.full(self.M, beta * self.wsum), beta * self.p
+            self.orthogonal = False
             return
-        c = cholesky_precision(np.ascontiguousarray(C[idx]), beta, self.lam)
+        G = np.ascontiguousarray(C[idx])
+        c = cholesky_precision(G, beta, self.lam)
         Linv = solve_triangular(c, np.eye(c.shape[0]), lower=True, check_finite=False)
         self.Sigma = Linv.T @ Linv
+        H = beta * G
+        H[np.diag_indices_from(H)] += self.lam
+        cond = np.linalg.norm(H, 1) * np.linalg.norm(self.Sigma, 1)
+        self.orthogonal = not np.finfo(float).eps * cond <= GRAM_ROUNDING
+        if self.orthogonal:
+            self._refresh_orthogonal()
+            return
         self.mu = beta * (self.Sigma @ self.p[idx])
         # With L L' = beta G + diag(lam): phi_i'S Phi_A Sigma Phi_A'S phi_i = |L^-1 C_i|^2.
         V = Linv @ C.T
         self.S = beta * self.wsum - beta * beta * np.einsum("ij,ij->j", V, V)
         self.Q = beta * self.p - beta * (C @ self.mu)
+
+    def _refresh_orthogonal(self):
+        """The refresh from ``W = S^1/2 Phi_A`` itself (:meth:`_orthogonal_posterior`): with
+        ``X_i = Q1' S^1/2 phi_i`` for every candidate (one pass over Phi with m columns)::
+
+            S_i = beta (wsum - |X_i|^2),  Q_i = beta (p_i - X_i' Q1' S^1/2 t)
+
+        Q1 has orthonormal columns to rounding whatever cond(H) is, so these lose eps * beta *
+        wsum, where the Gram form loses cond(H) times more. O(n m^2 + nnz m) instead of
+        O(M m^2)."""
+        Q1, yu, _ = self._orthogonal_posterior()
+        X = self.design.rmatvec(Q1 * np.sqrt(self.sw)[:, None])  # (M, m)
+        self.S = self.beta * (self.wsum - np.einsum("ij,ij->i", X, X))
+        self.Q = self.beta * (self.p - X @ yu)
+
+    def _orthogonal_posterior(self):
+        """Sigma and mu from a QR factorisation of the stacked ``[beta^1/2 W; diag(lam)^1/2] =
+        [Q1; Q2] R`` (``R'R = H``, ``Sigma = R^-1 R^-T``, ``mu = beta^1/2 R^-1 Q1' S^1/2 t``),
+        O(n m^2). Returns ``(Q1, Q1' S^1/2 t, W)``."""
+        beta, lam, m = self.beta, self.lam, len(self.model)
+        rsw = np.sqrt(self.sw)
+        W = self._model_columns() * rsw[:, None]
+        stacked = np.vstack([np.sqrt(beta) * W, np.diag(np.sqrt(lam))])
+        Qf, R = qr(stacked, mode="economic", check_finite=False)
+        Q1 = Qf[: W.shape[0]]
+        Rinv = solve_triangular(R, np.eye(m), check_finite=False)
+        self.Sigma = Rinv @ Rinv.T
+        yu = Q1.T @ (rsw * self.t)
+        self.mu = np.sqrt(beta) * (Rinv @ yu)
+        return Q1, yu, W
+
+    def _model_columns(self):
+        """``Phi_A``, shape (n, m), in the model's order."""
+        return np.column_stack([self.design.column(int(j)) for j in self.model])
 
     def start(self, init=None):
         """Build the initial model: ``init = (candidate indices, precisions)``, or the candidate
@@ -268,10 +328,21 @@ class FastMarginalLikelihood:
             self.add(best, prop.s[best] ** 2 / prop.theta[best])
 
     def noise_statistics(self, tt):
-        """Weighted residual sum of squares and ``sum(gamma)`` of the current posterior."""
+        """Weighted residual sum of squares and ``sum(gamma)`` of the current posterior.
+
+        While the Gram form is accurate, the sum of squares is ``t'St - 2 mu'p + mu'G mu``. Once
+        the refresh needed the orthogonal form (``GRAM_ROUNDING``), the rounding of that sum and of
+        the rank-one updates of mu reaches the residual itself: mu and Sigma are recomputed by
+        :meth:`_orthogonal_posterior` (O(n m^2)) and the sum taken over the residual
+        ``S^1/2 (t - Phi_A mu)``."""
         idx = self._index()
-        G = self.C[idx]
-        sse = max(tt - 2.0 * self.mu @ self.p[idx] + self.mu @ (G @ self.mu), 0.0)
+        if self.orthogonal:
+            _, _, W = self._orthogonal_posterior()
+            r = np.sqrt(self.sw) * self.t - W @ self.mu
+            sse = float(r @ r)
+        else:
+            G = self.C[idx]
+            sse = max(tt - 2.0 * self.mu @ self.p[idx] + self.mu @ (G @ self.mu), 0.0)
         gamma_sum = float(np.sum(np.clip(1.0 - self.lam * np.diag(self.Sigma), 0.0, 1.0)))
         return sse, gamma_sum
 
@@ -305,7 +376,7 @@ def constructive_path(design, t, sw, state, *, settings, init=None, on_iter=None
     tol = settings.tol
     every = 0 if settings.fix_noise else settings.noise_every
     state.phase = "fast"
-    fml = FastMarginalLikelihood(design, sw, design.rmatvec(sw * t), state.beta)
+    fml = FastMarginalLikelihood(design, sw, t, state.beta)
     tt = float(sw @ (t * t))
     fml.start(init)
     since_refresh = 0

@@ -82,8 +82,8 @@ S_FLOOR = 1e-8
 # whatever cond(H) is. Measured cond(H) over every refresh: RBF Friedman #1 (n = 240, 1,000 at
 # gamma 0.01-1, 2,000) and sinc with noise 0.01 at most 3e6; near noise-free RBF regression
 # (make_regression(n, 3, noise=0.1), gamma 0.05, n = 200-600) 2e10-3e13, where the Gram form
-# claimed gains of 1e3 to 1e9 nats for actions that lowered the evidence and the noise precision
-# swung over seven decades (benchmarks/bench_rvr_noise_free.py).
+# claimed gains of 1e3 to 1e12 nats for actions that lowered the evidence and the noise precision
+# swung over eight decades (benchmarks/bench_rvr_noise_free.py).
 GRAM_ROUNDING = S_FLOOR
 
 

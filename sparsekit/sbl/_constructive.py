@@ -40,7 +40,10 @@ Two noise schedules (``settings.noise_every``):
 
 ``Sigma``, ``mu``, S and Q follow each action by rank-one formulas (O(M m) work; one pass over
 Phi, O(nnz), to add a basis) and are recomputed from scratch after each noise update and every
-``REFRESH`` actions. Memory is O(M m) for ``Phi' S Phi_A``; no M-by-M matrix is formed.
+``REFRESH`` actions. Memory is O(M m) for ``Phi' S Phi_A``; no M-by-M matrix is formed. Where
+the posterior precision is too ill-conditioned for that Gram form (``GRAM_ROUNDING``: near
+noise-free targets on smooth bases), the refresh and the noise statistics work from the model's
+n-by-m columns by QR instead, O(n m^2 + nnz m) time and O((n + M) m) memory.
 """
 
 from __future__ import annotations
@@ -190,7 +193,7 @@ class FastMarginalLikelihood:
         Q1 has orthonormal columns to rounding whatever cond(H) is, so these lose eps * beta *
         wsum, where the Gram form loses cond(H) times more. O(n m^2 + nnz m) instead of
         O(M m^2)."""
-        Q1, yu, _ = self._orthogonal_posterior()
+        Q1, yu, _, self.Sigma, self.mu = self._orthogonal_posterior()
         X = self.design.rmatvec(Q1 * np.sqrt(self.sw)[:, None])  # (M, m)
         self.S = self.beta * (self.wsum - np.einsum("ij,ij->i", X, X))
         self.Q = self.beta * (self.p - X @ yu)
@@ -198,7 +201,7 @@ class FastMarginalLikelihood:
     def _orthogonal_posterior(self):
         """Sigma and mu from a QR factorisation of the stacked ``[beta^1/2 W; diag(lam)^1/2] =
         [Q1; Q2] R`` (``R'R = H``, ``Sigma = R^-1 R^-T``, ``mu = beta^1/2 R^-1 Q1' S^1/2 t``),
-        O(n m^2). Returns ``(Q1, Q1' S^1/2 t, W)``."""
+        O(n m^2). Returns ``(Q1, Q1' S^1/2 t, W, Sigma, mu)``; the model's own are not changed."""
         beta, lam, m = self.beta, self.lam, len(self.model)
         rsw = np.sqrt(self.sw)
         W = self._model_columns() * rsw[:, None]
@@ -206,10 +209,8 @@ class FastMarginalLikelihood:
         Qf, R = qr(stacked, mode="economic", check_finite=False)
         Q1 = Qf[: W.shape[0]]
         Rinv = solve_triangular(R, np.eye(m), check_finite=False)
-        self.Sigma = Rinv @ Rinv.T
         yu = Q1.T @ (rsw * self.t)
-        self.mu = np.sqrt(beta) * (Rinv @ yu)
-        return Q1, yu, W
+        return Q1, yu, W, Rinv @ Rinv.T, np.sqrt(beta) * (Rinv @ yu)
 
     def _model_columns(self):
         """``Phi_A``, shape (n, m), in the model's order."""
@@ -336,18 +337,19 @@ class FastMarginalLikelihood:
 
         While the Gram form is accurate, the sum of squares is ``t'St - 2 mu'p + mu'G mu``. Once
         the refresh needed the orthogonal form (``GRAM_ROUNDING``), the rounding of that sum and of
-        the rank-one updates of mu reaches the residual itself: mu and Sigma are recomputed by
-        :meth:`_orthogonal_posterior` (O(n m^2)) and the sum taken over the residual
+        the rank-one updates of mu reaches the residual itself: both statistics come from mu and
+        Sigma recomputed by :meth:`_orthogonal_posterior` (O(n m^2); the model's own are left as
+        they are, so that recording the evidence changes no fit), the sum over the residual
         ``S^1/2 (t - Phi_A mu)``."""
-        idx = self._index()
         if self.orthogonal:
-            _, _, W = self._orthogonal_posterior()
-            r = np.sqrt(self.sw) * self.t - W @ self.mu
+            _, _, W, Sigma, mu = self._orthogonal_posterior()
+            r = np.sqrt(self.sw) * self.t - W @ mu
             sse = float(r @ r)
         else:
+            idx, Sigma, mu = self._index(), self.Sigma, self.mu
             G = self.C[idx]
-            sse = max(tt - 2.0 * self.mu @ self.p[idx] + self.mu @ (G @ self.mu), 0.0)
-        gamma_sum = float(np.sum(np.clip(1.0 - self.lam * np.diag(self.Sigma), 0.0, 1.0)))
+            sse = max(tt - 2.0 * mu @ self.p[idx] + mu @ (G @ mu), 0.0)
+        gamma_sum = float(np.sum(np.clip(1.0 - self.lam * np.diag(Sigma), 0.0, 1.0)))
         return sse, gamma_sum
 
     def finish(self, state):

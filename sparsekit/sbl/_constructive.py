@@ -88,11 +88,12 @@ S_FLOOR = 1e-8
 # 5,000, 3e7 at 10,000 and 8e8 at 20,000 (subset path); Friedman #1 at n = 1,000 with gamma 0.01-1
 # and sinc with noise 0.01 at most 3e5. So beyond n = 20,000 honest noise may reach the bound: the
 # QR form is then as accurate but slower (at n = 20,000 with the bound at 1e-8, 220 of 357
-# refreshes took it and the fit took 660 s instead of 149 s, under a heavier load). Near noise-free RBF regression (make_regression(n, 3, noise=0.1), gamma
-# 0.05, n = 200-600) ends at 2e10-3e13, where the Gram form claimed gains of 1e3 to 1e12 nats for
-# actions that lowered the evidence and the noise precision swung over eight decades
-# (benchmarks/bench_rvr_noise_free.py). Bounds from 1e-8 to 1e-5 all converged there (n = 200,
-# 400, 600, seeds 0-3, noise estimates near the exact path's); 1e-6 is cond(H) = 4.5e9.
+# refreshes took it and the fit took 660 s instead of 149 s, under a heavier load). Near
+# noise-free RBF regression (make_regression(n, 3, noise=0.1), gamma 0.05, n = 200-600) reaches
+# 1e11-7e13, where the Gram form claimed gains of 1e3 to 1e12 nats for actions that lowered the
+# evidence and the noise precision swung over eight decades (benchmarks/bench_rvr_noise_free.py).
+# Bounds from 1e-8 to 1e-5 all converged there (n = 200, 400, 600, seeds 0-3, noise estimates
+# near the exact path's); 1e-6 is cond(H) = 4.5e9.
 GRAM_ROUNDING = 1e-6
 
 

@@ -242,11 +242,9 @@ def test_refresh_keeps_its_accuracy_when_the_posterior_precision_is_ill_conditio
     np.testing.assert_array_equal(fml.mu, mu_before)  # the statistics change no state
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_orthogonal_refresh_equals_the_gram_form_on_a_well_conditioned_model(sparse):
-    """Forced on a well-conditioned model (``GRAM_ROUNDING = 0``), the refresh from Phi_A gives
-    the Gram form's posterior, S, Q and noise statistics, with sample weights, on a dense and on
-    a sparse basis."""
+def _weighted_model(sparse):
+    """A dense or sparse basis with sample weights, its targets and a three-basis model
+    ``(design, sw, t, model indices, precisions)``."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(1)
@@ -256,7 +254,15 @@ def test_orthogonal_refresh_equals_the_gram_form_on_a_well_conditioned_model(spa
     design = DesignMatrix(
         sp.csr_matrix(B) if sparse else B, sw, center=True, intercept_column=False
     )
-    js, lam = np.array([11, 3, 20]), np.array([0.5, 2.0, 40.0])
+    return design, sw, t, np.array([11, 3, 20]), np.array([0.5, 2.0, 40.0])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_orthogonal_refresh_equals_the_gram_form_on_a_well_conditioned_model(sparse):
+    """Forced on a well-conditioned model (``GRAM_ROUNDING = 0``), the refresh from Phi_A gives
+    the Gram form's posterior, S, Q and noise statistics, with sample weights, on a dense and on
+    a sparse basis."""
+    design, sw, t, js, lam = _weighted_model(sparse)
     tt = float(sw @ (t * t))
     fits = {}
     for rounding in (0.0, np.inf):
@@ -276,16 +282,7 @@ def test_warm_start_model_equals_the_model_added_basis_by_basis(sparse):
     """A warm start puts its model in with one product over the basis (``start(init)``); the
     posterior, S and Q are those of the same bases added one at a time by rank-one updates, with
     sample weights, on a dense and on a sparse basis."""
-    import scipy.sparse as sp
-
-    rng = np.random.default_rng(1)
-    B = rng.standard_normal((80, 30)) * (rng.random((80, 30)) < 0.5)
-    t = B[:, 3] - 2.0 * B[:, 11] + 0.1 * rng.standard_normal(80)
-    sw = rng.uniform(0.5, 2.0, 80)
-    design = DesignMatrix(
-        sp.csr_matrix(B) if sparse else B, sw, center=True, intercept_column=False
-    )
-    js, lam = np.array([11, 3, 20]), np.array([0.5, 2.0, 40.0])
+    design, sw, t, js, lam = _weighted_model(sparse)
     warm = FastMarginalLikelihood(design, sw, t, 3.0)
     warm.start((js, lam))
     ref = FastMarginalLikelihood(design, sw, t, 3.0)
